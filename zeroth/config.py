@@ -1,0 +1,467 @@
+"""Typed run configuration: dataclasses with defaults, YAML recipes, `a.b=value` overrides.
+
+Every field below can be set in a recipe file or on the command line. Validation is strict:
+an unknown key, a wrong type or an out-of-range value raises `UserError` with one line naming it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import asdict, dataclass, field, fields
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from zeroth.errors import UserError
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None  # run directory name under out_dir; None -> "<recipe>-<timestamp>"
+    seed: int = 0
+    out_dir: str = "runs"
+    threads: int = 2  # torch.set_num_threads
+
+
+@dataclass
+class TaskConfig:
+    name: str = "addition"  # a key of zeroth.tasks.TASKS
+    digits: int = 3  # addition: digits per operand
+    heldout_fraction: float = 0.05  # share of the problem space kept out of training
+    path: str | None = None  # jsonl task: local file with one {"prompt", "answer"} row per line
+    eval_problems: int = 200  # held-out problems evaluated before and after RL
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None  # local Hugging Face folder; None -> build a tiny model from scratch
+    arch: str = "qwen2"  # architecture of the from-scratch model: qwen2 | llama
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    vocab_size: int = 256  # target size of the locally trained tokenizer
+    max_len: int = 128
+
+
+@dataclass
+class DemoConfig:
+    n: int = 20000  # synthetic demonstrations in the pre-training corpus
+    reason_fraction: float = 0.3  # share that reason step by step (always right)
+    error: str = "drop_carry"  # systematic error of direct answers: drop_carry | none
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    checkpoint_every: int = 500
+
+
+@dataclass
+class RLConfig:
+    steps: int = 60
+    prompts_per_step: int = 32
+    group_size: int = 8  # G completions per prompt
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    lr: float = 2e-4
+    mu: int = 1  # optimisation passes over each batch of rollouts
+    minibatch_size: int = 128
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    beta: float = 0.0  # KL coefficient; 0 -> no reference model is loaded
+    advantage: str = "grpo"  # a key of zeroth.algos.ADVANTAGES
+    scale_rewards: bool = True  # divide group-relative advantages by the group std
+    loss_agg: str = "seq"  # seq (GRPO) | token (DAPO) | constant (Dr. GRPO)
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 10
+    reward_weights: dict[str, float] = field(
+        default_factory=lambda: {"correct": 1.0, "format": 0.1}
+    )
+
+
+@dataclass
+class EvalConfig:
+    k: int = 8  # samples per problem for pass@1 (mean accuracy) and pass@k
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    batch_size: int = 512
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    demos: DemoConfig = field(default_factory=DemoConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides, type checks, value checks, dumping.
+#
+# Type rules (from the annotations): int takes an int, never a bool or a float (2.0 is refused);
+# float takes an int or a float, or a string that parses as one (YAML reads "1e-4" as a string);
+# bool takes only true/false; str takes a string; `X | None` also takes null; dict[str, float]
+# takes a mapping of string keys to numbers. In an override, a str field keeps the raw text when
+# YAML would read it as a number or bool (`run.name=2024` names the run "2024").
+# ---------------------------------------------------------------------------------------------
+
+_NONE_TYPE = type(None)
+
+
+def _sections() -> dict[str, type]:
+    """Section name -> dataclass type, in declared order."""
+    hints = get_type_hints(Config)
+    return {f.name: hints[f.name] for f in fields(Config)}
+
+
+def _field_types(section: str) -> dict[str, Any]:
+    """Field name -> resolved annotation for one section, in declared order."""
+    cls = _sections()[section]
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _unknown_key(key: str, valid: list[str], prefix: str = "") -> UserError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+    if close:
+        return UserError(f"unknown config key {key!r} — did you mean {prefix + close[0]!r}?")
+    where = f"of {prefix[:-1]!r}" if prefix else "(sections)"
+    return UserError(f"unknown config key {key!r} — valid keys {where}: {', '.join(valid)}")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in get_args(tp) if a is not _NONE_TYPE]
+    if get_origin(tp) is dict:
+        return "a mapping of str to float"
+    if _NONE_TYPE in get_args(tp):
+        return f"{_type_name(args[0])} or null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against annotation `tp`; return it converted (int -> float etc.)."""
+    bad = UserError(
+        f"config key {key!r} expects {_type_name(tp)}, got {type(value).__name__} {_show(value)}"
+    )
+    args = get_args(tp)
+    if _NONE_TYPE in args:
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not _NONE_TYPE]
+        return _coerce_plain(key, value, inner, bad)
+    return _coerce_plain(key, value, tp, bad)
+
+
+def _coerce_plain(key: str, value: Any, tp: Any, bad: UserError) -> Any:
+    if get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise bad
+        out = {}
+        for name, weight in value.items():
+            if not isinstance(name, str):
+                raise bad
+            out[name] = _coerce(f"{key}.{name}", weight, float)
+        return out
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if _is_number(value):
+            return float(value)
+        raise bad
+    if tp is int and _is_number(value) and isinstance(value, int):
+        return value
+    if tp in (bool, str) and isinstance(value, tp):
+        return value
+    raise bad
+
+
+def _check_section(name: Any, body: Any) -> dict:
+    """Validate a section name and that its body is a mapping; return the body (None -> {})."""
+    sections = list(_sections())
+    if name not in sections:
+        raise _unknown_key(str(name), sections)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise UserError(
+            f"config section {name!r} must be a mapping of field: value, got "
+            f"{type(body).__name__} {_show(body)} — write e.g. '{name}:' then indented fields"
+        )
+    return body
+
+
+def config_from_dict(d: dict) -> Config:
+    """Build a Config from a nested dict, strictly: unknown keys and wrong types raise UserError.
+
+    Missing sections and fields keep their defaults. Value ranges are checked by `validate`.
+    """
+    if d is None:
+        d = {}
+    if not isinstance(d, dict):
+        raise UserError(
+            f"a config must be a mapping of section -> field -> value, got {type(d).__name__}"
+        )
+    built = {}
+    for name, body in d.items():
+        body = _check_section(name, body)
+        types = _field_types(name)
+        values = {}
+        for key, value in body.items():
+            if key not in types:
+                raise _unknown_key(f"{name}.{key}", list(types), prefix=f"{name}.")
+            values[key] = _coerce(f"{name}.{key}", value, types[key])
+        built[name] = _sections()[name](**values)
+    return Config(**built)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """A plain nested dict (section -> field -> value) of `cfg`."""
+    return asdict(cfg)
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write `cfg` as YAML (sections and fields in declared order), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# Value checks. Each rule: (dotted key, predicate(value, cfg) -> ok, message template).
+# The template may use {key} and {v} (the repr of the value). The first failing rule raises.
+# ---------------------------------------------------------------------------------------------
+
+
+def _ge(n: float) -> tuple:
+    return (lambda v, c: v >= n), f"config key '{{key}}' must be >= {n}, got {{v}}"
+
+
+def _gt(n: float) -> tuple:
+    return (lambda v, c: v > n), f"config key '{{key}}' must be > {n}, got {{v}}"
+
+
+def _between(lo: float, hi: float, open_lo: bool = False, open_hi: bool = False) -> tuple:
+    def ok(v: float, c: Config) -> bool:
+        return (lo < v if open_lo else lo <= v) and (v < hi if open_hi else v <= hi)
+
+    span = f"{'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}"
+    return ok, f"config key '{{key}}' must be in {span}, got {{v}}"
+
+
+def _one_of(*options: str) -> tuple:
+    msg = f"config key '{{key}}' must be one of {', '.join(options)}, got {{v}}"
+    return (lambda v, c: v in options), msg
+
+
+def _model_dir(v: str | None) -> Path | None:
+    return None if v is None else Path(v).expanduser()
+
+
+_RULES: list[tuple] = [
+    ("run.seed", *_ge(0)),
+    ("run.threads", *_ge(1)),
+    ("task.name", *_one_of("addition", "jsonl")),
+    ("task.digits", *_between(1, 9)),
+    ("task.heldout_fraction", *_between(0, 1, open_lo=True, open_hi=True)),
+    (
+        "task.path",
+        lambda v, c: c.task.name != "jsonl" or bool(v),
+        "config key '{key}' is required when task.name is jsonl — set task.path=FILE.jsonl",
+    ),
+    ("task.eval_problems", *_ge(1)),
+    (
+        "model.path",
+        lambda v, c: v is None or _model_dir(v).is_dir(),
+        "model.path {v} does not exist — give a local Hugging Face model folder",
+    ),
+    (
+        "model.path",
+        lambda v, c: v is None or (_model_dir(v) / "config.json").is_file(),
+        "model.path {v} has no config.json — give a local Hugging Face model folder",
+    ),
+    ("model.arch", *_one_of("qwen2", "llama")),
+    ("model.hidden_size", *_ge(1)),
+    ("model.num_layers", *_ge(1)),
+    ("model.num_heads", *_ge(1)),
+    (
+        "model.num_heads",
+        lambda v, c: c.model.hidden_size % v == 0,
+        "config key '{key}' must divide model.hidden_size, got {v}",
+    ),
+    (
+        "model.num_heads",
+        lambda v, c: (c.model.hidden_size // v) % 2 == 0,
+        "config key '{key}' must leave an even head size (model.hidden_size / heads), got {v}",
+    ),
+    ("model.intermediate_size", *_ge(1)),
+    ("model.vocab_size", *_ge(64)),
+    ("model.max_len", *_ge(8)),
+    ("demos.n", *_ge(1)),
+    ("demos.reason_fraction", *_between(0, 1)),
+    ("demos.error", *_one_of("drop_carry", "none")),
+    ("pretrain.steps", *_ge(0)),
+    ("pretrain.batch_size", *_ge(1)),
+    ("pretrain.lr", *_gt(0)),
+    ("pretrain.warmup", *_ge(0)),
+    ("pretrain.weight_decay", *_ge(0)),
+    ("pretrain.checkpoint_every", *_ge(1)),
+    ("rl.steps", *_ge(0)),
+    ("rl.prompts_per_step", *_ge(1)),
+    ("rl.group_size", *_ge(2)),
+    ("rl.temperature", *_gt(0)),
+    ("rl.max_new_tokens", *_ge(1)),
+    ("rl.lr", *_gt(0)),
+    ("rl.mu", *_ge(1)),
+    ("rl.minibatch_size", *_ge(1)),
+    ("rl.eps_low", *_ge(0)),
+    ("rl.eps_high", *_ge(0)),
+    ("rl.beta", *_ge(0)),
+    ("rl.advantage", *_one_of("grpo", "dr_grpo", "rloo", "reinforce_pp")),
+    ("rl.loss_agg", *_one_of("seq", "token", "constant")),
+    ("rl.max_grad_norm", *_gt(0)),
+    ("rl.checkpoint_every", *_ge(1)),
+    ("eval.k", *_ge(1)),
+    ("eval.temperature", *_gt(0)),
+    ("eval.max_new_tokens", *_ge(1)),
+    ("eval.batch_size", *_ge(1)),
+]
+
+
+def validate(cfg: Config) -> Config:
+    """Check value ranges and choices; raise UserError for the first bad key. Returns `cfg`."""
+    for key, ok, template in _RULES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not ok(value, cfg):
+            raise UserError(template.format(key=key, v=_show(value)))
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes and overrides.
+# ---------------------------------------------------------------------------------------------
+
+
+def embedded_recipes() -> list[str]:
+    """Names of the recipes shipped in zeroth/recipes (without .yaml), sorted."""
+    folder = files("zeroth") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_recipe(recipe: str | Path | None) -> tuple[str, str]:
+    """Return (where, YAML text) for a recipe: None, an embedded name, or a file path."""
+    name = "default" if recipe is None else str(recipe)
+    bare = isinstance(recipe, str) and "/" not in name and os.sep not in name
+    if recipe is None or (bare and name in embedded_recipes()):
+        res = files("zeroth") / "recipes" / f"{name}.yaml"
+        return f"embedded recipe {name!r}", res.read_text(encoding="utf-8")
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise UserError(
+            f"recipe file {str(path)!r} not found — give a YAML file path or one of the "
+            f"embedded recipes: {', '.join(embedded_recipes())}"
+        )
+    return f"recipe {str(path)!r}", path.read_text(encoding="utf-8")
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UserError(f"{where} is not valid YAML{line}: {problem}") from None
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    """Split 'a.b=value' into (['a', 'b'], parsed value)."""
+    key, sep, raw = str(item).partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(
+            f"malformed override {str(item)!r} — expected section.field=value, e.g. rl.lr=1e-4"
+        )
+    value = _parse_yaml(raw, f"override value for {key!r}")
+    parts = key.split(".")
+    if len(parts) == 2 and parts[0] in _sections() and parts[1] in _field_types(parts[0]):
+        tp = _field_types(parts[0])[parts[1]]
+        takes_str = get_origin(tp) is not dict and str in (tp, *get_args(tp))
+        if takes_str and isinstance(value, (bool, int, float)):
+            value = raw.strip()  # keep `run.name=2024` as the text the user typed
+    return parts, value
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    """Set one 'section.field=value' (or 'section.dictfield.key=value') into nested `raw`."""
+    parts, value = _parse_override(item)
+    key = ".".join(parts)
+    if len(parts) < 2:
+        raise UserError(f"override key {key!r} must be section.field, e.g. rl.lr=1e-4")
+    section, name, rest = parts[0], parts[1], parts[2:]
+    _check_section(section, None)  # raises for an unknown section name
+    body = raw.setdefault(section, {})
+    types = _field_types(section)
+    if name not in types:
+        raise _unknown_key(f"{section}.{name}", list(types), prefix=f"{section}.")
+    if not rest:
+        body[name] = value
+        return
+    if get_origin(types[name]) is not dict or len(rest) != 1:
+        raise UserError(
+            f"config key {key!r} is too deep — '{section}.{name}' is {_type_name(types[name])};"
+            f" write {section}.{name}=value"
+        )
+    current = body.get(name)
+    if current is None:
+        current = dict(getattr(getattr(Config(), section), name))
+    current = _coerce(f"{section}.{name}", current, types[name])
+    current[rest[0]] = value
+    body[name] = current
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a recipe (None -> embedded default, a name like "tiny", or a YAML path), apply
+    `section.field=value` overrides, check types and values. Raises UserError on any mistake."""
+    where, text = _read_recipe(recipe)
+    data = _parse_yaml(text, where)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{where} must be a mapping of section -> field -> value, got {type(data).__name__}"
+        )
+    raw = {name: dict(_check_section(name, body)) for name, body in data.items()}
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate(config_from_dict(raw))

@@ -1,0 +1,277 @@
+"""The run ledger: one SQLite file, `runs/<name>/ledger.sqlite`, the one source of truth of a run.
+
+It records training metrics, every sampled rollout with its reward components, evaluation
+samples, and a small key-value table of run metadata (config, status). Everything that reports
+on a run (CLI summaries, dashboards, exports) reads it back from here.
+
+Durability: the database uses WAL journaling with `synchronous=FULL`, and every public method is
+one transaction, committed before it returns; no transaction is held open between calls. A
+process killed at any moment (even with SIGKILL) therefore leaves a readable database holding
+exactly the calls that returned, never part of one.
+
+Values are stored as JSON text where they are dicts (metrics, reward components, `extra`), so a
+read gives back the same dict: `None` stays `None`, NaN and infinities survive. Numbers that
+are tensors or numpy scalars are converted with `.item()` / `.tolist()` on the way in.
+
+Use one `Ledger` per process; it may be shared between the threads of that process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS metrics (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    phase TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_phase_step ON metrics (phase, step);
+CREATE TABLE IF NOT EXISTS rollouts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    phase TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    prompt_idx INTEGER NOT NULL,
+    sample_idx INTEGER NOT NULL,
+    prompt TEXT NOT NULL,
+    completion TEXT NOT NULL,
+    n_tokens INTEGER NOT NULL,
+    rewards TEXT NOT NULL,
+    reward REAL,
+    advantage REAL,
+    answer TEXT,
+    extra TEXT
+);
+CREATE INDEX IF NOT EXISTS rollouts_phase_step ON rollouts (phase, step);
+CREATE TABLE IF NOT EXISTS evals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    phase TEXT NOT NULL,
+    problem_idx INTEGER NOT NULL,
+    sample_idx INTEGER NOT NULL,
+    prompt TEXT NOT NULL,
+    completion TEXT NOT NULL,
+    n_tokens INTEGER NOT NULL,
+    correct INTEGER NOT NULL,
+    answer TEXT
+);
+CREATE INDEX IF NOT EXISTS evals_phase ON evals (phase);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+_ROLLOUT_COLUMNS = (
+    "phase, step, prompt_idx, sample_idx, prompt, completion, n_tokens, "
+    "rewards, reward, advantage, answer, extra"
+)
+_EVAL_COLUMNS = "phase, problem_idx, sample_idx, prompt, completion, n_tokens, correct, answer"
+
+
+def _plain(value: Any) -> Any:
+    """json.dumps fallback: tensors and numpy values become Python numbers or lists."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"ledger: cannot store a value of type {type(value).__name__} as JSON")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_plain)
+
+
+def _number(value: Any) -> float | None:
+    """A float for a REAL column (None stays None); accepts tensors and numpy scalars."""
+    if value is None:
+        return None
+    return float(value.item() if hasattr(value, "item") else value)
+
+
+class Ledger:
+    """A connection to one run's ledger database. Every method commits before returning."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        self._closed = False
+        with self._lock:
+            self._connect().executescript(_SCHEMA)
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        """The connection of this process; a forked child opens its own instead of sharing."""
+        if self._closed:
+            raise sqlite3.ProgrammingError(f"ledger {self.path} is closed")
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        conn = sqlite3.connect(
+            str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _write(self, statements: list[tuple[str, Any]]) -> None:
+        """Run `(sql, params)` pairs in one transaction; a list of param tuples: executemany."""
+        with self._lock:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    if isinstance(params, list):
+                        conn.executemany(sql, params)
+                    else:
+                        conn.execute(sql, params)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._connect().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        """Close the connection (idempotent). The ledger can't be used afterwards."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn, self._closed = None, True
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def log_metrics(self, phase: str, step: int, metrics: dict) -> None:
+        """Record one step's scalar metrics. Several calls for the same step merge on read."""
+        sql = "INSERT INTO metrics (phase, step, data) VALUES (?, ?, ?)"
+        self._write([(sql, (phase, int(step), _dumps(dict(metrics))))])
+
+    def log_rollouts(self, phase: str, step: int, rows: list[dict]) -> None:
+        """Record the sampled completions of one step (see the module docstring for the fields)."""
+        params = [
+            (
+                phase,
+                int(step),
+                int(r["prompt_idx"]),
+                int(r["sample_idx"]),
+                r["prompt"],
+                r["completion"],
+                int(r["n_tokens"]),
+                _dumps(r.get("rewards") or {}),
+                _number(r.get("reward")),
+                _number(r.get("advantage")),
+                r.get("answer"),
+                None if r.get("extra") is None else _dumps(r["extra"]),
+            )
+            for r in rows
+        ]
+        sql = f"INSERT INTO rollouts ({_ROLLOUT_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+        self._write([(sql, params)])
+
+    def log_eval(self, phase: str, rows: list[dict]) -> None:
+        """Record evaluation samples; `sample_idx` is -1 for the greedy completion."""
+        params = [
+            (
+                phase,
+                int(r["problem_idx"]),
+                int(r["sample_idx"]),
+                r["prompt"],
+                r["completion"],
+                int(r["n_tokens"]),
+                int(bool(r["correct"])),
+                r.get("answer"),
+            )
+            for r in rows
+        ]
+        sql = f"INSERT INTO evals ({_EVAL_COLUMNS}) VALUES ({', '.join('?' * 8)})"
+        self._write([(sql, params)])
+
+    def truncate_after(self, phase: str, step: int) -> None:
+        """Delete `phase`'s metrics and rollouts with a step above `step` (resume from `step`)."""
+        self._write(
+            [
+                ("DELETE FROM metrics WHERE phase = ? AND step > ?", (phase, int(step))),
+                ("DELETE FROM rollouts WHERE phase = ? AND step > ?", (phase, int(step))),
+            ]
+        )
+
+    def clear_phase(self, phase: str) -> None:
+        """Delete every metric, rollout and eval row of `phase`."""
+        self._write([(f"DELETE FROM {table} WHERE phase = ?", (phase,)) for table in _PHASE_TABLES])
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON-able value under `key`, replacing any previous one."""
+        sql = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+        self._write([(sql, (key, _dumps(value)))])
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        """The value stored under `key`, or `default` when there is none."""
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def metrics(self, phase: str | None = None) -> list[dict]:
+        """`[{"phase", "step", **metrics}]`, one dict per (phase, step).
+
+        Phases come in the order they were first logged, steps ascending within a phase; calls
+        logged for the same step are merged (a later value of a key wins).
+        """
+        sql = (
+            "SELECT m.phase, m.step, m.data FROM metrics m "
+            "JOIN (SELECT phase, MIN(id) AS first FROM metrics GROUP BY phase) p "
+            "ON m.phase = p.phase"
+        )
+        params: tuple = ()
+        if phase is not None:
+            sql, params = sql + " WHERE m.phase = ?", (phase,)
+        merged: dict[tuple[str, int], dict] = {}
+        for ph, step, data in self._read(sql + " ORDER BY p.first, m.step, m.id", params):
+            merged.setdefault((ph, step), {"phase": ph, "step": step}).update(json.loads(data))
+        return list(merged.values())
+
+    def rollouts(self, phase: str | None = None, step: int | None = None) -> list[dict]:
+        """Logged rollouts (optionally of one phase and/or step) in logging order, decoded."""
+        where, params = _where(phase=phase, step=step)
+        rows = self._read(f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts{where} ORDER BY id", params)
+        names = [c.strip() for c in _ROLLOUT_COLUMNS.split(",")]
+        out = []
+        for row in rows:
+            item = dict(zip(names, row, strict=True))
+            item["rewards"] = json.loads(item["rewards"])
+            item["extra"] = None if item["extra"] is None else json.loads(item["extra"])
+            out.append(item)
+        return out
+
+    def evals(self, phase: str) -> list[dict]:
+        """The evaluation samples of `phase` in logging order; `correct` is a bool."""
+        sql = f"SELECT {_EVAL_COLUMNS} FROM evals WHERE phase = ? ORDER BY id"
+        names = [c.strip() for c in _EVAL_COLUMNS.split(",")]
+        out = []
+        for row in self._read(sql, (phase,)):
+            item = dict(zip(names, row, strict=True))
+            item["correct"] = bool(item["correct"])
+            out.append(item)
+        return out
+
+
+_PHASE_TABLES = ("metrics", "rollouts", "evals")
+
+
+def _where(**filters: Any) -> tuple[str, tuple]:
+    """` WHERE a = ? AND b = ?` for the filters that are not None, with their parameters."""
+    used = {k: v for k, v in filters.items() if v is not None}
+    if not used:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{k} = ?" for k in used), tuple(used.values())

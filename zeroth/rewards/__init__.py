@@ -1,0 +1,45 @@
+"""Rule-based rewards. Each follows TRL's contract: `fn(completions, **columns) -> list[float | None]`.
+
+None means "not applicable / the verifier could not decide" and is recorded as such, never as 0.0.
+`combine` weights the components into one scalar per completion and keeps each component apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+from zeroth.rewards.exact import exact_answer
+from zeroth.rewards.shaping import extract_answer, think_format
+
+REWARDS = {"correct": exact_answer, "format": think_format}
+
+__all__ = ["REWARDS", "combine", "exact_answer", "extract_answer", "think_format"]
+
+
+def combine(
+    completions: list[str], rows: list[dict], fns: dict, weights: dict[str, float]
+) -> tuple[list[float], list[dict[str, float | None]]]:
+    """Score every completion with every weighted reward function.
+
+    Returns (total per completion, components per completion). A component that is None
+    (not applicable, or the verifier raised) adds nothing to the total; a reward function that
+    raises is recorded as None for that whole call with the error kept under `<name>_error`.
+    """
+    columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+    parts: list[dict[str, float | None]] = [{} for _ in completions]
+    for name, weight in weights.items():
+        try:
+            scores = fns[name](completions, **columns)
+            if len(scores) != len(completions):
+                raise ValueError(f"returned {len(scores)} scores for {len(completions)}")
+            error = None
+        except Exception as exc:  # a verifier failure is recorded, distinct from a wrong answer
+            scores, error = [None] * len(completions), f"{type(exc).__name__}: {exc}"
+        for part, score in zip(parts, scores):
+            part[name] = None if score is None or math.isnan(score) else float(score)
+            if error:
+                part[f"{name}_error"] = error
+    totals = [
+        sum(weights[n] * p[n] for n in weights if p.get(n) is not None) for p in parts
+    ]
+    return totals, parts

@@ -1,0 +1,24 @@
+"""Format rewards: the R1-Zero layout `<think> reasoning </think><answer> result </answer>`.
+
+The think block is optional (a direct answer is well formed); anything outside the two blocks,
+a second answer, or an unclosed tag makes the completion malformed.
+"""
+
+from __future__ import annotations
+
+import re
+
+_LAYOUT = re.compile(r"\s*(<think>(?:(?!</?think>|</?answer>).)*</think>\s*)?"
+                     r"<answer>((?:(?!</?think>|</?answer>).)*)</answer>\s*", re.DOTALL)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def extract_answer(completion: str) -> str | None:
+    """The text inside the last <answer>…</answer>, stripped; None when there is none."""
+    found = _ANSWER.findall(completion)
+    return found[-1].strip() if found else None
+
+
+def think_format(completions: list[str], **_: object) -> list[float]:
+    """1.0 when the whole completion is `[<think>…</think>]<answer>…</answer>`, else 0.0."""
+    return [1.0 if _LAYOUT.fullmatch(c) else 0.0 for c in completions]
