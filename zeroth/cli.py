@@ -1,0 +1,82 @@
+"""`zeroth` command line: thin argument parsing that dispatches to the pipeline.
+
+    zeroth run [RECIPE] [section.field=value ...] [--force] [--quiet]
+    zeroth run --resume runs/<name>
+
+Mistakes a user can fix print one line (`zeroth: error: ...`) and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from zeroth.errors import UserError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="zeroth", description="RL on verifiable rewards.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a recipe end to end (default: the embedded default)")
+    run.add_argument("args", nargs="*", metavar="RECIPE|KEY=VALUE",
+                     help="a recipe name or YAML file, then section.field=value overrides")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    run.add_argument("--force", action="store_true", help="replace an existing run directory")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def cmd_run(ns) -> int:
+    from zeroth.config import load_config
+    from zeroth.progress import Display
+    from zeroth.report import print_results
+    from zeroth.run import create_run_dir, execute, load_run_config
+
+    recipe = None
+    overrides = list(ns.args)
+    if overrides and "=" not in overrides[0]:
+        recipe = overrides.pop(0)
+    if ns.resume:
+        if recipe or overrides:
+            raise UserError("--resume takes no recipe or overrides: a run continues with the "
+                            "config saved in its directory")
+        run_dir = Path(ns.resume)
+        cfg = load_run_config(run_dir)
+    else:
+        cfg = load_config(recipe, overrides)
+        run_dir = create_run_dir(cfg, Path(recipe).stem if recipe else "default", ns.force)
+    display = Display(quiet=ns.quiet)
+    display.print(f"run directory: {run_dir}")
+    with display:
+        summary = execute(run_dir, cfg, display)
+    print_results(display.console, summary, run_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return {"run": cmd_run}[ns.command](ns)
+    except UserError as exc:
+        print(f"zeroth: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zeroth: interrupted — continue with `zeroth run --resume <run dir>`",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
