@@ -42,6 +42,7 @@ def cmd_run(ns) -> int:
     from zeroth.progress import Display
     from zeroth.report import print_results
     from zeroth.run import create_run_dir, execute, load_run_config
+    from zeroth.tasks import load_task
 
     recipe = None
     overrides = list(ns.args)
@@ -55,6 +56,7 @@ def cmd_run(ns) -> int:
         cfg = load_run_config(run_dir)
     else:
         cfg = load_config(recipe, overrides)
+        load_task(cfg)  # rows and reward names are checked before anything is written
         run_dir = create_run_dir(cfg, Path(recipe).stem if recipe else "default", ns.force)
     display = Display(quiet=ns.quiet)
     display.print(f"run directory: {run_dir}")
@@ -65,7 +67,12 @@ def cmd_run(ns) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = parser().parse_args(argv)
+    ap = parser()
+    ns, extra = ap.parse_known_args(argv)  # lets options and KEY=VALUE overrides interleave
+    unknown = [e for e in extra if e.startswith("-")]
+    if unknown:
+        ap.error(f"unrecognized option {unknown[0]}")
+    ns.args = list(getattr(ns, "args", [])) + extra
     _quiet_libraries()
     try:
         return {"run": cmd_run}[ns.command](ns)

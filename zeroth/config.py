@@ -43,7 +43,7 @@ class ModelConfig:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
-    vocab_size: int = 256  # target size of the locally trained tokenizer
+    vocab_size: int = 320  # locally trained byte-level BPE: 256 byte symbols + merges
     max_len: int = 128
 
 
@@ -324,7 +324,7 @@ _RULES: list[tuple] = [
         "config key '{key}' must leave an even head size (model.hidden_size / heads), got {v}",
     ),
     ("model.intermediate_size", *_ge(1)),
-    ("model.vocab_size", *_ge(64)),
+    ("model.vocab_size", *_ge(256)),
     ("model.max_len", *_ge(8)),
     ("demos.n", *_ge(1)),
     ("demos.reason_fraction", *_between(0, 1)),

@@ -53,8 +53,8 @@ def evaluate(model, tokenizer, task, rows: list[dict], eval_cfg, seed: int,
     """(metrics, ledger rows) for `rows`: k samples each at eval temperature, plus greedy."""
     k = eval_cfg.k
     prompts = prompt_ids(tokenizer, [r["prompt"] for r in rows])
-    common = dict(max_new_tokens=eval_cfg.max_new_tokens, eos_id=tokenizer.eos_token_id,
-                  pad_id=tokenizer.pad_token_id, batch_size=eval_cfg.batch_size)
+    common = {"max_new_tokens": eval_cfg.max_new_tokens, "eos_id": tokenizer.eos_token_id,
+              "pad_id": tokenizer.pad_token_id, "batch_size": eval_cfg.batch_size}
     gen = torch.Generator().manual_seed(seed * 7919 + 17)
     sampled = generate(model, [p for p in prompts for _ in range(k)], generator=gen,
                        temperature=eval_cfg.temperature, **common)

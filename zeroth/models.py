@@ -11,7 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    trainers,
+)
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -33,16 +42,25 @@ CHAT_TEMPLATE = (
 ARCHS = {"qwen2": Qwen2Config, "llama": LlamaConfig}
 
 
+# The pre-tokenizer of Qwen2's tokenizer: digits split one by one, byte-level BPE. Training with
+# exactly this pipeline means `AutoTokenizer` (which rebuilds Qwen2's pipeline from the vocab and
+# merges for qwen2 folders) reloads the very tokenizer we trained, whatever the architecture.
+SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+         r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A BPE over the characters of `texts`; each digit is its own token; unseen chars -> unk."""
-    tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk"]))
+    """A byte-level BPE fitted to `texts` (any text encodes; each digit is its own token)."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
+        pre_tokenizers.Split(Regex(SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
+    tok.decoder = decoders.ByteLevel()
     specials = list(SPECIAL.values()) + ROLES
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     # the reasoning tags are ordinary text to a reader (kept by decode), but one token each

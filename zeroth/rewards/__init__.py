@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 
 from zeroth.rewards.exact import exact_answer
-from zeroth.rewards.shaping import extract_answer, think_format
+from zeroth.rewards.shaping import extract_answer, tag_count, think_format
 
-REWARDS = {"correct": exact_answer, "format": think_format}
+REWARDS = {"correct": exact_answer, "format": think_format, "tags": tag_count}
 
-__all__ = ["REWARDS", "combine", "exact_answer", "extract_answer", "think_format"]
+__all__ = ["REWARDS", "combine", "exact_answer", "extract_answer", "tag_count", "think_format"]
 
 
 def combine(
@@ -27,13 +27,13 @@ def combine(
     """
     columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
     parts: list[dict[str, float | None]] = [{} for _ in completions]
-    for name, weight in weights.items():
+    for name in weights:
         try:
             scores = fns[name](completions, **columns)
             if len(scores) != len(completions):
                 raise ValueError(f"returned {len(scores)} scores for {len(completions)}")
             error = None
-        except Exception as exc:  # a verifier failure is recorded, distinct from a wrong answer
+        except Exception as exc:  # noqa: BLE001 — a verifier failure is recorded, not a 0.0
             scores, error = [None] * len(completions), f"{type(exc).__name__}: {exc}"
         for part, score in zip(parts, scores):
             part[name] = None if score is None or math.isnan(score) else float(score)

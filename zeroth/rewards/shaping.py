@@ -22,3 +22,15 @@ def extract_answer(completion: str) -> str | None:
 def think_format(completions: list[str], **_: object) -> list[float]:
     """1.0 when the whole completion is `[<think>…</think>]<answer>…</answer>`, else 0.0."""
     return [1.0 if _LAYOUT.fullmatch(c) else 0.0 for c in completions]
+
+
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def tag_count(completions: list[str], **_: object) -> list[float]:
+    """Soft format credit: 0.25 for each of the four tags that appears exactly once.
+
+    Gives a learning signal before any completion is fully well formed (useful for models
+    trained from zero); `think_format` is the strict check.
+    """
+    return [sum(0.25 for tag in _TAGS if c.count(tag) == 1) for c in completions]

@@ -1,0 +1,76 @@
+"""A run killed with SIGKILL at any moment and resumed ends exactly like an uninterrupted one."""
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ARGS = ["run", "tiny", "--quiet", "pretrain.checkpoint_every=5", "rl.checkpoint_every=1"]
+
+
+def _cli(args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "zeroth.cli", *args], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _fingerprint(run: Path) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    summary.pop("wall_s")
+    summary.pop("run")
+    db = sqlite3.connect(run / "ledger.sqlite")
+    rollouts = db.execute("select phase, step, prompt_idx, sample_idx, completion, rewards, "
+                          "advantage from rollouts order by phase, step, prompt_idx, sample_idx"
+                          ).fetchall()
+    evals = db.execute("select phase, problem_idx, sample_idx, completion, correct from evals "
+                       "order by phase, problem_idx, sample_idx").fetchall()
+    metrics = [(p, s, {k: v for k, v in json.loads(d).items() if not k.startswith("time_")})
+               for p, s, d in db.execute("select phase, step, data from metrics "
+                                         "order by phase, step").fetchall()]
+    db.close()
+    return {"summary": summary, "rollouts": rollouts, "evals": evals, "metrics": metrics}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("ref")
+    proc = _cli(ARGS + ["run.name=ref"], cwd)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    return _fingerprint(cwd / "runs" / "ref")
+
+
+def _wait_for(run: Path, tag_prefix: str, timeout: float = 120) -> None:
+    latest = run / "checkpoints" / "LATEST"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if latest.is_file() and latest.read_text().strip().startswith(tag_prefix):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint {tag_prefix}* within {timeout}s")
+
+
+# kill points: inside pre-training, right after the RL stage starts, deep in RL, and twice
+@pytest.mark.parametrize("kills", [["pretrain-000010"], ["rl-000000"], ["rl-000003"],
+                                   ["pretrain-000005", "rl-000002"]])
+def test_kill_and_resume_matches_uninterrupted(tmp_path, reference, kills):
+    run = tmp_path / "runs" / "k"
+    proc = _cli(ARGS + ["run.name=k"], tmp_path)
+    for i, tag in enumerate(kills):
+        _wait_for(run, tag)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (run / "summary.json").exists()
+        proc = _cli(["run", "--resume", str(run), "--quiet"], tmp_path)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert _fingerprint(run) == reference
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, reference):
+    run = tmp_path / "runs" / "f"
+    assert _cli(ARGS + ["run.name=f"], tmp_path).wait(timeout=300) == 0
+    assert _cli(["run", "--resume", str(run), "--quiet"], tmp_path).wait(timeout=300) == 0
+    assert _fingerprint(run) == reference

@@ -1,0 +1,51 @@
+import math
+
+from zeroth.rewards import combine, exact_answer, extract_answer, tag_count, think_format
+
+
+def test_format_accepts_direct_and_reasoned_layouts_only():
+    good = ["<answer>12</answer>", "<think>1+1</think><answer>2</answer>",
+            "<think>a</think>\n<answer>2</answer>\n"]
+    bad = ["12", "<answer>1</answer><answer>2</answer>", "<think>x<answer>2</answer>",
+           "hi <answer>2</answer>", "<think>a</think>", "<answer>2</answer> trailing",
+           "<think><think>a</think></think><answer>2</answer>"]
+    assert think_format(good) == [1.0] * len(good)
+    assert think_format(bad) == [0.0] * len(bad)
+
+
+def test_exact_answer_normalises_integers_but_not_loosely():
+    comps = ["<answer>0936</answer>", "<answer>1,458</answer>", "<answer>1,45,8</answer>",
+             "<answer>936.0</answer>", "936", "<answer> 936 </answer>"]
+    answers = ["936", "1458", "1458", "936", "936", "936"]
+    assert exact_answer(comps, answer=answers) == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    assert extract_answer("<answer>1</answer> then <answer>2</answer>") == "2"
+
+
+def test_tag_count_partial_credit():
+    assert tag_count(["<think></think><answer>1</answer>", "<answer>1", "x", "<think><think>"]) \
+        == [1.0, 0.25, 0.0, 0.0]
+
+
+def test_combine_weights_and_records_components():
+    rows = [{"answer": "3"}, {"answer": "4"}]
+    totals, parts = combine(["<answer>3</answer>", "<answer>5</answer>"], rows,
+                            {"correct": exact_answer, "format": think_format},
+                            {"correct": 1.0, "format": 0.5})
+    assert totals == [1.5, 0.5]
+    assert parts == [{"correct": 1.0, "format": 1.0}, {"correct": 0.0, "format": 1.0}]
+
+
+def test_combine_keeps_verifier_failure_apart_from_wrong_answer():
+    def broken(completions, **_):
+        raise RuntimeError("sandbox down")
+
+    def partial(completions, answer, **_):
+        return [None if a == "skip" else 1.0 for a in answer]
+
+    rows = [{"answer": "skip"}, {"answer": "1"}]
+    totals, parts = combine(["a", "b"], rows, {"broken": broken, "partial": partial},
+                            {"broken": 1.0, "partial": 2.0})
+    assert parts[0]["broken"] is None and "sandbox down" in parts[0]["broken_error"]
+    assert parts[0]["partial"] is None and parts[1]["partial"] == 1.0
+    assert totals == [0.0, 2.0]
+    assert not any(isinstance(v, float) and math.isnan(v) for p in parts for v in p.values())

@@ -1,0 +1,73 @@
+import json
+from random import Random
+
+import pytest
+
+from zeroth.config import load_config
+from zeroth.errors import UserError
+from zeroth.rewards import REWARDS
+from zeroth.tasks import load_task
+from zeroth.tasks.addition import columns, dropped_carry, is_heldout, reasoned
+
+
+def test_reasoned_demonstration_is_correct_and_readable():
+    assert reasoned(347, 589) == "<think>7+9+0=16 4+8+1=13 3+5+1=09</think><answer>936</answer>"
+    assert columns(95, 7) == [(5, 7, 0, 12), (9, 0, 1, 10)]
+
+
+def test_dropped_carry_is_the_systematic_slip():
+    assert dropped_carry(347, 589) == 826  # 7+9->6, 4+8->2, 3+5->8
+    assert dropped_carry(123, 456) == 579  # no carry: right
+    assert dropped_carry(500, 500) == 0
+
+
+def test_heldout_never_in_training_rows():
+    cfg = load_config(None, ["task.heldout_fraction=0.2"])
+    task = load_task(cfg)
+    train = task.train_rows(Random(0), 2000)
+    held = task.eval_rows(50, 0)
+    assert not any(is_heldout(r["a"], r["b"], 0.2) for r in train)
+    assert all(is_heldout(r["a"], r["b"], 0.2) for r in held)
+    assert {r["prompt"] for r in train}.isdisjoint({r["prompt"] for r in held})
+    assert task.eval_rows(50, 0) == held  # stable for a seed
+    assert len({r["prompt"] for r in held}) == 50
+
+
+def test_demonstration_accuracy_is_known():
+    task = load_task(load_config(None, ["demos.reason_fraction=0.0"]))
+    rng = Random(1)
+    for row in task.train_rows(rng, 200):
+        text, ok = task.demonstration(row, rng)
+        assert not text.startswith("<think>")
+        verdict = REWARDS["correct"]([text], answer=[row["answer"]])[0]
+        assert ok == (verdict == 1.0)
+
+
+def _jsonl_task(tmp_path, lines):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return load_task(load_config(None, ["task.name=jsonl", f"task.path={path}",
+                                        "task.heldout_fraction=0.3"]))
+
+
+def test_jsonl_task_splits_and_keeps_columns(tmp_path):
+    lines = [json.dumps({"prompt": f"q{i}", "answer": i, "level": i % 3}) for i in range(60)]
+    task = _jsonl_task(tmp_path, lines)
+    held = {r["prompt"] for r in task.eval_rows(100, 0)}
+    train = {r["prompt"] for r in task.train_rows(Random(0), 500)}
+    assert held and train and held.isdisjoint(train)
+    assert "level" in task.train_rows(Random(0), 1)[0]
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ('{"prompt": "q"', "not valid JSON"),
+    ('{"prompt": "q"}', "'answer'"),
+    ('["q", 1]', "JSON object"),
+    ('{"prompt": "", "answer": 1}', "'prompt'"),
+])
+def test_jsonl_malformed_row_names_line(tmp_path, bad, needle):
+    lines = [json.dumps({"prompt": "a", "answer": 1}), bad]
+    with pytest.raises(UserError) as err:
+        _jsonl_task(tmp_path, lines)
+    assert needle in str(err.value) and ":2:" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -1,0 +1,75 @@
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+from zeroth.evaluate import majority_correct, pass_at_k
+from zeroth.train import pack, rl_step
+
+
+def test_pack_aligns_completion_mask_with_targets():
+    ids, attn, mask = pack([[1, 2, 3], [4]], [[5, 6], [7, 8, 9]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 3, 5, 6], [4, 7, 8, 9, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    # targets are ids[:, 1:]: row 0 -> [2, 3, 5, 6], completion tokens 5, 6
+    assert mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 0]]
+
+
+def test_pass_at_k_matches_hand_values():
+    assert pass_at_k(4, 0, 1) == 0.0
+    assert pass_at_k(4, 1, 1) == 0.25
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 - C(3,2)/C(4,2)
+    assert pass_at_k(4, 3, 2) == 1.0
+    assert pass_at_k(8, 2, 8) == 1.0
+
+
+def test_majority_vote():
+    assert majority_correct(["5", "5", "6"], [True, True, False])
+    assert not majority_correct(["6", "6", "5"], [False, False, True])
+    assert not majority_correct([None, None], [False, False])
+
+
+def _shape_reward(completions, **_):
+    """A user reward in TRL's convention: longer completions score higher."""
+    return [min(len(c), 40) / 40 for c in completions]
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"mu": 2, "minibatch_size": 8, "loss_agg": "token"},
+    {"loss_agg": "constant", "advantage": "dr_grpo", "scale_rewards": False},
+    {"advantage": "rloo"},
+])
+def test_rl_step_moves_weights_with_a_user_reward(tiny_cfg, tiny_task, tiny_model, overrides):
+    model, tok = tiny_model
+    task = replace(tiny_task, rewards={**tiny_task.rewards, "shape": _shape_reward})
+    rl = replace(tiny_cfg.rl, reward_weights={"shape": 1.0, "correct": 1.0}, lr=1e-2,
+                 **overrides)
+    opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
+    before = _params(model)
+    metrics, rows = rl_step(model, opt, None, tok, task, rl, seed=0, step=0)
+    assert len(rows) == rl.prompts_per_step * rl.group_size
+    assert {"reward", "reward_shape", "reward_correct", "mean_len", "loss", "grad_norm"} <= \
+        set(metrics)
+    assert "kl" not in metrics  # beta = 0: no reference, no KL
+    assert all(set(r["rewards"]) == {"shape", "correct"} for r in rows)
+    group = [r["advantage"] for r in rows[: rl.group_size]]
+    assert abs(sum(group)) < 1e-4  # group-relative advantages are centred
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_rl_step_with_reference_reports_kl(tiny_cfg, tiny_task, tiny_model):
+    model, tok = tiny_model
+    ref = copy.deepcopy(model).requires_grad_(False)
+    task = replace(tiny_task, rewards={**tiny_task.rewards, "shape": _shape_reward})
+    rl = replace(tiny_cfg.rl, reward_weights={"shape": 1.0}, beta=0.1, mu=2, lr=1e-2)
+    opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
+    first, _ = rl_step(model, opt, ref, tok, task, rl, seed=0, step=0)
+    second, _ = rl_step(model, opt, ref, tok, task, rl, seed=0, step=1)
+    assert first["kl"] >= 0.0 and second["kl"] > 0.0  # the policy has left the reference
+    assert 0.0 <= second["clip_frac"] <= 1.0
