@@ -52,6 +52,7 @@ def test_tiny_run_end_to_end_and_no_clobbering(tmp_path):
     assert summary["steps"] == 4 and 0.0 < summary["demo_accuracy"] < 1.0
     assert "pass@1" in out and "after RL" in out
     assert (run / "config.yaml").is_file()
+    assert not (run / "reference").exists()  # tiny has beta = 0: no reference model at all
     latest = (run / "checkpoints" / "LATEST").read_text().strip()
     assert (run / "checkpoints" / latest / "model" / "model.safetensors").is_file()
     db = sqlite3.connect(run / "ledger.sqlite")

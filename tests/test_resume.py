@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-ARGS = ["run", "tiny", "--quiet", "pretrain.checkpoint_every=5", "rl.checkpoint_every=1"]
+ARGS = ["run", "tiny", "--quiet", "pretrain.checkpoint_every=5", "rl.checkpoint_every=1",
+        "rl.beta=0.05"]  # with a reference model, so its restore is tested too
 
 
 def _cli(args, cwd):

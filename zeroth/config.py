@@ -71,12 +71,12 @@ class RLConfig:
     group_size: int = 8  # G completions per prompt
     temperature: float = 1.0
     max_new_tokens: int = 64
-    lr: float = 2e-4
+    lr: float = 1e-4
     mu: int = 1  # optimisation passes over each batch of rollouts
     minibatch_size: int = 128
     eps_low: float = 0.2
     eps_high: float = 0.28
-    beta: float = 0.0  # KL coefficient; 0 -> no reference model is loaded
+    beta: float = 0.001  # KL coefficient (R1 used 0.001); 0 -> no reference model is loaded
     advantage: str = "grpo"  # a key of zeroth.algos.ADVANTAGES
     scale_rewards: bool = True  # divide group-relative advantages by the group std
     loss_agg: str = "seq"  # seq (GRPO) | token (DAPO) | constant (Dr. GRPO)

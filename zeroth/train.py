@@ -23,7 +23,7 @@ from random import Random
 
 import torch
 
-from zeroth.algos import ADVANTAGES, policy_loss, token_logprobs
+from zeroth.algos import ADVANTAGES, kl_k3, policy_loss, token_logprobs
 from zeroth.evaluate import decode
 from zeroth.models import prompt_ids
 from zeroth.rewards import combine
@@ -72,12 +72,14 @@ def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int
     n = ids.shape[0]
     chunks = [slice(i, i + rl.minibatch_size) for i in range(0, n, rl.minibatch_size)]
     on_policy = rl.mu == 1 and len(chunks) == 1
+    totals: dict[str, float] = {}
     with torch.no_grad():
-        old = None if on_policy else torch.cat([logprobs(model, ids[c], attn[c], rl.temperature)
-                                                for c in chunks])
+        old = None if on_policy and ref_model is None else torch.cat(
+            [logprobs(model, ids[c], attn[c], rl.temperature) for c in chunks])  # (B, T-1)
         ref = None if ref_model is None else torch.cat(
             [logprobs(ref_model, ids[c], attn[c], rl.temperature) for c in chunks])
-    totals: dict[str, float] = {}
+        if ref is not None:  # KL(policy || ref) on the tokens just sampled from the policy
+            totals["kl_ref"] = float((kl_k3(old, ref) * mask).sum() / mask.sum().clamp(min=1))
     for _ in range(rl.mu):
         for c in chunks:
             logp = logprobs(model, ids[c], attn[c], rl.temperature)  # (b, T-1)
@@ -94,8 +96,9 @@ def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int
             stats["loss"] = loss.item()
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value / (rl.mu * len(chunks))
-    if ref is None:
-        totals.pop("kl", None)  # no reference model: there is no KL to report
+    totals.pop("kl", None)  # measured after updates on old samples: biased; kl_ref is the one
+    if "kl_ref" in totals:
+        totals["kl"] = totals.pop("kl_ref")
     return totals
 
 
