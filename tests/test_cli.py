@@ -23,6 +23,9 @@ def _run_cli(args, cwd):
     (["run", "no_such_recipe.yaml"], "no_such_recipe.yaml"),
     (["run", "rl.reward_weights.nope=1"], "nope"),
     (["run", "--resume", "not/a/run"], "not/a/run"),
+    (["run", "run.name=../escape"], "run.name"),
+    (["run", "task.digits=1"], "task.eval_problems"),
+    (["run", "--resume", "x", "--force"], "--force"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
     assert main(args + ([f"run.out_dir={tmp_path}"] if "--resume" not in args else [])) == 2
@@ -30,6 +33,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
     assert err.startswith("zeroth: error:") and needle in err
     assert "\n" not in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing created for a refused run
+
+
+def test_model_folder_without_tokenizer_is_refused_before_writing(tmp_path, capsys, tiny_model):
+    model, _ = tiny_model
+    folder = tmp_path / "weights-only"
+    model.save_pretrained(folder)
+    out = tmp_path / "runs"
+    assert main(["run", f"model.path={folder}", f"run.out_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tokenizer" in err and "\n" not in err and not out.exists()
 
 
 def test_malformed_data_row_is_one_line_exit_2(tmp_path, capsys):

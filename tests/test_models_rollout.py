@@ -78,3 +78,22 @@ def test_saved_tokenizer_reloads_identically_with_autotokenizer(tiny_cfg, tiny_t
         assert again(text, add_special_tokens=False)["input_ids"] == ids
         assert again.decode(ids) == text
         assert prompt_ids(again, ["What is 1+2?"]) == prompt_ids(tok, ["What is 1+2?"])
+
+
+def test_special_tokens_smuggled_into_an_answer_stay_visible(tiny_model):
+    from zeroth.evaluate import decode
+    from zeroth.rewards import exact_answer
+
+    _, tok = tiny_model
+    ids = tok("<answer>9<|user|>36</answer>", add_special_tokens=False)["input_ids"]
+    text = decode(tok, [ids + [tok.eos_token_id]])[0]
+    assert text == "<answer>9<|user|>36</answer>"  # only the closing eos is dropped
+    assert exact_answer([text], answer=["936"]) == [0.0]
+
+
+def test_stop_ids_include_the_generation_config_eos(tiny_model):
+    from zeroth.rollout import stop_ids
+
+    model, tok = tiny_model
+    model.generation_config.eos_token_id = [tok.eos_token_id, 7]
+    assert stop_ids(model, tok) == {tok.eos_token_id, 7}

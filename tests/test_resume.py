@@ -54,14 +54,18 @@ def _wait_for(run: Path, tag_prefix: str, timeout: float = 120) -> None:
     raise AssertionError(f"no checkpoint {tag_prefix}* within {timeout}s")
 
 
-# kill points: inside pre-training, right after the RL stage starts, deep in RL, and twice
-@pytest.mark.parametrize("kills", [["pretrain-000010"], ["rl-000000"], ["rl-000003"],
-                                   ["pretrain-000005", "rl-000002"]])
+# kill points (checkpoint seen, then a delay in seconds): in pre-training, at the start of RL,
+# in the middle of RL steps, in the final evaluation (after the last checkpoint), and twice
+@pytest.mark.parametrize("kills", [
+    [("pretrain-000010", 0.0)], [("rl-000000", 0.0)], [("rl-000001", 0.15)],
+    [("rl-000004", 0.05)], [("pretrain-000005", 0.02), ("rl-000002", 0.1)],
+])
 def test_kill_and_resume_matches_uninterrupted(tmp_path, reference, kills):
     run = tmp_path / "runs" / "k"
     proc = _cli(ARGS + ["run.name=k"], tmp_path)
-    for i, tag in enumerate(kills):
+    for tag, delay in kills:
         _wait_for(run, tag)
+        time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert not (run / "summary.json").exists()
@@ -73,5 +77,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, reference, kills):
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, reference):
     run = tmp_path / "runs" / "f"
     assert _cli(ARGS + ["run.name=f"], tmp_path).wait(timeout=300) == 0
+    before = (run / "summary.json").read_bytes()
     assert _cli(["run", "--resume", str(run), "--quiet"], tmp_path).wait(timeout=300) == 0
+    assert (run / "summary.json").read_bytes() == before
     assert _fingerprint(run) == reference

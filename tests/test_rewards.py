@@ -49,3 +49,28 @@ def test_combine_keeps_verifier_failure_apart_from_wrong_answer():
     assert parts[0]["partial"] is None and parts[1]["partial"] == 1.0
     assert totals == [0.0, 2.0]
     assert not any(isinstance(v, float) and math.isnan(v) for p in parts for v in p.values())
+
+
+def test_empty_answer_is_not_well_formed():
+    assert think_format(["<answer></answer>", "<answer> </answer>", "<think>x</think><answer>"
+                         "</answer>"]) == [0.0, 0.0, 0.0]
+
+
+def test_reward_returning_a_non_number_is_a_recorded_failure():
+    def sloppy(completions, **_):
+        return ["yes" for _ in completions]
+
+    totals, parts = combine(["a"], [{"answer": "1"}], {"sloppy": sloppy}, {"sloppy": 1.0})
+    assert parts[0]["sloppy"] is None and "sloppy_error" in parts[0] and totals == [0.0]
+
+
+def test_rows_with_different_columns_reach_rewards_as_none():
+    seen = {}
+
+    def peek(completions, level, **_):
+        seen["level"] = level
+        return [0.0] * len(completions)
+
+    combine(["a", "b"], [{"answer": "1"}, {"answer": "2", "level": 3}], {"peek": peek},
+            {"peek": 1.0})
+    assert seen["level"] == [None, 3]

@@ -74,3 +74,20 @@ def test_rl_step_with_reference_reports_kl(tiny_cfg, tiny_task, tiny_model):
     assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # sampled from the reference itself
     assert second["kl"] > 0.0  # the policy has left the reference
     assert 0.0 <= second["clip_frac"] <= 1.0
+
+
+def test_verifier_failure_gets_no_advantage(tiny_cfg, tiny_task, tiny_model):
+    model, tok = tiny_model
+
+    def flaky(completions, **_):  # fails on the first half of the batch
+        if len(completions) and not hasattr(flaky, "called"):
+            flaky.called = True
+            raise RuntimeError("timeout")
+        return [1.0] * len(completions)
+
+    task = replace(tiny_task, rewards={**tiny_task.rewards, "flaky": flaky,
+                                       "shape": _shape_reward})
+    rl = replace(tiny_cfg.rl, reward_weights={"flaky": 1.0, "shape": 1.0})
+    opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
+    _, rows = rl_step(model, opt, None, tok, task, rl, seed=0, step=0)
+    assert all(r["rewards"]["flaky"] is None and r["advantage"] == 0.0 for r in rows)

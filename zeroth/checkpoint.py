@@ -58,7 +58,7 @@ def _is_complete(path: Path) -> bool:
     return path.is_dir() and (path / "state.json").is_file()
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """fsync one file or directory (directories: so that renames inside them are durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -67,12 +67,12 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(top: Path) -> None:
+def fsync_tree(top: Path) -> None:
     """fsync every file and directory under `top`, `top` included."""
     for dirpath, _dirnames, filenames in os.walk(top):
         for name in filenames:
-            _fsync_path(Path(dirpath) / name)
-        _fsync_path(Path(dirpath))
+            fsync_path(Path(dirpath) / name)
+        fsync_path(Path(dirpath))
 
 
 def _check_tag(tag: str) -> None:
@@ -156,7 +156,7 @@ def _write_latest(root: Path, tag: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, root / LATEST)
-    _fsync_path(root)
+    fsync_path(root)
 
 
 def _read_latest(root: Path) -> str | None:
@@ -182,7 +182,7 @@ def _clean_leftovers(root: Path) -> None:
                 if final.exists():
                     _discard(final)
                 os.replace(entry, final)  # a crash fell between "old away" and "new in"
-                _fsync_path(root)
+                fsync_path(root)
             else:
                 _discard(entry)
         elif name.startswith((_TMP, _TRASH)):
@@ -247,7 +247,7 @@ def save_checkpoint(
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(_rng_states(generators), tmp / "rng.pt")
         (tmp / "state.json").write_text(state_text + "\n", encoding="utf-8")
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -257,7 +257,7 @@ def save_checkpoint(
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_path(root)
+    fsync_path(root)
     _write_latest(root, tag)
     if old.exists():
         _discard(old)

@@ -41,14 +41,15 @@ def cmd_run(ns) -> int:
     from zeroth.config import load_config
     from zeroth.progress import Display
     from zeroth.report import print_results
-    from zeroth.run import create_run_dir, execute, load_run_config
-    from zeroth.tasks import load_task
+    from zeroth.run import create_run_dir, execute, load_run_config, preflight
 
     recipe = None
     overrides = list(ns.args)
     if overrides and "=" not in overrides[0]:
         recipe = overrides.pop(0)
     if ns.resume:
+        if ns.force:
+            raise UserError("--resume continues a run and --force replaces one: give only one")
         if recipe or overrides:
             raise UserError("--resume takes no recipe or overrides: a run continues with the "
                             "config saved in its directory")
@@ -56,7 +57,7 @@ def cmd_run(ns) -> int:
         cfg = load_run_config(run_dir)
     else:
         cfg = load_config(recipe, overrides)
-        load_task(cfg)  # rows and reward names are checked before anything is written
+        preflight(cfg)  # data, splits, model folder: checked before anything is written
         run_dir = create_run_dir(cfg, Path(recipe).stem if recipe else "default", ns.force)
     display = Display(quiet=ns.quiet)
     display.print(f"run directory: {run_dir}")

@@ -300,6 +300,11 @@ _RULES: list[tuple] = [
     ),
     ("task.eval_problems", *_ge(1)),
     (
+        "run.name",
+        lambda v, c: v is None or (v not in (".", "..") and "/" not in v and "\\" not in v),
+        "config key '{key}' must be a plain folder name (no '/'), got {v}",
+    ),
+    (
         "model.path",
         lambda v, c: v is None or _model_dir(v).is_dir(),
         "model.path {v} does not exist — give a local Hugging Face model folder",

@@ -16,7 +16,7 @@ import torch
 
 from zeroth.models import prompt_ids
 from zeroth.rewards import combine, extract_answer
-from zeroth.rollout import generate
+from zeroth.rollout import generate, hash_seed, stop_ids
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -38,30 +38,38 @@ def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
     return any(ok for a, ok in zip(answers, correct) if a == best)
 
 
-def decode(tokenizer, completions: list[list[int]]) -> list[str]:
-    return [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+def decode(tokenizer, completions: list[list[int]], stops: set[int] | None = None) -> list[str]:
+    """Completion text as sampled: special tokens inside it stay visible to the verifiers (a
+    role token smuggled into an answer must not vanish); only the closing stop token is dropped."""
+    stops = stops or {tokenizer.eos_token_id}
+    return [tokenizer.decode(c[:-1] if c and c[-1] in stops else c, skip_special_tokens=False)
+            for c in completions]
 
 
-def _score(tokenizer, task, rows, completions, weights):
-    texts = decode(tokenizer, completions)
-    _, parts = combine(texts, rows, task.rewards, weights)
+EVAL_WEIGHTS = {"correct": 1.0, "format": 1.0}  # what evaluation reports, whatever RL optimises
+
+
+def _score(tokenizer, task, rows, completions, stops):
+    texts = decode(tokenizer, completions, stops)
+    _, parts = combine(texts, rows, task.rewards, EVAL_WEIGHTS)
     return texts, [p.get("correct") == 1.0 for p in parts], [p.get("format") for p in parts]
 
 
-def evaluate(model, tokenizer, task, rows: list[dict], eval_cfg, seed: int,
-             weights: dict[str, float]) -> tuple[dict, list[dict]]:
+def evaluate(model, tokenizer, task, rows: list[dict], eval_cfg,
+             seed: int) -> tuple[dict, list[dict]]:
     """(metrics, ledger rows) for `rows`: k samples each at eval temperature, plus greedy."""
     k = eval_cfg.k
     prompts = prompt_ids(tokenizer, [r["prompt"] for r in rows])
-    common = {"max_new_tokens": eval_cfg.max_new_tokens, "eos_id": tokenizer.eos_token_id,
+    stops = stop_ids(model, tokenizer)
+    common = {"max_new_tokens": eval_cfg.max_new_tokens, "eos_id": stops,
               "pad_id": tokenizer.pad_token_id, "batch_size": eval_cfg.batch_size}
-    gen = torch.Generator().manual_seed(seed * 7919 + 17)
+    gen = torch.Generator().manual_seed(hash_seed(f"eval-{seed}"))
     sampled = generate(model, [p for p in prompts for _ in range(k)], generator=gen,
                        temperature=eval_cfg.temperature, **common)
     greedy = generate(model, prompts, greedy=True, **common)
     many = [r for r in rows for _ in range(k)]
-    s_text, s_ok, s_fmt = _score(tokenizer, task, many, sampled, weights)
-    g_text, g_ok, _ = _score(tokenizer, task, rows, greedy, weights)
+    s_text, s_ok, s_fmt = _score(tokenizer, task, many, sampled, stops)
+    g_text, g_ok, _ = _score(tokenizer, task, rows, greedy, stops)
 
     per_problem = [s_ok[i * k:(i + 1) * k] for i in range(len(rows))]
     answers = [extract_answer(t) for t in s_text]

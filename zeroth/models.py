@@ -93,15 +93,36 @@ def build_model(model_cfg, tokenizer) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
+def check_model_dir(path: str | Path) -> Path:
+    """A local Hugging Face model folder with weights, a tokenizer and a chat template."""
+    folder = Path(path).expanduser()
+    what = None
+    if not (folder / "config.json").is_file():
+        what = "no config.json"
+    elif not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        what = "no weights (*.safetensors)"
+    elif not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
+        what = "no tokenizer (tokenizer.json)"
+    if what:
+        raise UserError(f"model path '{path}' has {what} — give a Hugging Face model folder "
+                        "saved with save_pretrained (model and tokenizer)")
+    return folder
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from a local Hugging Face folder."""
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise UserError(f"model path '{folder}' has no config.json — give a Hugging Face folder")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    folder = check_model_dir(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"model path '{path}' could not be loaded: {first}") from None
+    if not tokenizer.chat_template:
+        raise UserError(f"model path '{path}': the tokenizer has no chat template — use an "
+                        "instruct/chat model folder or add a chat_template")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     return model, tokenizer
 
 

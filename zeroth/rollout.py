@@ -9,6 +9,7 @@ seed and resumes exactly), and a row stops at its end-of-sequence token.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 
 import torch
@@ -19,6 +20,11 @@ def _cache_kwarg(model) -> str:
     """transformers 5 names the KV-cache argument `cache`; earlier versions `past_key_values`."""
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def hash_seed(tag: str) -> int:
+    """A 63-bit seed from a text tag, so each random stream (eval, RL step n) is its own."""
+    return int.from_bytes(hashlib.blake2b(tag.encode(), digest_size=8).digest(), "big") >> 1
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +38,7 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 
 @torch.no_grad()
-def _generate_batch(model, prompts, *, max_new_tokens, temperature, generator, eos_id, pad_id,
+def _generate_batch(model, prompts, *, max_new_tokens, temperature, generator, eos_ids, pad_id,
                     greedy):
     ids, mask = _left_pad(prompts, pad_id)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
@@ -40,10 +46,12 @@ def _generate_batch(model, prompts, *, max_new_tokens, temperature, generator, e
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1, **cache)
     batch = ids.shape[0]
+    stops = torch.tensor(sorted(eos_ids), dtype=torch.long)
     done = torch.zeros(batch, dtype=torch.bool)
+    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long)  # tokens kept per row
     tokens = []
     next_pos = positions[:, -1:] + 1  # (B, 1)
-    for _ in range(max_new_tokens):
+    for t in range(max_new_tokens):
         logits = out.logits[:, -1, :].float()  # (B, V)
         if greedy:
             token = logits.argmax(-1)
@@ -52,7 +60,9 @@ def _generate_batch(model, prompts, *, max_new_tokens, temperature, generator, e
             token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         tokens.append(token)
-        done |= token == eos_id
+        ended = ~done & torch.isin(token, stops)
+        lengths[ended] = t + 1
+        done |= ended
         if bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype)], dim=-1)
@@ -60,27 +70,30 @@ def _generate_batch(model, prompts, *, max_new_tokens, temperature, generator, e
                     use_cache=True, **cache)
         next_pos = next_pos + 1
     rows = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(batch)]
-    return [_trim(row, eos_id, pad_id) for row in rows]
+    return [row[: int(n)] for row, n in zip(rows, lengths)]
 
 
-def _trim(row: list[int], eos_id: int, pad_id: int) -> list[int]:
-    """Keep tokens up to and including the first end-of-sequence token."""
-    if eos_id in row:
-        return row[: row.index(eos_id) + 1]
-    return [t for t in row if t != pad_id] if pad_id != eos_id else row
+def stop_ids(model, tokenizer) -> set[int]:
+    """Token ids that end a completion: the tokenizer's eos and the generation config's."""
+    ids = {tokenizer.eos_token_id}
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
+    return {i for i in ids if i is not None}
 
 
 def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
-             generator: torch.Generator | None = None, eos_id: int, pad_id: int,
+             generator: torch.Generator | None = None, eos_id: int | set[int], pad_id: int,
              batch_size: int = 256, greedy: bool = False) -> list[list[int]]:
-    """Completion token ids for each prompt (ending with eos_id when the model stopped)."""
+    """Completion token ids for each prompt, ending with a stop token when the model stopped
+    (`eos_id`: one id or a set); every sampled token is kept, whatever it is."""
+    eos_ids = {eos_id} if isinstance(eos_id, int) else set(eos_id)
     was_training = model.training
     model.eval()
     completions: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         completions += _generate_batch(
             model, prompts[start:start + batch_size], max_new_tokens=max_new_tokens,
-            temperature=temperature, generator=generator, eos_id=eos_id, pad_id=pad_id,
+            temperature=temperature, generator=generator, eos_ids=eos_ids, pad_id=pad_id,
             greedy=greedy)
     model.train(was_training)
     return completions

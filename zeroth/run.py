@@ -12,6 +12,7 @@ resumed run ends exactly where an uninterrupted one would.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -22,19 +23,49 @@ from random import Random
 import torch
 import yaml
 
-from zeroth.checkpoint import latest_checkpoint, load_checkpoint, model_dir, save_checkpoint
+from zeroth.checkpoint import (
+    fsync_path,
+    fsync_tree,
+    latest_checkpoint,
+    load_checkpoint,
+    model_dir,
+    save_checkpoint,
+)
 from zeroth.config import Config, config_from_dict, dump_config, validate
 from zeroth.errors import UserError
 from zeroth.evaluate import evaluate
 from zeroth.ledger import Ledger
-from zeroth.models import build_model, load_model, n_params, train_tokenizer
+from zeroth.models import build_model, check_model_dir, load_model, n_params, train_tokenizer
 from zeroth.stages import pretrain as pt
 from zeroth.tasks import load_task
 from zeroth.train import train
 
 
+def preflight(cfg: Config) -> None:
+    """Everything that can be checked before a run directory is written: the task's data and
+    splits, the model folder, and whether pre-training has demonstrations to learn from."""
+    task = load_task(cfg)
+    try:
+        task.eval_rows(cfg.task.eval_problems, cfg.run.seed)
+        task.train_rows(Random(0), 1)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if cfg.model.path:
+        check_model_dir(cfg.model.path)
+    elif task.demonstration is None:
+        raise UserError(f"task '{task.name}' has no demonstrations to build a tokenizer and "
+                        "pre-train from scratch — set model.path to a local model folder")
+    if task.demonstration is None and cfg.pretrain.steps > 0:
+        raise UserError(f"task '{task.name}' has no 'demo' column to pre-train on — set "
+                        "pretrain.steps=0 or add demonstrations")
+
+
 def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
     """Make runs/<name>/ and save the resolved config; never clobber an existing run unasked."""
+    for section, key in (("model", "path"), ("task", "path")):  # resume works from anywhere
+        value = getattr(getattr(cfg, section), key)
+        if value:
+            setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
     name = cfg.run.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(cfg.run.out_dir) / name
     if path.exists() and any(path.iterdir()):
@@ -57,7 +88,13 @@ def load_run_config(path: str | Path) -> Config:
     if not file.is_file():
         raise UserError(f"'{path}' is not a zeroth run directory (no config.yaml) — give "
                         "runs/<name> of an earlier `zeroth run`")
-    return validate(config_from_dict(yaml.safe_load(file.read_text(encoding="utf-8")) or {}))
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        data = None
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"{file} is damaged (not a YAML mapping) — restore it or start a new run")
+    return validate(config_from_dict(data))
 
 
 def _demo_rows(task, cfg: Config):
@@ -84,6 +121,7 @@ class Runner:
 
     def __init__(self, run_dir: Path, cfg: Config, display):
         self.dir, self.cfg, self.display = Path(run_dir), cfg, display
+        self.lock = lock_run_dir(self.dir)
         self.ledger = Ledger(self.dir / "ledger.sqlite")
         self.task = load_task(cfg)
         self.t0 = time.time()
@@ -107,12 +145,23 @@ class Runner:
         rows = self.task.eval_rows(self.cfg.task.eval_problems, self.cfg.run.seed)
         with self.display.stage(phase, total=1) as update:
             metrics, samples = evaluate(self.model, self.tokenizer, self.task, rows,
-                                        self.cfg.eval, self.cfg.run.seed,
-                                        self.cfg.rl.reward_weights)
+                                        self.cfg.eval, self.cfg.run.seed)
             update(1, pass1=metrics["pass1"], greedy=metrics["greedy"])
         self.ledger.log_eval(phase, samples)
         self.ledger.log_metrics(phase, 0, metrics)
         return metrics
+
+
+def lock_run_dir(run_dir: Path):
+    """An exclusive lock held while this process works on the run (released when it exits)."""
+    handle = open(run_dir / ".lock", "w")  # noqa: SIM115 — lives as long as the run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"run directory '{run_dir}' is in use by another zeroth process — "
+                        "wait for it to finish or stop it first") from None
+    return handle
 
 
 def pretrain_stage(r: Runner) -> None:
@@ -153,14 +202,17 @@ def pretrain_stage(r: Runner) -> None:
 
 
 def save_reference(model, tokenizer, target: Path) -> None:
-    """The frozen reference policy for the KL term, written atomically."""
+    """The frozen reference policy for the KL term, written atomically and durably."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    fsync_tree(tmp)
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
+    fsync_path(target.parent)
 
 
 def rl_stage(r: Runner) -> None:
@@ -172,8 +224,12 @@ def rl_stage(r: Runner) -> None:
     if start > 0:
         load_checkpoint(r.ckpt, optimizer=optimizer)
     r.ledger.truncate_after("rl", start)
+    r.model.eval()  # no dropout: sampling, old and new log-probs must see the same network
     ref = None
     if rl.beta > 0:  # beta = 0: no reference model is loaded at all
+        if not (r.dir / "reference" / "config.json").is_file():
+            raise UserError(f"{r.dir / 'reference'} is missing — the run's reference policy "
+                            "is gone; start a new run")
         ref, _ = load_model(r.dir / "reference")
         ref.eval().requires_grad_(False)
 
@@ -213,6 +269,10 @@ def write_json(path: Path, data: dict) -> None:
 def execute(run_dir: Path, cfg: Config, display) -> dict:
     """Run (or resume) every remaining stage; write and return summary.json."""
     torch.set_num_threads(cfg.run.threads)
+    done = Path(run_dir) / "summary.json"
+    if done.is_file():
+        display.print(f"{run_dir} has finished already; its summary is unchanged")
+        return json.loads(done.read_text(encoding="utf-8"))
     r = Runner(run_dir, cfg, display)
     try:
         if r.state["stage"] == "pretrain":
@@ -225,3 +285,4 @@ def execute(run_dir: Path, cfg: Config, display) -> dict:
         return summary
     finally:
         r.ledger.close()
+        r.lock.close()

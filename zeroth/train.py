@@ -27,7 +27,7 @@ from zeroth.algos import ADVANTAGES, kl_k3, policy_loss, token_logprobs
 from zeroth.evaluate import decode
 from zeroth.models import prompt_ids
 from zeroth.rewards import combine
-from zeroth.rollout import generate
+from zeroth.rollout import generate, hash_seed, stop_ids
 
 
 def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
@@ -56,11 +56,12 @@ def sample_rollouts(model, tokenizer, task, rl, seed: int, step: int) -> dict:
     rows = task.train_rows(Random(f"{seed}-rl-{step}"), rl.prompts_per_step)
     rows = [r for r in rows for _ in range(rl.group_size)]  # (P*G,) groups are consecutive
     prompts = prompt_ids(tokenizer, [r["prompt"] for r in rows])
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    stops = stop_ids(model, tokenizer)
+    gen = torch.Generator().manual_seed(hash_seed(f"rl-{seed}-{step}"))
     completions = generate(model, prompts, max_new_tokens=rl.max_new_tokens, generator=gen,
-                           temperature=rl.temperature, eos_id=tokenizer.eos_token_id,
+                           temperature=rl.temperature, eos_id=stops,
                            pad_id=tokenizer.pad_token_id, batch_size=len(prompts))
-    texts = decode(tokenizer, completions)
+    texts = decode(tokenizer, completions, stops)
     totals, parts = combine(texts, rows, task.rewards, rl.reward_weights)
     return {"rows": rows, "prompts": prompts, "completions": completions, "texts": texts,
             "rewards": torch.tensor(totals, dtype=torch.float32), "parts": parts}
@@ -108,6 +109,8 @@ def rl_step(model, optimizer, ref_model, tokenizer, task, rl, seed: int, step: i
     batch = sample_rollouts(model, tokenizer, task, rl, seed, step)
     timers["time_gen"], t0 = time.perf_counter() - t0, time.perf_counter()
     adv = ADVANTAGES[rl.advantage](batch["rewards"], rl.group_size, rl.scale_rewards, 1e-4)
+    failed = torch.tensor([any(k.endswith("_error") for k in p) for p in batch["parts"]])
+    adv = adv.masked_fill(failed, 0.0)  # a verifier failure teaches nothing, it is no 0 score
     stats = update(model, optimizer, ref_model, batch, adv, rl, tokenizer.pad_token_id)
     timers["time_update"] = time.perf_counter() - t0
     metrics = {**_reward_stats(batch, rl), **stats, **timers}

@@ -16,6 +16,14 @@ REWARDS = {"correct": exact_answer, "format": think_format, "tags": tag_count}
 __all__ = ["REWARDS", "combine", "exact_answer", "extract_answer", "tag_count", "think_format"]
 
 
+def _number(score) -> float | None:
+    """A reward value as float; None (or NaN) stays None; anything else is a verifier bug."""
+    if score is None:
+        return None
+    value = float(score)  # raises for a non-number, recorded like any verifier failure
+    return None if math.isnan(value) else value
+
+
 def combine(
     completions: list[str], rows: list[dict], fns: dict, weights: dict[str, float]
 ) -> tuple[list[float], list[dict[str, float | None]]]:
@@ -25,18 +33,19 @@ def combine(
     (not applicable, or the verifier raised) adds nothing to the total; a reward function that
     raises is recorded as None for that whole call with the error kept under `<name>_error`.
     """
-    columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+    keys = dict.fromkeys(key for row in rows for key in row)  # union, in first-seen order
+    columns = {key: [row.get(key) for row in rows] for key in keys}
     parts: list[dict[str, float | None]] = [{} for _ in completions]
     for name in weights:
         try:
-            scores = fns[name](completions, **columns)
+            scores = [_number(x) for x in fns[name](completions, **columns)]
             if len(scores) != len(completions):
                 raise ValueError(f"returned {len(scores)} scores for {len(completions)}")
             error = None
         except Exception as exc:  # noqa: BLE001 — a verifier failure is recorded, not a 0.0
             scores, error = [None] * len(completions), f"{type(exc).__name__}: {exc}"
         for part, score in zip(parts, scores):
-            part[name] = None if score is None or math.isnan(score) else float(score)
+            part[name] = score
             if error:
                 part[f"{name}_error"] = error
     totals = [

@@ -19,9 +19,15 @@ def extract_answer(completion: str) -> str | None:
     return found[-1].strip() if found else None
 
 
+def _well_formed(completion: str) -> bool:
+    match = _LAYOUT.fullmatch(completion)
+    return bool(match) and match.group(2).strip() != ""
+
+
 def think_format(completions: list[str], **_: object) -> list[float]:
-    """1.0 when the whole completion is `[<think>…</think>]<answer>…</answer>`, else 0.0."""
-    return [1.0 if _LAYOUT.fullmatch(c) else 0.0 for c in completions]
+    """1.0 when the whole completion is `[<think>…</think>]<answer>…</answer>` with a non-empty
+    answer, else 0.0."""
+    return [1.0 if _well_formed(c) else 0.0 for c in completions]
 
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")

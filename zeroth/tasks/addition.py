@@ -41,11 +41,15 @@ def _draw(rng: Random, digits: int) -> tuple[int, int]:
 
 def train_rows(rng: Random, n: int, *, digits: int, heldout: float) -> list[Row]:
     rows = []
-    while len(rows) < n:
+    for _ in range(1000 * n + 10_000):
+        if len(rows) == n:
+            return rows
         a, b = _draw(rng, digits)
         if not is_heldout(a, b, heldout):
             rows.append(make_row(a, b))
-    return rows
+    if len(rows) == n:
+        return rows
+    raise ValueError("the training split is (nearly) empty; lower task.heldout_fraction")
 
 
 def eval_rows(n: int, seed: int, *, digits: int, heldout: float) -> list[Row]:
@@ -58,7 +62,8 @@ def eval_rows(n: int, seed: int, *, digits: int, heldout: float) -> list[Row]:
             rows.append(make_row(a, b))
             if len(rows) == n:
                 return rows
-    raise ValueError(f"held-out split too small for {n} problems; raise task.heldout_fraction")
+    raise ValueError(f"the held-out split has fewer than task.eval_problems={n} problems "
+                     "— lower task.eval_problems, raise task.heldout_fraction or task.digits")
 
 
 def columns(a: int, b: int) -> list[tuple[int, int, int, int]]:

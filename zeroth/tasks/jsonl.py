@@ -38,7 +38,10 @@ def read_rows(path: str) -> list[Row]:
         for key in REQUIRED:
             if not isinstance(row.get(key), (str, int, float)) or str(row[key]).strip() == "":
                 raise UserError(f"{where}: missing or empty '{key}' — every row needs {REQUIRED}")
-        row["prompt"], row["answer"] = str(row["prompt"]), str(row["answer"])
+        answer = row["answer"]
+        if isinstance(answer, float) and answer.is_integer():
+            answer = int(answer)  # 3.0 in JSON is the integer answer 3
+        row["prompt"], row["answer"] = str(row["prompt"]), str(answer)
         rows.append(row)
     if not rows:
         raise UserError(f"task.path '{path}' holds no rows")
