@@ -52,8 +52,8 @@ def test_combine_keeps_verifier_failure_apart_from_wrong_answer():
 
 
 def test_empty_answer_is_not_well_formed():
-    assert think_format(["<answer></answer>", "<answer> </answer>", "<think>x</think><answer>"
-                         "</answer>"]) == [0.0, 0.0, 0.0]
+    empty = ["<answer></answer>", "<answer> </answer>", "<think>x</think><answer></answer>"]
+    assert think_format(empty) == [0.0, 0.0, 0.0]
 
 
 def test_reward_returning_a_non_number_is_a_recorded_failure():
