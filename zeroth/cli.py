@@ -60,7 +60,7 @@ def cmd_run(ns) -> int:
         preflight(cfg)  # data, splits, model folder: checked before anything is written
         run_dir = create_run_dir(cfg, Path(recipe).stem if recipe else "default", ns.force)
     display = Display(quiet=ns.quiet)
-    display.print(f"run directory: {run_dir}")
+    display.print(f"run directory: {run_dir}", highlight=False)
     with display:
         summary = execute(run_dir, cfg, display)
     print_results(display.console, summary, run_dir)

@@ -15,15 +15,14 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
 
 
 def fmt(fields: dict) -> str:
-    return "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in fields.items())
+    return " ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in fields.items())
 
 
 class Display:
@@ -34,8 +33,8 @@ class Display:
         self.quiet = quiet
         self.live = self.console.is_terminal and not quiet
         self.progress = Progress(
-            TextColumn("[bold]{task.description:<9}"), BarColumn(bar_width=24),
-            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+            TextColumn("[bold]{task.description:<10}"), BarColumn(bar_width=12),
+            MofNCompleteColumn(), TimeRemainingColumn(compact=True), TextColumn("left"),
             TextColumn("{task.fields[info]}"), console=self.console, disable=not self.live)
         self._stage = None
 

@@ -31,4 +31,4 @@ def print_results(console, summary: dict, run_dir: Path) -> None:
     title = (f"{summary['task']} · held-out {summary['eval_problems']} problems · "
              f"{summary['steps']} RL steps · {summary['wall_s']:.0f}s")
     console.print(results_table(results_rows(summary), title))
-    console.print(f"summary: {Path(run_dir) / 'summary.json'}")
+    console.print(f"summary: {Path(run_dir) / 'summary.json'}", highlight=False)
