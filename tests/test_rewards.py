@@ -74,3 +74,22 @@ def test_rows_with_different_columns_reach_rewards_as_none():
     combine(["a", "b"], [{"answer": "1"}, {"answer": "2", "level": 3}], {"peek": peek},
             {"peek": 1.0})
     assert seen["level"] == [None, 3]
+
+
+def test_overlong_soft_penalty_matches_dapo():
+    from zeroth.rewards import overlong
+
+    # limit 20, cache 4: no penalty up to 16 tokens, then -1/4 per token, -1 at 20 and beyond
+    ids = [[0] * n for n in (10, 16, 17, 18, 20, 25)]
+    assert overlong([""] * 6, completion_ids=ids, max_new_tokens=[20] * 6, overlong_cache=4) \
+        == [0.0, 0.0, -0.25, -0.5, -1.0, -1.0]
+    assert overlong(["a"]) == [None]  # no token counts: not applicable
+
+
+def test_combine_passes_token_ids_to_rewards():
+    from zeroth.rewards import overlong
+
+    totals, _ = combine(["a", "b"], [{"answer": "1"}, {"answer": "2"}], {"overlong": overlong},
+                        {"overlong": 1.0}, completion_ids=[[1] * 3, [1] * 64],
+                        max_new_tokens=[64, 64])
+    assert totals == [0.0, -1.0]

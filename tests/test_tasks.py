@@ -71,3 +71,27 @@ def test_jsonl_malformed_row_names_line(tmp_path, bad, needle):
         _jsonl_task(tmp_path, lines)
     assert needle in str(err.value) and ":2:" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_user_rewards_by_file_and_module(tmp_path):
+    file = tmp_path / "my_rewards.py"
+    file.write_text("def brevity(completions, **_):\n"
+                    "    return [1.0 / (1 + len(c)) for c in completions]\n")
+    weights = f"rl.reward_weights={{correct: 1.0, '{file}:brevity': 0.5, " \
+              "'zeroth.rewards.shaping:tag_count': 0.1}"
+    task = load_task(load_config(None, [weights]))
+    brevity = task.rewards[f"{file}:brevity"]
+    assert brevity(["", "abc"]) == [1.0, 0.25]
+    assert task.rewards["zeroth.rewards.shaping:tag_count"](["<answer>"]) == [0.25]
+
+
+@pytest.mark.parametrize("name, needle", [
+    ("nope", "unknown reward 'nope'"),
+    ("no/such/file.py:f", "does not exist"),
+    ("zeroth.rewards.shaping:missing", "no function 'missing'"),
+    ("no_such_module_xyz:f", "cannot import module"),
+])
+def test_unresolvable_reward_names_are_user_errors(name, needle):
+    with pytest.raises(UserError) as err:
+        load_task(load_config(None, [f"rl.reward_weights={{'{name}': 1.0}}"]))
+    assert needle in str(err.value) and "rl.reward_weights" in str(err.value)

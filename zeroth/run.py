@@ -66,6 +66,10 @@ def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
         value = getattr(getattr(cfg, section), key)
         if value:
             setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
+    cfg.rl.reward_weights = {  # user reward files too, as absolute paths
+        (f"{Path(k.rsplit(':', 1)[0]).expanduser().resolve()}:{k.rsplit(':', 1)[1]}"
+         if ":" in k and k.rsplit(":", 1)[0].endswith(".py") else k): w
+        for k, w in cfg.rl.reward_weights.items()}
     name = cfg.run.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(cfg.run.out_dir) / name
     if path.exists() and any(path.iterdir()):

@@ -62,7 +62,9 @@ def sample_rollouts(model, tokenizer, task, rl, seed: int, step: int) -> dict:
                            temperature=rl.temperature, eos_id=stops,
                            pad_id=tokenizer.pad_token_id, batch_size=len(prompts))
     texts = decode(tokenizer, completions, stops)
-    totals, parts = combine(texts, rows, task.rewards, rl.reward_weights)
+    totals, parts = combine(texts, rows, task.rewards, rl.reward_weights,
+                            completion_ids=completions,
+                            max_new_tokens=[rl.max_new_tokens] * len(completions))
     return {"rows": rows, "prompts": prompts, "completions": completions, "texts": texts,
             "rewards": torch.tensor(totals, dtype=torch.float32), "parts": parts}
 

@@ -9,11 +9,19 @@ from __future__ import annotations
 import math
 
 from zeroth.rewards.exact import exact_answer
-from zeroth.rewards.shaping import extract_answer, tag_count, think_format
+from zeroth.rewards.shaping import extract_answer, overlong, tag_count, think_format
 
-REWARDS = {"correct": exact_answer, "format": think_format, "tags": tag_count}
+REWARDS = {
+    "correct": exact_answer,
+    "format": think_format,
+    "tags": tag_count,
+    "overlong": overlong,
+}
 
-__all__ = ["REWARDS", "combine", "exact_answer", "extract_answer", "tag_count", "think_format"]
+__all__ = [
+    "REWARDS", "combine", "exact_answer", "extract_answer", "overlong", "tag_count",
+    "think_format",
+]
 
 
 def _number(score) -> float | None:
@@ -25,16 +33,20 @@ def _number(score) -> float | None:
 
 
 def combine(
-    completions: list[str], rows: list[dict], fns: dict, weights: dict[str, float]
+    completions: list[str], rows: list[dict], fns: dict, weights: dict[str, float],
+    **extra: list,
 ) -> tuple[list[float], list[dict[str, float | None]]]:
     """Score every completion with every weighted reward function.
 
-    Returns (total per completion, components per completion). A component that is None
-    (not applicable, or the verifier raised) adds nothing to the total; a reward function that
-    raises is recorded as None for that whole call with the error kept under `<name>_error`.
+    `extra` holds per-completion lists passed to every function as keywords (as TRL passes
+    completion_ids). Returns (total per completion, components per completion). A component
+    that is None (not applicable, or the verifier raised) adds nothing to the total; a reward
+    function that raises is recorded as None for that whole call with the error kept under
+    `<name>_error`, and the RL step gives such completions no advantage.
     """
     keys = dict.fromkeys(key for row in rows for key in row)  # union, in first-seen order
     columns = {key: [row.get(key) for row in rows] for key in keys}
+    columns.update(extra)  # e.g. completion_ids, max_new_tokens (one entry per completion)
     parts: list[dict[str, float | None]] = [{} for _ in completions]
     for name in weights:
         try:

@@ -40,3 +40,18 @@ def tag_count(completions: list[str], **_: object) -> list[float]:
     trained from zero); `think_format` is the strict check.
     """
     return [sum(0.25 for tag in _TAGS if c.count(tag) == 1) for c in completions]
+
+
+def overlong(completions: list[str], completion_ids: list[list[int]] | None = None,
+             max_new_tokens: list[int] | None = None, overlong_cache: int = 16,
+             **_: object) -> list[float | None]:
+    """DAPO's soft overlong penalty: 0 up to `max - cache` tokens, then falling linearly to -1
+    at the generation limit `max` (and -1 beyond). None when token counts are not given."""
+    if completion_ids is None or max_new_tokens is None:
+        return [None] * len(completions)
+    scores = []
+    for ids, limit in zip(completion_ids, max_new_tokens):
+        start = limit - overlong_cache
+        over = len(ids) - start
+        scores.append(0.0 if over <= 0 else max(-1.0, -over / overlong_cache))
+    return scores

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from zeroth.errors import UserError
+from zeroth.rewards.resolve import resolve_reward
 from zeroth.tasks import addition, jsonl
 from zeroth.types import Task
 
@@ -10,10 +11,12 @@ TASKS = {"addition": addition.load, "jsonl": jsonl.load}
 
 
 def load_task(cfg) -> Task:
-    """Build the task named by `cfg.task.name`; check the reward weights name its rewards."""
+    """Build the task named by `cfg.task.name`, with every reward the weights name resolved."""
     task = TASKS[cfg.task.name](cfg.task, cfg.demos)
-    unknown = sorted(set(cfg.rl.reward_weights) - set(task.rewards))
-    if unknown:
-        raise UserError(f"rl.reward_weights names unknown reward '{unknown[0]}' — task "
-                        f"'{task.name}' has: {', '.join(sorted(task.rewards))}")
+    for name in cfg.rl.reward_weights:  # built-ins, module:function or file.py:function
+        if name not in task.rewards:
+            try:
+                task.rewards[name] = resolve_reward(name, task.rewards)
+            except UserError as exc:
+                raise UserError(f"rl.reward_weights: {exc}") from None
     return task

@@ -1,0 +1,48 @@
+"""Find a reward function by name: a built-in, `module:function`, or `path/to/file.py:function`.
+
+Users bring their own rewards in TRL's convention, `fn(completions, **columns)`, and name them
+in a recipe's `rl.reward_weights` next to the built-ins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+from zeroth.errors import UserError
+
+
+def _from_file(path: str, attr: str):
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"reward '{path}:{attr}': file '{path}' does not exist")
+    spec = importlib.util.spec_from_file_location(f"zeroth_user_rewards_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 — any error in the user's file is reported in one line
+        raise UserError(f"reward file '{path}' failed to import: {type(exc).__name__}: {exc}"
+                        ) from None
+    return module
+
+
+def resolve_reward(name: str, builtins: dict):
+    """The reward function called `name`; UserError naming it when there is none."""
+    if name in builtins:
+        return builtins[name]
+    if ":" not in name:
+        raise UserError(f"unknown reward '{name}' — use one of {', '.join(sorted(builtins))}, "
+                        "'module:function' or 'path/to/file.py:function'")
+    where, attr = name.rsplit(":", 1)
+    if where.endswith(".py"):
+        module = _from_file(where, attr)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise UserError(f"reward '{name}': cannot import module '{where}' ({exc})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UserError(f"reward '{name}': '{where}' has no function '{attr}'")
+    return fn
