@@ -93,3 +93,14 @@ def test_combine_passes_token_ids_to_rewards():
                         {"overlong": 1.0}, completion_ids=[[1] * 3, [1] * 64],
                         max_new_tokens=[64, 64])
     assert totals == [0.0, -1.0]
+
+
+def test_language_consistency_counts_letters_of_the_target_script():
+    from zeroth.rewards import language_consistency
+
+    comps = ["<think>add the digits</think><answer>3</answer>",
+             "<think>abcd примерно</think><answer>3</answer>",  # 4 latin of 12 letters
+             "<think>数字を足す</think><answer>3</answer>",
+             "<think>1+2=3</think><answer>3</answer>"]
+    assert language_consistency(comps) == [1.0, 4 / 12, 0.0, None]
+    assert language_consistency(comps[2:3], language=["cjk"]) == [1.0]

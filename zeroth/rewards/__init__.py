@@ -9,17 +9,25 @@ from __future__ import annotations
 import math
 
 from zeroth.rewards.exact import exact_answer
-from zeroth.rewards.shaping import extract_answer, overlong, tag_count, think_format
+from zeroth.rewards.shaping import (
+    extract_answer,
+    language_consistency,
+    overlong,
+    tag_count,
+    think_format,
+)
 
 REWARDS = {
     "correct": exact_answer,
     "format": think_format,
     "tags": tag_count,
     "overlong": overlong,
+    "language": language_consistency,
 }
 
 __all__ = [
-    "REWARDS", "combine", "exact_answer", "extract_answer", "overlong", "tag_count",
+    "REWARDS", "combine", "exact_answer", "extract_answer", "language_consistency", "overlong",
+    "tag_count",
     "think_format",
 ]
 

@@ -7,6 +7,7 @@ a second answer, or an unclosed tag makes the completion malformed.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _LAYOUT = re.compile(r"\s*(<think>(?:(?!</?think>|</?answer>).)*</think>\s*)?"
                      r"<answer>((?:(?!</?think>|</?answer>).)*)</answer>\s*", re.DOTALL)
@@ -54,4 +55,35 @@ def overlong(completions: list[str], completion_ids: list[list[int]] | None = No
         start = limit - overlong_cache
         over = len(ids) - start
         scores.append(0.0 if over <= 0 else max(-1.0, -over / overlong_cache))
+    return scores
+
+
+_SCRIPTS = {  # script name -> prefixes of the Unicode character names that belong to it
+    "latin": ("LATIN",), "cyrillic": ("CYRILLIC",), "greek": ("GREEK",),
+    "arabic": ("ARABIC",), "hebrew": ("HEBREW",), "devanagari": ("DEVANAGARI",),
+    "cjk": ("CJK", "HIRAGANA", "KATAKANA", "HANGUL"),
+}
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def _script_share(text: str, prefixes: tuple[str, ...]) -> float | None:
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return None
+    inside = sum(unicodedata.name(ch, "").startswith(prefixes) for ch in letters)
+    return inside / len(letters)
+
+
+def language_consistency(completions: list[str], language: list[str] | None = None,
+                         **_: object) -> list[float | None]:
+    """Share of the letters in the reasoning (the <think> block, else the whole completion)
+    written in the target script: a `language` column (latin, cjk, cyrillic, greek, arabic,
+    hebrew, devanagari), latin by default. None when the reasoning has no letters."""
+    targets = language or ["latin"] * len(completions)
+    scores = []
+    for text, target in zip(completions, targets):
+        if target not in _SCRIPTS:
+            raise ValueError(f"unknown script {target!r}; known: {', '.join(_SCRIPTS)}")
+        found = _THINK.search(text)
+        scores.append(_script_share(found.group(1) if found else text, _SCRIPTS[target]))
     return scores
