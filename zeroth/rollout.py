@@ -9,11 +9,12 @@ seed and resumes exactly), and a row stops at its end-of-sequence token.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 
 import torch
 from transformers import DynamicCache
+
+from zeroth.seeding import stable_hash
 
 
 def _cache_kwarg(model) -> str:
@@ -24,7 +25,7 @@ def _cache_kwarg(model) -> str:
 
 def hash_seed(tag: str) -> int:
     """A 63-bit seed from a text tag, so each random stream (eval, RL step n) is its own."""
-    return int.from_bytes(hashlib.blake2b(tag.encode(), digest_size=8).digest(), "big") >> 1
+    return stable_hash(tag) >> 1
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,6 +36,7 @@ from zeroth.errors import UserError
 from zeroth.evaluate import evaluate
 from zeroth.ledger import Ledger
 from zeroth.models import build_model, check_model_dir, load_model, n_params, train_tokenizer
+from zeroth.rewards.resolve import absolute_reference
 from zeroth.stages import pretrain as pt
 from zeroth.tasks import load_task
 from zeroth.train import train
@@ -66,10 +67,7 @@ def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
         value = getattr(getattr(cfg, section), key)
         if value:
             setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
-    cfg.rl.reward_weights = {  # user reward files too, as absolute paths
-        (f"{Path(k.rsplit(':', 1)[0]).expanduser().resolve()}:{k.rsplit(':', 1)[1]}"
-         if ":" in k and k.rsplit(":", 1)[0].endswith(".py") else k): w
-        for k, w in cfg.rl.reward_weights.items()}
+    cfg.rl.reward_weights = {absolute_reference(k): w for k, w in cfg.rl.reward_weights.items()}
     name = cfg.run.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(cfg.run.out_dir) / name
     if path.exists() and any(path.iterdir()):
@@ -101,12 +99,6 @@ def load_run_config(path: str | Path) -> Config:
     return validate(config_from_dict(data))
 
 
-def _demo_rows(task, cfg: Config):
-    rng = Random(f"{cfg.run.seed}-demos")
-    rows = task.train_rows(rng, cfg.demos.n)
-    return [(row["prompt"], task.demonstration(row, rng)[0]) for row in rows]
-
-
 def init_model(cfg: Config, task):
     """(model, tokenizer): from model.path, or a tokenizer trained here and a fresh model."""
     if cfg.model.path:
@@ -114,7 +106,7 @@ def init_model(cfg: Config, task):
     if task.demonstration is None:
         raise UserError(f"task '{task.name}' has no demonstrations to build a tokenizer and "
                         "pre-train from scratch — set model.path to a local model folder")
-    texts = [p + " " + c for p, c in _demo_rows(task, cfg)]
+    texts = [p + " " + c for p, c, _ in pt.demonstrations(task, cfg.demos.n, cfg.run.seed)]
     tokenizer = train_tokenizer(texts, cfg.model.vocab_size)
     torch.manual_seed(cfg.run.seed)
     return build_model(cfg.model, tokenizer), tokenizer

@@ -76,13 +76,14 @@ def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int
     chunks = [slice(i, i + rl.minibatch_size) for i in range(0, n, rl.minibatch_size)]
     on_policy = rl.mu == 1 and len(chunks) == 1
     totals: dict[str, float] = {}
+    kl_ref = None
     with torch.no_grad():
         old = None if on_policy and ref_model is None else torch.cat(
             [logprobs(model, ids[c], attn[c], rl.temperature) for c in chunks])  # (B, T-1)
         ref = None if ref_model is None else torch.cat(
             [logprobs(ref_model, ids[c], attn[c], rl.temperature) for c in chunks])
         if ref is not None:  # KL(policy || ref) on the tokens just sampled from the policy
-            totals["kl_ref"] = float((kl_k3(old, ref) * mask).sum() / mask.sum().clamp(min=1))
+            kl_ref = float((kl_k3(old, ref) * mask).sum() / mask.sum().clamp(min=1))
     for _ in range(rl.mu):
         for c in chunks:
             logp = logprobs(model, ids[c], attn[c], rl.temperature)  # (b, T-1)
@@ -99,9 +100,9 @@ def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int
             stats["loss"] = loss.item()
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value / (rl.mu * len(chunks))
-    totals.pop("kl", None)  # measured after updates on old samples: biased; kl_ref is the one
-    if "kl_ref" in totals:
-        totals["kl"] = totals.pop("kl_ref")
+    totals.pop("kl", None)  # measured after updates, on older samples: biased
+    if kl_ref is not None:
+        totals["kl"] = kl_ref
     return totals
 
 

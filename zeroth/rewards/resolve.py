@@ -27,6 +27,20 @@ def _from_file(path: str, attr: str):
     return module
 
 
+def _split(name: str) -> tuple[str, str]:
+    where, attr = name.rsplit(":", 1)
+    return where, attr
+
+
+def absolute_reference(name: str) -> str:
+    """`file.py:function` with the file made absolute (so a run resumes from any folder);
+    other names unchanged."""
+    if ":" not in name:
+        return name
+    where, attr = _split(name)
+    return f"{Path(where).expanduser().resolve()}:{attr}" if where.endswith(".py") else name
+
+
 def resolve_reward(name: str, builtins: dict):
     """The reward function called `name`; UserError naming it when there is none."""
     if name in builtins:
@@ -34,7 +48,7 @@ def resolve_reward(name: str, builtins: dict):
     if ":" not in name:
         raise UserError(f"unknown reward '{name}' — use one of {', '.join(sorted(builtins))}, "
                         "'module:function' or 'path/to/file.py:function'")
-    where, attr = name.rsplit(":", 1)
+    where, attr = _split(name)
     if where.endswith(".py"):
         module = _from_file(where, attr)
     else:

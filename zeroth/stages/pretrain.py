@@ -12,22 +12,23 @@ from random import Random
 import torch
 
 
+def demonstrations(task, n: int, seed: int) -> list[tuple[str, str, bool]]:
+    """(prompt, completion, is_correct) for n demonstrations: the same for the same seed."""
+    if task.demonstration is None:
+        raise ValueError(f"task '{task.name}' has no demonstrations to pre-train on")
+    rng = Random(f"{seed}-demos")
+    return [(row["prompt"], *task.demonstration(row, rng)) for row in task.train_rows(rng, n)]
+
+
 def build_corpus(task, tokenizer, n: int, seed: int) -> tuple[list[list[int]], dict]:
     """Token ids of n chat-formatted demonstrations, and the corpus statistics.
 
     Returns (sequences, stats) with stats = {"demo_accuracy", "demo_reasoned", "demo_n"}."""
-    if task.demonstration is None:
-        raise ValueError(f"task '{task.name}' has no demonstrations to pre-train on")
-    rng = Random(f"{seed}-demos")
-    rows = task.train_rows(rng, n)
-    texts, correct, reasoned = [], 0, 0
-    for row in rows:
-        completion, ok = task.demonstration(row, rng)
-        correct += ok
-        reasoned += "<think>" in completion
-        texts.append(render(tokenizer, row["prompt"], completion))
-    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    stats = {"demo_accuracy": correct / n, "demo_reasoned": reasoned / n, "demo_n": n}
+    demos = demonstrations(task, n, seed)
+    seqs = [tokenizer(render(tokenizer, p, c), add_special_tokens=False)["input_ids"]
+            for p, c, _ in demos]
+    stats = {"demo_accuracy": sum(ok for _, _, ok in demos) / n,
+             "demo_reasoned": sum("<think>" in c for _, c, _ in demos) / n, "demo_n": n}
     return seqs, stats
 
 

@@ -16,18 +16,17 @@ The held-out split is a fixed hash of the problem, never drawn for demonstration
 
 from __future__ import annotations
 
-import hashlib
 from functools import partial
 from random import Random
 
 from zeroth.rewards import REWARDS
+from zeroth.seeding import stable_fraction
 from zeroth.types import Row, Task
 
 
 def is_heldout(a: int, b: int, fraction: float) -> bool:
     """A stable pseudo-random split of the problem space, the same on every machine."""
-    digest = hashlib.blake2b(f"{a}+{b}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
+    return stable_fraction(f"{a}+{b}") < fraction
 
 
 def make_row(a: int, b: int) -> Row:

@@ -6,7 +6,6 @@ demonstration completion for pre-training. The held-out split is a stable hash o
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import partial
 from pathlib import Path
@@ -14,6 +13,7 @@ from random import Random
 
 from zeroth.errors import UserError
 from zeroth.rewards import REWARDS, exact_answer
+from zeroth.seeding import stable_fraction
 from zeroth.types import Row, Task
 
 REQUIRED = ("prompt", "answer")
@@ -49,8 +49,7 @@ def read_rows(path: str) -> list[Row]:
 
 
 def _heldout(prompt: str, fraction: float) -> bool:
-    digest = hashlib.blake2b(prompt.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
+    return stable_fraction(prompt) < fraction
 
 
 def demonstration(row: Row, rng: Random) -> tuple[str, bool]:
