@@ -31,8 +31,10 @@ class TaskConfig:
     name: str = "addition"  # a key of zeroth.tasks.TASKS
     digits: int = 3  # addition: digits per operand
     heldout_fraction: float = 0.05  # share of the problem space kept out of training
-    path: str | None = None  # jsonl task: local file with one {"prompt", "answer"} row per line
+    path: str | None = None  # file tasks (jsonl, gsm8k, math, mbpp, ...): local data file
+    eval_path: str | None = None  # file tasks: a held-out file; None -> a stable hash split
     eval_problems: int = 200  # held-out problems evaluated before and after RL
+    options: dict[str, Any] = field(default_factory=dict)  # family knobs: task.options.numbers=4
 
 
 @dataclass
@@ -82,9 +84,16 @@ class RLConfig:
     loss_agg: str = "seq"  # seq (GRPO) | token (DAPO) | constant (Dr. GRPO)
     max_grad_norm: float = 1.0
     checkpoint_every: int = 10
-    reward_weights: dict[str, float] = field(
-        default_factory=lambda: {"correct": 1.0, "format": 0.1}
-    )
+    reward_weights: dict[str, float] | None = None  # name -> weight; None -> the task's own
+
+
+@dataclass
+class SandboxConfig:
+    """Limits for programs run by the code rewards (code_tests)."""
+
+    timeout_s: float = 10.0  # wall time per program run (CPU time is limited to the same)
+    memory_mb: int = 512  # address-space limit of the program
+    mode: str = "fraction"  # fraction of tests passed | all (1.0 only when every test passes)
 
 
 @dataclass
@@ -104,6 +113,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,6 +127,7 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 
 _NONE_TYPE = type(None)
+GENERIC_WEIGHTS = {"correct": 1.0, "format": 0.1}  # every task's verifier is also "correct"
 
 
 def _sections() -> dict[str, type]:
@@ -148,7 +159,7 @@ def _show(value: Any) -> str:
 def _type_name(tp: Any) -> str:
     args = [a for a in get_args(tp) if a is not _NONE_TYPE]
     if get_origin(tp) is dict:
-        return "a mapping of str to float"
+        return "a mapping of str to float" if get_args(tp)[1] is float else "a mapping"
     if _NONE_TYPE in get_args(tp):
         return f"{_type_name(args[0])} or null"
     return getattr(tp, "__name__", str(tp))
@@ -177,10 +188,11 @@ def _coerce_plain(key: str, value: Any, tp: Any, bad: UserError) -> Any:
         if not isinstance(value, dict):
             raise bad
         out = {}
-        for name, weight in value.items():
+        for name, item in value.items():
             if not isinstance(name, str):
                 raise bad
-            out[name] = _coerce(f"{key}.{name}", weight, float)
+            inner = get_args(tp)[1]
+            out[name] = item if inner is Any else _coerce(f"{key}.{name}", item, inner)
         return out
     if tp is float:
         if isinstance(value, str):
@@ -283,6 +295,15 @@ def _one_of(*options: str) -> tuple:
     return (lambda v, c: v in options), msg
 
 
+FILE_TASKS = ("jsonl", "gsm8k", "math", "mbpp", "datasets")  # tasks that need task.path
+
+
+def _task_names() -> list[str]:
+    from zeroth.tasks import TASKS  # late: the task registry imports the rewards
+
+    return sorted(TASKS)
+
+
 def _model_dir(v: str | None) -> Path | None:
     return None if v is None else Path(v).expanduser()
 
@@ -290,13 +311,17 @@ def _model_dir(v: str | None) -> Path | None:
 _RULES: list[tuple] = [
     ("run.seed", *_ge(0)),
     ("run.threads", *_ge(1)),
-    ("task.name", *_one_of("addition", "jsonl")),
+    (
+        "task.name",
+        lambda v, c: v in _task_names(),
+        "config key '{key}' must name a task, got {v} — known tasks: " + "{known}",
+    ),
     ("task.digits", *_between(1, 9)),
     ("task.heldout_fraction", *_between(0, 1, open_lo=True, open_hi=True)),
     (
         "task.path",
-        lambda v, c: c.task.name != "jsonl" or bool(v),
-        "config key '{key}' is required when task.name is jsonl — set task.path=FILE.jsonl",
+        lambda v, c: c.task.name not in FILE_TASKS or bool(v),
+        "config key '{key}' is required for a task read from a file — set task.path=FILE",
     ),
     ("task.eval_problems", *_ge(1)),
     (
@@ -359,6 +384,9 @@ _RULES: list[tuple] = [
     ("eval.temperature", *_gt(0)),
     ("eval.max_new_tokens", *_ge(1)),
     ("eval.batch_size", *_ge(1)),
+    ("sandbox.timeout_s", *_gt(0)),
+    ("sandbox.memory_mb", *_ge(32)),
+    ("sandbox.mode", *_one_of("fraction", "all")),
 ]
 
 
@@ -368,7 +396,8 @@ def validate(cfg: Config) -> Config:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if not ok(value, cfg):
-            raise UserError(template.format(key=key, v=_show(value)))
+            known = ", ".join(_task_names()) if "{known}" in template else ""
+            raise UserError(template.format(key=key, v=_show(value), known=known))
     return cfg
 
 
@@ -442,17 +471,43 @@ def _apply_override(raw: dict, item: str) -> None:
     if not rest:
         body[name] = value
         return
-    if get_origin(types[name]) is not dict or len(rest) != 1:
+    mapping = _mapping_type(types[name])
+    if mapping is None or len(rest) != 1:
         raise UserError(
             f"config key {key!r} is too deep — '{section}.{name}' is {_type_name(types[name])};"
             f" write {section}.{name}=value"
         )
     current = body.get(name)
-    if current is None:
-        current = dict(getattr(getattr(Config(), section), name))
-    current = _coerce(f"{section}.{name}", current, types[name])
+    if current is None:  # start from the dataclass default (the generic weights for None)
+        current = getattr(getattr(Config(), section), name)
+        current = dict(GENERIC_WEIGHTS if current is None else current)
+    current = _coerce(f"{section}.{name}", current, mapping)
     current[rest[0]] = value
     body[name] = current
+
+
+def _mapping_type(tp: Any) -> Any:
+    """The dict annotation inside `tp` (`dict[...]` or `dict[...] | None`), else None."""
+    if get_origin(tp) is dict:
+        return tp
+    inner = [a for a in get_args(tp) if get_origin(a) is dict]
+    return inner[0] if inner else None
+
+
+def _shorthands(data: dict, where: str) -> dict:
+    """Recipe shorthands: `task: gsm8k` names the task; a top-level `rewards:` mapping is
+    rl.reward_weights."""
+    data = dict(data)
+    if isinstance(data.get("task"), str):
+        data["task"] = {"name": data["task"]}
+    if "rewards" in data:
+        rewards = data.pop("rewards")
+        rl = dict(_check_section("rl", data.get("rl")))
+        if "reward_weights" in rl:
+            raise UserError(f"{where} sets both 'rewards' and 'rl.reward_weights' — keep one")
+        rl["reward_weights"] = rewards
+        data["rl"] = rl
+    return data
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -466,6 +521,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
         raise UserError(
             f"{where} must be a mapping of section -> field -> value, got {type(data).__name__}"
         )
+    data = _shorthands(data, where)
     raw = {name: dict(_check_section(name, body)) for name, body in data.items()}
     for item in overrides:
         _apply_override(raw, item)

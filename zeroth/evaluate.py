@@ -46,13 +46,13 @@ def decode(tokenizer, completions: list[list[int]], stops: set[int] | None = Non
             for c in completions]
 
 
-EVAL_WEIGHTS = {"correct": 1.0, "format": 1.0}  # what evaluation reports, whatever RL optimises
-
-
 def _score(tokenizer, task, rows, completions, stops):
+    """Evaluation scores the task's own verifier (`task.accuracy`, 1.0 = solved) and the R1
+    format, whatever rewards RL optimises."""
     texts = decode(tokenizer, completions, stops)
-    _, parts = combine(texts, rows, task.rewards, EVAL_WEIGHTS)
-    return texts, [p.get("correct") == 1.0 for p in parts], [p.get("format") for p in parts]
+    _, parts = combine(texts, rows, task.rewards, {task.accuracy: 1.0, "format": 1.0})
+    solved = [p.get(task.accuracy) == 1.0 for p in parts]
+    return texts, solved, [p.get("format") for p in parts]
 
 
 def evaluate(model, tokenizer, task, rows: list[dict], eval_cfg,

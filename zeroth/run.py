@@ -44,8 +44,11 @@ from zeroth.train import train
 
 def preflight(cfg: Config) -> None:
     """Everything that can be checked before a run directory is written: the task's data and
-    splits, the model folder, and whether pre-training has demonstrations to learn from."""
+    splits, the model folder, and whether pre-training has demonstrations to learn from.
+    Fills in the task's own reward weights when the recipe names none."""
     task = load_task(cfg)
+    if cfg.rl.reward_weights is None:
+        cfg.rl.reward_weights = dict(task.weights)
     try:
         task.eval_rows(cfg.task.eval_problems, cfg.run.seed)
         task.train_rows(Random(0), 1)

@@ -146,12 +146,14 @@ def train(model, optimizer, ref_model, tokenizer, task, cfg, *, start: int, ledg
           save) -> None:
     """The RL loop from step `start` to cfg.rl.steps: log every rollout and step, checkpoint."""
     rl = cfg.rl
+    shown_acc = next((f"reward_{n}" for n in (task.accuracy, "correct")
+                      if n in rl.reward_weights), None)
     for step in range(start, rl.steps):
         metrics, rows = rl_step(model, optimizer, ref_model, tokenizer, task, rl,
                                 cfg.run.seed, step)
         ledger.log_rollouts("rl", step + 1, rows)
         ledger.log_metrics("rl", step + 1, metrics)
-        shown = {"reward": metrics["reward"], "acc": metrics.get("reward_correct", 0.0),
+        shown = {"reward": metrics["reward"], "acc": metrics.get(shown_acc, 0.0),
                  "len": metrics["mean_len"]}
         if "kl" in metrics:
             shown["kl"] = metrics["kl"]

@@ -24,6 +24,9 @@ class Task:
     demonstration(row, rng): a completion text for pre-training, or None when the task has none;
         returns (text, is_correct) so the corpus accuracy is known exactly.
     rewards: name -> reward function; the run config weights them.
+    accuracy: the name (in `rewards`) of the verifier whose 1.0 means "solved"; evaluation,
+        pass@k and the progress line report it.
+    weights: the reward weights used when the recipe names none (`task: gsm8k` alone works).
     """
 
     name: str
@@ -32,3 +35,5 @@ class Task:
     rewards: dict[str, RewardFn]
     demonstration: Callable[[Row, Random], tuple[str, bool]] | None = None
     info: dict = field(default_factory=dict)
+    accuracy: str = "correct"
+    weights: dict[str, float] = field(default_factory=lambda: {"correct": 1.0, "format": 0.1})

@@ -17,18 +17,35 @@ from zeroth.rewards.shaping import (
     think_format,
 )
 
-REWARDS = {
-    "correct": exact_answer,
+
+def math_accuracy(completions: list[str], **columns) -> list[float | None]:
+    """Math answer equivalence (math-verify, bounded time): see `zeroth.rewards.math`."""
+    from zeroth.rewards.math import math_accuracy as check  # sympy loads on first use only
+
+    return check(completions, **columns)
+
+
+def code_tests(completions: list[str], **columns) -> list[float | None]:
+    """The completion's program run against its tests in a sandbox: see `zeroth.rewards.code`."""
+    from zeroth.rewards.code import code_tests as run
+
+    return run(completions, **columns)
+
+
+REWARDS = {  # the built-ins, by the name a recipe uses
+    "correct": exact_answer,  # each task re-binds "correct" to its own verifier
+    "math_accuracy": math_accuracy,
+    "code_tests": code_tests,
     "format": think_format,
     "tags": tag_count,
     "overlong": overlong,
-    "language": language_consistency,
+    "language_consistency": language_consistency,
+    "language": language_consistency,  # short alias
 }
 
 __all__ = [
-    "REWARDS", "combine", "exact_answer", "extract_answer", "language_consistency", "overlong",
-    "tag_count",
-    "think_format",
+    "REWARDS", "code_tests", "combine", "exact_answer", "extract_answer", "language_consistency",
+    "math_accuracy", "overlong", "tag_count", "think_format",
 ]
 
 
