@@ -128,6 +128,11 @@ def test_null_for_optional_fields():
         (["demos.error=random"], ["'demos.error'"]),
         (["task.name=sudoku"], ["'task.name'"]),
         (["task.name=jsonl"], ["'task.path'", "required"]),
+        (["task.name=gsm8k"], ["'task.path'", "required"]),
+        (["sandbox.mode=some"], ["'sandbox.mode'", "fraction, all"]),
+        (["sandbox.timeout_s=0"], ["'sandbox.timeout_s'"]),
+        (["sandbox.memory_mb=1"], ["'sandbox.memory_mb'"]),
+        (["task.options=5"], ["'task.options'", "mapping"]),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, needles):
@@ -175,3 +180,29 @@ def test_config_from_dict_is_strict():
         config_from_dict({"model": {"hiden_size": 3}})
     with pytest.raises(UserError, match="'rl.reward_weights.correct'"):
         config_from_dict({"rl": {"reward_weights": {"correct": True}}})
+
+
+def test_unknown_task_lists_the_known_ones():
+    message = _error(None, ["task.name=sudoku"])
+    assert "addition" in message and "countdown" in message
+
+
+def test_recipe_shorthands_task_name_and_rewards(tmp_path):
+    path = _write(tmp_path, "task: countdown\nrewards: {correct: 1.0, format: 0.2, overlong: 1}\n")
+    cfg = load_config(path)
+    assert cfg.task.name == "countdown"
+    assert cfg.rl.reward_weights == {"correct": 1.0, "format": 0.2, "overlong": 1.0}
+    both = _write(tmp_path, {"rewards": {"correct": 1}, "rl": {"reward_weights": {"x": 1}}})
+    assert "both 'rewards' and 'rl.reward_weights'" in _error(both)
+    assert "'rl.reward_weights.format'" in _error(_write(tmp_path, {"rewards": {"format": "x"}}))
+
+
+def test_task_options_take_any_yaml_values_and_dotted_overrides():
+    cfg = load_config(None, ["task.options={numbers: 4, ops: [+, '-']}", "task.options.seed=3"])
+    assert cfg.task.options == {"numbers": 4, "ops": ["+", "-"], "seed": 3}
+
+
+def test_reward_weights_default_to_the_task_and_partial_overrides_extend_generic_ones():
+    assert load_config().rl.reward_weights is None  # the task's own weights
+    cfg = load_config(None, ["rl.reward_weights.overlong=1"])
+    assert cfg.rl.reward_weights == {"correct": 1.0, "format": 0.1, "overlong": 1.0}

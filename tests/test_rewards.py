@@ -104,3 +104,26 @@ def test_language_consistency_counts_letters_of_the_target_script():
              "<think>1+2=3</think><answer>3</answer>"]
     assert language_consistency(comps) == [1.0, 4 / 12, 0.0, None]
     assert language_consistency(comps[2:3], language=["cjk"]) == [1.0]
+
+
+def test_documented_user_reward_example_loads_by_path_and_prefers_short_correct_answers():
+    from pathlib import Path
+
+    from zeroth.rewards import REWARDS
+    from zeroth.rewards.resolve import resolve_reward
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "simplicity.py"
+    fn = resolve_reward(f"{example}:simplicity", REWARDS)
+    comps = ["<answer>3</answer>", "<think>3 = 1 + 2, check</think><answer>3</answer>",
+             "<answer>4</answer>"]
+    short, long, wrong = fn(comps, answer=["3"] * 3, completion_ids=[[0] * 4, [0] * 30, [0] * 4],
+                            max_new_tokens=[64] * 3)
+    assert 1.0 > short > long > 0.0 and wrong == 0.0
+
+
+def test_builtins_by_the_names_recipes_use():
+    from zeroth.rewards import REWARDS
+
+    assert {"math_accuracy", "code_tests", "format", "overlong", "language_consistency",
+            "correct"} <= set(REWARDS)
+    assert REWARDS["math_accuracy"](["<answer>\\frac{1}{2}</answer>"], answer=["0.5"]) == [1.0]
