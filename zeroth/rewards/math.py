@@ -1,0 +1,445 @@
+"""Math answer correctness: extract the final answer, decide equivalence with math-verify.
+
+`math_accuracy(completions, answer=[...])` scores 1.0 / 0.0 per completion (None when the
+reference is missing). The final answer is taken, in order, from the last `<answer>…</answer>`
+block (its `\\boxed{}` if it has one), else the `\\boxed{}` / `\\fbox{}` answers, else GSM8K's
+`#### n`, else the final number — always after the last `</think>`: reasoning never counts, and
+an unclosed `<think>`, `<answer>` or `\\boxed{` means there is no answer. References may be
+plain numbers, GSM8K solutions (`… #### 72`), MATH solutions (the last `\\boxed{}`) or LaTeX.
+
+What counts (the tests hold a table of cases):
+
+* the same value in any form math-verify knows: `\\frac{6}{2}` = `3` = `3.0` = `x = 3`,
+  `1,000` = `1{,}000` = `1\\,000` = `1000`, `\\frac{\\sqrt2}{2}` = `\\frac{1}{\\sqrt2}`, LaTeX
+  intervals, sets in any order, symbolic expressions equal after simplification, `1e3` = `1000`;
+* percentages: `50\\%` matches both `50` and `0.5` (math-verify's rule);
+* units and currency are dropped: `5 cm`, `\\$18`, `18 dollars`, `5\\text{ apples}`;
+* a decimal for a non-terminating exact reference only when it agrees to 6 decimal places
+  (math-verify's rounding) and to 1e-5 relative: `0.333333` counts for 1/3, `0.333` does not;
+  two plain decimals compare exactly; exact values never compare with a tolerance
+  (`\\frac{1}{2^{99}}` is not `\\frac{1}{2^{98}}`, a known math-verify false positive).
+
+What does not: several candidate values (`3 or 4`, `3, 4, 5`, disagreeing `\\boxed{}`s, `\\pm 3`,
+a set or interval) unless the reference is itself such a set; `x > 2`; `\\infty`, `nan`, `1/0`;
+words; non-ASCII digits (Arabic-Indic, fullwidth, mathematical bold 3 ...: no normalisation);
+answers over 1,000 characters or nested deeper than 20; TeX primitives (`\\def`, `\\input`, ...);
+numbers with more than 100,000 digits, exponents above 10**6, factorials above 20,000.
+
+Every check runs in a `CheckPool` worker process with a hard deadline (2 s soft + 1 s grace by
+default, see `configure_math_pool`): a hostile answer costs at most that and scores 0.0, from
+any thread. math-verify's own timeouts use SIGALRM, which only works in a main thread (off it,
+math-verify raises ValueError) and cannot stop a long C call, so they are switched off here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import unicodedata
+from fractions import Fraction
+from functools import lru_cache
+
+from zeroth.rewards.pool import CheckPool
+
+MAX_ANSWER_CHARS = 1000
+MAX_NESTING = 20
+MAX_BOXES = 20
+MAX_DIGITS = 100_000
+_REL_TOL = 1e-5
+
+# ---------------------------------------------------------------- extraction (parent process)
+
+
+def _visible(text: str) -> str:
+    """The text after the last </think>; empty while a <think> is left open."""
+    end = text.rfind("</think>")
+    if end >= 0:
+        return text[end + len("</think>"):]
+    return "" if "<think>" in text else text
+
+
+_BRACE = re.compile(r"\\?[{}]")
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """Position of each unescaped `{` -> its matching `}` (one linear pass)."""
+    pairs, stack = {}, []
+    for match in _BRACE.finditer(text):
+        token = match.group()
+        if token == "{":
+            stack.append(match.start())
+        elif token == "}" and stack:
+            pairs[stack.pop()] = match.start()
+    return pairs
+
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of the outermost balanced `\\boxed{…}` / `\\fbox{…}`, left to right."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return []
+    pairs, found, after = _matching_braces(text), [], 0
+    for match in _BOX.finditer(text):
+        start = match.end() - 1
+        if start < after or start not in pairs:
+            continue
+        after = pairs[start]
+        found.append(text[start + 1:after])
+    return found
+
+
+def _unbox(text: str) -> str:
+    """`\\boxed{\\boxed{3}}` -> `3`."""
+    text = text.strip()
+    while (match := _BOX.match(text)) and _matching_braces(text).get(match.end() - 1) == \
+            len(text) - 1:
+        text = text[match.end():-1].strip()
+    return text
+
+
+def _one_answer(boxes: list[str]) -> str | None:
+    """A single boxed answer, or all distinct ones joined as a list (hedging becomes a set);
+    None for more than MAX_BOXES of them."""
+    if len(boxes) > MAX_BOXES:
+        return None
+    distinct = list(dict.fromkeys(_clean(_unbox(b)) if len(b) <= MAX_ANSWER_CHARS else b
+                                  for b in boxes))
+    return distinct[0] if len(distinct) == 1 else ", ".join(distinct)
+
+
+_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*(?:\s*/\s*\d+)?(?:\s*%)?")  # \d: look-alikes too
+
+
+def _nonempty(answer: str | None) -> str | None:
+    return answer.strip() or None if answer else None
+
+
+def extract_math_answer(text: str) -> str | None:
+    """The completion's final answer as a string, or None when it gives none (see module doc)."""
+    text = _visible(text or "")
+    close = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, close) if close >= 0 else -1
+    if start >= 0:
+        block = text[start + len("<answer>"):close]
+        boxes = boxed_contents(block)
+        return _nonempty(_one_answer(boxes) if boxes else block)
+    boxes = boxed_contents(text)
+    if boxes:
+        return _nonempty(_one_answer(boxes))
+    if "<answer>" in text or _BOX.search(text):
+        return None  # an answer block or box begun but never closed (e.g. cut off)
+    hashes = text.rfind("####")
+    if hashes >= 0:
+        line = text[hashes + 4:].split("\n", 1)[0].strip()
+        if line:
+            return line
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def extract_gold(reference) -> str | None:
+    """The reference answer from a plain value, a GSM8K `#### n` solution or a MATH `\\boxed{}`
+    solution; None when missing or empty."""
+    if reference is None:
+        return None
+    text = str(reference).strip()
+    if "####" in text:
+        text = text[text.rfind("####") + 4:].strip()
+    else:
+        boxes = boxed_contents(text)
+        if boxes:
+            text = boxes[-1].strip()
+    return _clean(text) or None
+
+
+# ---------------------------------------------------------------- cleaning and screening
+
+_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+_LEAD = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\s*(?:is\b)?\s*:?\s*|^(?:=|\\approx|~|≈)\s*",
+                   re.IGNORECASE)
+_SEPARATED = re.compile(r"-?\d{1,3}(?:(?:\\,|\{,\}|\\ |\\;|~| |,)\d{3})+(?:\.\d+)?", re.ASCII)
+_SEPARATOR = re.compile(r"\\,|\{,\}|\\ |\\;|~| |,")
+_SCIENTIFIC = re.compile(r"(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)", re.ASCII)
+_CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|¥)\s*(?=[-\d.])", re.ASCII)
+_WORDS = re.compile(r"(-?\d[\d.,]*(?:(?:\\,| )\d{3})*\s*%?)\s*((?:[A-Za-z]{2,}\.?\s*){1,3})",
+                    re.ASCII)
+_MATH_WORDS = {"pi", "or", "and", "nan", "inf", "infinity", "oo", "sqrt", "percent",
+               "percentage", "pct", "plus", "minus", "over", "to", "of", "mod"}
+
+
+def _strip_outer_braces(text: str) -> str:
+    while text.startswith("{") and text.endswith("}") and _matching_braces(text).get(0) == \
+            len(text) - 1:
+        text = text[1:-1].strip()
+    return text
+
+
+def _clean(text: str) -> str:
+    """Canonical surface form: no math delimiters, no 'the answer is', no trailing punctuation,
+    no redundant outer braces, thousands separators and unit words dropped from numbers."""
+    if len(text) > MAX_ANSWER_CHARS:
+        return text  # rejected by _acceptable; do no work on it
+    text = " ".join(text.split())
+    for _ in range(3):
+        for left, right in _DELIMITERS:
+            if len(text) > len(left) + len(right) and text.startswith(left) and \
+                    text.endswith(right):
+                text = text[len(left):-len(right)].strip()
+        text = _LEAD.sub("", text).rstrip(".;,!: ").strip()
+        text = _strip_outer_braces(text)
+    if not text.endswith("$"):
+        text = _CURRENCY.sub("", text)
+    words = _WORDS.fullmatch(text)
+    if words and not set(words.group(2).lower().replace(".", " ").split()) & _MATH_WORDS:
+        text = words.group(1).strip()
+    if _SEPARATED.fullmatch(text):
+        text = _SEPARATOR.sub("", text)
+    scientific = _SCIENTIFIC.fullmatch(text)
+    if scientific:
+        text = f"{scientific.group(1)} \\times 10^{{{scientific.group(2)}}}"
+    return text
+
+
+_PRIMITIVES = re.compile(
+    r"\\(?:[egx]?def|let|input|include|newcommand|renewcommand|providecommand|csname|catcode|"
+    r"write|read|open(?:in|out)|immediate|expandafter|usepackage|documentclass|special|"
+    r"directlua|url|href)(?![a-zA-Z])")
+
+
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    for ch in text:
+        if ch in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "})]":
+            depth -= 1
+    return deepest
+
+
+def _acceptable(answer: str) -> bool:
+    """Cheap screens before any parsing: size, nesting, TeX primitives, look-alike digits."""
+    if not answer or len(answer) > MAX_ANSWER_CHARS or "**" in answer:
+        return False
+    if any(ord(ch) > 127 and unicodedata.numeric(ch, None) is not None for ch in answer):
+        return False
+    return _nesting(answer) <= MAX_NESTING and not _PRIMITIVES.search(answer)
+
+
+_PLAIN = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
+def _plain_number(text: str) -> Fraction | None:
+    """The exact value of a plain ASCII decimal (`72`, `-0.5`, `1,000` after cleaning)."""
+    return Fraction(text) if len(text) < 50 and _PLAIN.fullmatch(text) else None
+
+
+# ---------------------------------------------------------------- equivalence (worker process)
+
+_NORMALIZATION = None
+
+
+def _parse(latex: str):
+    """(sympy expression or None, normalised string) — math-verify's LaTeX path, one candidate
+    only (its `parse` would search the text for several), with its signal timeouts off."""
+    global _NORMALIZATION
+    from latex2sympy2_extended.latex2sympy2 import NormalizationConfig, normalize_latex
+    from math_verify.parser import parse_latex_cached
+
+    if _NORMALIZATION is None:  # math-verify's default LaTeX normalisation
+        logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled"
+        _NORMALIZATION = NormalizationConfig(basic_latex=True, units=True,
+                                             malformed_operators=True, nits=True, boxed="all")
+    text = normalize_latex(latex, _NORMALIZATION).strip()
+    try:
+        return parse_latex_cached(text), text
+    except Exception:  # noqa: BLE001 — unparseable: only an identical string can match it
+        return None, text
+
+
+_parse_gold = lru_cache(maxsize=4096)(_parse)  # a group's completions share one reference
+
+
+def _log10_bound(node) -> float:
+    """An upper bound on log10 of the magnitude of `node` (symbols count as 10), computed
+    without evaluating it; inf when it is beyond MAX_DIGITS digits."""
+    import sympy
+
+    if isinstance(node, sympy.Integer):
+        return int(node).bit_length() * 0.30103
+    if isinstance(node, sympy.Rational):
+        return max(int(node.p).bit_length(), int(node.q).bit_length()) * 0.30103
+    if isinstance(node, sympy.Float):
+        return math.log10(abs(float(node)) + 1) if node.is_finite else 1.0
+    if isinstance(node, sympy.MatrixBase):
+        return max((_log10_bound(entry) for entry in node), default=1.0)
+    if not isinstance(node, sympy.Basic) or not node.args:
+        return 1.0
+    args = [_log10_bound(arg) for arg in node.args]
+    if isinstance(node, sympy.Pow) or node.func == sympy.exp:
+        exponent = args[-1]
+        bound = float("inf") if exponent > 6 else 10 ** exponent * (args[0] + 1)
+    elif node.func in (sympy.factorial, sympy.gamma, sympy.factorial2, sympy.subfactorial):
+        bound = float("inf") if args[0] > 4.3 else 10 ** args[0] * (args[0] + 1)
+    elif isinstance(node, sympy.Mul):
+        bound = sum(args)
+    else:
+        bound = max(args) + 1
+    return bound if bound <= MAX_DIGITS else float("inf")
+
+
+def _too_big(expr) -> bool:
+    try:
+        return _log10_bound(expr) > MAX_DIGITS
+    except (RecursionError, TypeError, ValueError, OverflowError):
+        return True
+
+
+def _compound(expr) -> bool:
+    """A set, interval, tuple, matrix or conjunction: several values, not one."""
+    import sympy
+    from latex2sympy2_extended.logic import And
+
+    return isinstance(expr, (sympy.Set, sympy.Tuple, sympy.MatrixBase, And, sympy.And))
+
+
+def _single_valued(expr) -> bool:
+    """A plain value (not compound, not a relation such as `x > 2`, which may equal a set)."""
+    from sympy.core.relational import Relational
+
+    return not _compound(expr) and not isinstance(expr, Relational)
+
+
+def _close(gold, pred) -> bool:
+    """False when two plain numbers differ by more than _REL_TOL of their size; True otherwise
+    (symbols, sets, percentages: left to math-verify). This vetoes math-verify's absolute
+    tolerances (1/2**99 is not 1/2**98, 0.0 is not 1e-7) and skips its slow simplification
+    for numbers that are plainly different."""
+    import sympy
+
+    if _compound(gold) or _compound(pred) or isinstance(gold, sympy.core.relational.Relational):
+        return True
+    if isinstance(pred, sympy.core.relational.Relational):
+        pred = pred.rhs
+    if gold.free_symbols or pred.free_symbols or gold.has(sympy.UnevaluatedExpr) or \
+            pred.has(sympy.UnevaluatedExpr):
+        return True  # symbolic, or a percentage (math-verify compares 50% with 50 and 0.5)
+    try:
+        g, p = complex(sympy.N(gold, 30)), complex(sympy.N(pred, 30))
+    except (TypeError, ValueError, OverflowError):
+        return True
+    return g == p or abs(g - p) <= _REL_TOL * max(abs(g), abs(p))
+
+
+def _equivalent(gold: str, pred: str) -> bool:
+    from math_verify import verify
+
+    (gold_expr, gold_text), (pred_expr, pred_text) = _parse_gold(gold), _parse(pred)
+    if gold_expr is None or pred_expr is None:
+        return bool(gold_text) and gold_text == pred_text
+    if _too_big(gold_expr) or _too_big(pred_expr):
+        return False
+    if _compound(pred_expr) and _single_valued(gold_expr):
+        return False  # hedging: several values (or a set) for a single-valued reference
+    if not _close(gold_expr, pred_expr):
+        return False  # numerically apart: no need for math-verify's (slow) simplification
+    return bool(verify(gold_expr, pred_expr, timeout_seconds=None))
+
+
+def verify_pair(pair: tuple[str, str]) -> bool:
+    """True when the cleaned predicted answer equals the cleaned reference (runs in a worker).
+
+    Anything sympy raises on the way (MemoryError under the worker's memory cap, RecursionError,
+    malformed trees) means "not shown equal", as in math-verify; a missing library is not
+    swallowed (ImportError reaches the caller as a verifier failure)."""
+    try:
+        return _equivalent(*pair)
+    except ImportError:
+        raise
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def warm_up() -> None:
+    """Import math-verify and parse once, so a worker is ready before its first check (and a
+    missing library fails the pool's start, not every check)."""
+    import math_verify  # noqa: F401
+
+    if not verify_pair(("\\frac{1}{2}", "0.5")):
+        raise RuntimeError("math-verify does not find 1/2 = 0.5")
+
+
+# ---------------------------------------------------------------- the reward (parent process)
+
+_POOL: CheckPool | None = None
+_POOL_LOCK = threading.Lock()
+_SETTINGS = {"workers": None, "timeout": 2.0}
+
+
+def configure_math_pool(workers: int | None = None, timeout: float = 2.0) -> None:
+    """Worker count (default os.cpu_count()) and per-check time limit in seconds (a worker that
+    does not answer within timeout + 1 s is killed). Stops the current pool; the next call
+    starts a new one. Not to be called while checks are running."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is not None:
+            _POOL.close()
+        _POOL = None
+        _SETTINGS.update(workers=workers, timeout=timeout)
+
+
+def math_pool() -> CheckPool:
+    """The shared pool of equivalence-check workers (created on first use)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = CheckPool("zeroth.rewards.math:verify_pair", workers=_SETTINGS["workers"],
+                              init="zeroth.rewards.math:warm_up",
+                              timeout=_SETTINGS["timeout"], grace=1.0)
+        return _POOL
+
+
+def _quick(gold: str, pred: str) -> float | None:
+    """1.0 / 0.0 when decidable without sympy (screens, identical text, two plain decimals)."""
+    if not _acceptable(pred):
+        return 0.0
+    if pred == gold:
+        return 1.0
+    gold_value, pred_value = _plain_number(gold), _plain_number(pred)
+    if gold_value is not None and pred_value is not None:
+        return float(gold_value == pred_value)
+    return None
+
+
+def _text(completion) -> str:
+    """A completion as text: a string, or TRL's conversational form (the last message)."""
+    if isinstance(completion, list):
+        completion = completion[-1].get("content", "") if completion else ""
+    return completion if isinstance(completion, str) else ""
+
+
+def math_accuracy(completions: list[str], answer: list, **_: object) -> list[float | None]:
+    """1.0 when the completion's final answer is equivalent to the reference, else 0.0; None
+    when the reference is missing. Raises RuntimeError when the check workers cannot run."""
+    scores: list[float | None] = []
+    pending: list[tuple[int, tuple[str, str]]] = []
+    for i, (completion, reference) in enumerate(zip(completions, answer, strict=True)):
+        gold = extract_gold(reference)
+        if gold is None:
+            scores.append(None)
+            continue
+        pred = extract_math_answer(_text(completion))
+        pred = _clean(pred) if pred is not None else None
+        quick = 0.0 if not pred else _quick(gold, pred)
+        scores.append(quick)
+        if quick is None:
+            pending.append((i, (gold, pred)))
+    if pending:
+        results = math_pool().map([pair for _, pair in pending])
+        for (i, _pair), same in zip(pending, results, strict=True):
+            scores[i] = 1.0 if same is True else 0.0
+    return scores
