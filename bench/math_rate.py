@@ -5,7 +5,8 @@
 Prompts come in groups of `group` completions that share one reference (as in GRPO). Workload
 kinds: GSM8K-style integers (mostly decided without sympy), fractions and decimals, and LaTeX
 expressions (radicals, intervals, polynomials, sets), each with right and wrong answers in
-assorted surface forms. Prints a table and one JSON line. Pool start-up is timed apart.
+assorted surface forms. Prints a table and one JSON line. Pool start-up is timed apart; "to
+workers" is the share of checks that need sympy (the rest are decided in the calling process).
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import os
 import random
 import time
 
-from zeroth.rewards.math import configure_math_pool, math_accuracy, math_pool
+from zeroth.rewards.math import (
+    _clean,
+    _quick,
+    configure_math_pool,
+    extract_gold,
+    extract_math_answer,
+    math_accuracy,
+    math_pool,
+)
 
 # (reference, [right answers], [wrong answers]) — a completion picks one of them.
 FRACTIONS = [
@@ -86,14 +95,26 @@ def workload(kind: str, n: int, group: int, seed: int = 0) -> tuple[list[str], l
     return completions[:n], answers[:n]
 
 
+def _share_to_workers(completions: list[str], answers: list[str]) -> float:
+    """Share of checks that need sympy in a worker (the rest are decided in the caller)."""
+    needed = 0
+    for completion, reference in zip(completions, answers, strict=True):
+        pred = extract_math_answer(completion)
+        pred = _clean(pred) if pred is not None else None
+        needed += bool(pred) and _quick(extract_gold(reference), pred) is None
+    return needed / len(completions)
+
+
 def measure(kind: str, n: int, group: int, batch: int = 256) -> dict:
     completions, answers = workload(kind, n, group)
+    share = _share_to_workers(completions, answers)
     start, correct = time.perf_counter(), 0.0
     for i in range(0, n, batch):  # one reward call per RL batch
         correct += sum(math_accuracy(completions[i:i + batch], answers[i:i + batch]))
     seconds = time.perf_counter() - start
     return {"kind": kind, "checks": n, "seconds": round(seconds, 3),
-            "checks_per_s": round(n / seconds, 1), "accuracy": round(correct / n, 3)}
+            "checks_per_s": round(n / seconds, 1), "accuracy": round(correct / n, 3),
+            "to_workers": round(share, 3)}
 
 
 def main() -> None:
@@ -109,10 +130,11 @@ def main() -> None:
     rows = [measure(kind, args.n, args.group) for kind in ("gsm8k", "fractions", "latex", "mixed")]
     print(f"pool start-up: {startup:.2f} s, {math_pool().workers} workers, "
           f"{os.cpu_count()} CPUs, group size {args.group}")
-    print(f"{'workload':<10} {'checks':>7} {'seconds':>8} {'checks/s':>9} {'accuracy':>9}")
+    print(f"{'workload':<10} {'checks':>7} {'seconds':>8} {'checks/s':>9} {'accuracy':>9} "
+          f"{'to workers':>10}")
     for row in rows:
         print(f"{row['kind']:<10} {row['checks']:>7} {row['seconds']:>8.2f} "
-              f"{row['checks_per_s']:>9.1f} {row['accuracy']:>9.3f}")
+              f"{row['checks_per_s']:>9.1f} {row['accuracy']:>9.3f} {row['to_workers']:>10.0%}")
     print(json.dumps({"bench": "math_rate", "workers": math_pool().workers,
                       "cpus": os.cpu_count(), "startup_s": round(startup, 2), "rows": rows}))
 

@@ -140,6 +140,14 @@ def test_sandbox_failure_is_raised_not_scored(monkeypatch):
         run_check(RIGHT, CHECK, "f", fresh_interpreter=True)
 
 
+def test_a_test_the_sandbox_cannot_run_is_not_applicable_or_a_failure():
+    lambda_test = "def check(candidate):\n    assert candidate(lambda v: v) == 1\n"
+    with pytest.warns(RuntimeWarning, match="not plain data"):
+        assert code_tests([RIGHT], test=[lambda_test], entry_point=["f"], **FAST) == [None]
+    with pytest.raises(ValueError, match="defines no function 'check'"):
+        code_tests([RIGHT], test=["assert f(1) == 2\n"], entry_point=["f"], **FAST)
+
+
 def test_fresh_interpreter_launcher_gives_the_same_verdicts():
     for program, expected in ((RIGHT, (2, 0)), (HALF, (1, 1))):
         result = run_check(program, CHECK, "f", limits=Limits(timeout_s=3),

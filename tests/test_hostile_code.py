@@ -259,6 +259,30 @@ def test_escaped_processes_are_dead_after_the_call(wait, report):
     assert _processes_named(comm) == []
 
 
+def test_without_namespaces_the_sandbox_uid_still_contains_the_program(monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("the fallback keeps a separate uid only when zeroth runs as root")
+    monkeypatch.setattr(sandbox, "USE_NAMESPACES", False)
+    monkeypatch.setattr(sandbox, "_warned", type(sandbox._warned)())
+    monkeypatch.setattr(sandbox, "_report", {})
+    comm = f"zfb{MARK[:8]}"
+    escapee = ("import ctypes, os, time\ndef f(x):\n    if os.fork() == 0:\n        os.setsid()\n"
+               "        if os.fork() == 0:\n"
+               f"            ctypes.CDLL(None).prctl(15, b'{comm}', 0, 0, 0)\n"
+               "            while True:\n                time.sleep(0.01)\n        os._exit(0)\n"
+               "    time.sleep(0.5)\n    return 0\n")
+    names = ["write_outside_temp_dir", "kill_parent", "kill_pytest_by_pid", "busy_loop"]
+    programs = ["def f(x):\n    return x + 1\n", escapee] + [CALL[n] for n in names]
+    start = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="missing pid_namespace"):
+        scores = code_tests(programs, test=[CHECK] * len(programs),
+                            entry_point=["f"] * len(programs), timeout_s=TIMEOUT)
+    assert scores == [1.0] + [0.0] * (len(programs) - 1)
+    assert time.monotonic() - start < 2 * BOUND
+    assert _processes_named(comm) == []
+    assert not [t for t in OUTSIDE if t.exists()]
+
+
 def test_this_process_survived_everything(outcomes):
     assert len(outcomes) == len(CALL) + len(STDIO)
     assert os.getpid() > 0 and sys.modules["zeroth"] is zeroth

@@ -49,6 +49,8 @@ def score(completion: str, gold) -> float | None:
     ("<think>the answer is 3", None),  # unclosed reasoning: no answer
     ("reasoning</think> final: 9", "9"),  # R1 distills omit the opening tag
     ("<answer></answer> 3", None),
+    ("so <answer>3", None),  # an answer block begun and cut off: no falling back to numbers
+    ("so \\boxed{3", None),
     ("no digits here", None),
     ("\\boxed{1}" * 30, None),  # more than 20 boxed answers
 ])
@@ -79,6 +81,7 @@ EQUIVALENT = [  # (reference, answer inside <answer>…</answer>)
     ("\\{1, 2\\}", "\\{2, 1\\}"), ("\\{3, 4\\}", "\\boxed{3} and \\boxed{4}"),
     ("x^2+2x+1", "(x+1)^2"), ("5", "5 \\text{ cm}"), ("5", "5 cm"), ("3\\pi", "3 \\pi"),
     ("\\infty", "\\infty"), ("x=3", "3"), ("\\text{(B)}", "B"), ("10^{-7}", "0.0000001"),
+    ("3", "\\approx 3"), ("3", "3 times"), ("x > 2", "(2, \\infty)"),
 ]
 NOT_EQUIVALENT = [
     ("3", "4"), ("3", "-3"), ("3", "3.000001"), ("\\frac{1}{3}", "0.333"),
@@ -106,6 +109,11 @@ def test_reference_formats_and_missing_references():
                    "<answer>1</answer>"]
     references = ["Step 1 ...\n#### 72", "Hence $\\boxed{\\frac{1}{2}}$.", 18, None, ""]
     assert math_accuracy(completions, answer=references) == [1.0, 1.0, 1.0, None, None]
+
+
+def test_conversational_completions_use_the_last_message():
+    completions = [[{"role": "assistant", "content": "<answer>\\frac{6}{2}</answer>"}], []]
+    assert math_accuracy(completions, answer=["3", "3"]) == [1.0, 0.0]
 
 
 def test_a_batch_keeps_the_order_of_its_completions():
@@ -162,15 +170,19 @@ def test_pool_kills_a_worker_stuck_in_c_code_and_goes_on():
         pool.close()
 
 
-def test_pool_soft_timeout_and_dead_worker():
+def test_pool_soft_timeout_sleep_and_dead_worker():
+    busy = CheckPool("statistics:mean", workers=1, timeout=0.3, grace=30)
     sleeper = CheckPool("time:sleep", workers=1, timeout=0.3, grace=0.5)
     exiter = CheckPool("os:_exit", workers=1, timeout=0.3, grace=0.5)
     try:
-        assert sleeper.map([30, 0]) == [TIMEOUT, None]  # SIGALRM inside the worker
+        start = time.monotonic()
+        assert busy.map([range(10**10), range(5)]) == [TIMEOUT, 2]  # SIGPROF in the worker
+        assert time.monotonic() - start < 10.0  # far below the 30 s grace: no kill needed
+        assert sleeper.map([30, 0]) == [TIMEOUT, None]  # no CPU used: killed at 0.8 s
         assert exiter.map([1, 2]) == [TIMEOUT, TIMEOUT]  # each item kills its worker
     finally:
-        sleeper.close()
-        exiter.close()
+        for pool in (busy, sleeper, exiter):
+            pool.close()
 
 
 def test_pool_that_cannot_start_raises():

@@ -68,6 +68,16 @@ def test_gsm8k_parquet_with_an_eval_file_and_instruction(tmp_path):
     assert len(train) == 25 and train.isdisjoint({r["prompt"] for r in held})
 
 
+def test_instruction_does_not_move_problems_across_the_split(tmp_path):
+    path = _jsonl(tmp_path / "gsm8k.jsonl", _gsm8k_records())
+    plain = _task("task.name=gsm8k", f"task.path={path}", "task.heldout_fraction=0.3")
+    told = _task("task.name=gsm8k", f"task.path={path}", "task.heldout_fraction=0.3",
+                 "task.options.instruction=Think step by step.")
+    held = [r["prompt"] for r in plain.eval_rows(100, 0)]
+    assert [r["prompt"] for r in told.eval_rows(100, 0)] == [
+        f"{p}\n\nThink step by step." for p in held]
+
+
 def test_math_boxed_level_subject_and_custom_columns(tmp_path):
     records = [{"problem": f"What is {i}/2?", "level": f"Level {1 + i % 5}", "type": "Algebra",
                 "solution": f"Halve it: $\\boxed{{\\frac{{{i}}}{{2}}}}$."} for i in range(40)]
@@ -129,12 +139,20 @@ def test_bad_file_settings_are_user_errors(tmp_path, overrides, needle):
         _task(*args)
 
 
+@pytest.fixture()
+def hf(tmp_path, monkeypatch):
+    """The `datasets` library with its cache in tmp_path (nothing left in ~/.cache)."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    return datasets
+
+
 def _plain(n=40):
     return [{"prompt": f"{i}+1?", "answer": i + 1, "level": i % 3} for i in range(n)]
 
 
-def test_datasets_saved_dict_with_eval_split(tmp_path):
-    datasets = pytest.importorskip("datasets")
+def test_datasets_saved_dict_with_eval_split(tmp_path, hf):
+    datasets = hf
     data = datasets.DatasetDict({"train": datasets.Dataset.from_list(_plain(40)),
                                  "test": datasets.Dataset.from_list(_plain(50)[40:])})
     data.save_to_disk(str(tmp_path / "saved"))
@@ -150,8 +168,8 @@ def test_datasets_saved_dict_with_eval_split(tmp_path):
         _task("task.name=datasets", f"task.path={tmp_path / 'saved'}", "task.options.split=dev")
 
 
-def test_datasets_saved_dataset_and_files(tmp_path):
-    datasets = pytest.importorskip("datasets")
+def test_datasets_saved_dataset_and_files(tmp_path, hf):
+    datasets = hf
     datasets.Dataset.from_list(_plain()).save_to_disk(str(tmp_path / "one"))
     _jsonl(tmp_path / "d.jsonl", _plain())
     datasets.Dataset.from_list(_plain()).to_parquet(str(tmp_path / "d.parquet"))
@@ -165,7 +183,7 @@ def test_datasets_saved_dataset_and_files(tmp_path):
               "task.options.eval_split=test")
 
 
-def test_datasets_gsm8k_format_uses_math_accuracy(tmp_path):
+def test_datasets_gsm8k_format_uses_math_accuracy(tmp_path, hf):
     _jsonl(tmp_path / "g.jsonl", _gsm8k_records())
     task = _task("task.name=datasets", f"task.path={tmp_path / 'g.jsonl'}",
                  "task.options.format=gsm8k", "task.heldout_fraction=0.3")
@@ -181,7 +199,7 @@ def test_humaneval_rows_from_the_installed_package():
         assert row["answer"].startswith(row["code_prompt"]) and len(row["answer"]) > len(
             row["code_prompt"])
         assert f"def {row['entry_point']}" in row["answer"] and "def check" in row["test"]
-        assert row["code_prompt"].rstrip() in row["prompt"]
+        assert row["code_prompt"].strip() in row["prompt"]
     assert task.weights == {"code_tests": 1.0, "format": 0.1} and task.accuracy == "code_tests"
     text, ok = task.demonstration(rows[0], Random(0))
     assert ok and rows[0]["answer"].rstrip() in text and text.startswith("<answer>")
@@ -270,3 +288,33 @@ def test_reasoning_gym_bad_options(options, needle):
     cfg.task.options = options
     with pytest.raises(UserError, match=needle):
         load_task(cfg)
+
+
+def test_jsonl_task_takes_an_eval_file(tmp_path):
+    train = _jsonl(tmp_path / "train.jsonl", _plain(30))
+    held = _jsonl(tmp_path / "held.jsonl", _plain(35)[25:])
+    task = _task("task.name=jsonl", f"task.path={train}", f"task.eval_path={held}")
+    assert sorted(r["prompt"] for r in task.eval_rows(100, 0)) == sorted(
+        f"{i}+1?" for i in range(25, 35))
+    assert {r["prompt"] for r in task.train_rows(Random(0), 500)} == {
+        f"{i}+1?" for i in range(25)}  # rows also in the eval file never train
+
+
+def test_code_reward_gets_the_sandbox_limits(tmp_path):
+    path = _jsonl(tmp_path / "mbpp.jsonl", _mbpp())
+    task = _task("task.name=mbpp", f"task.path={path}", "sandbox.timeout_s=3",
+                 "sandbox.memory_mb=256", "sandbox.mode=all")
+    fn = task.rewards["code_tests"]
+    assert fn.keywords == {"timeout_s": 3.0, "memory_mb": 256, "mode": "all"}
+    assert task.rewards["correct"] is fn
+
+
+def test_reasoning_gym_runs_end_to_end_from_scratch(tmp_path):
+    pytest.importorskip("reasoning_gym")
+    from zeroth.cli import main
+
+    args = ["run", "tiny", "task.name=reasoning_gym", "task.options.dataset=leg_counting",
+            f"run.out_dir={tmp_path}", "run.name=rg", "rl.steps=2", "pretrain.steps=10"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "rg" / "summary.json").read_text())
+    assert summary["task"] == "reasoning_gym" and summary["demo_accuracy"] == 1.0

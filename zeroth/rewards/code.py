@@ -24,6 +24,7 @@ import ast
 import json
 import os
 import re
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from zeroth.rewards.sandbox import CaseResult, CheckResult, Limits, run_cases, run_check
@@ -105,8 +106,13 @@ def _text(value) -> str:
     return "\n".join(map(str, value)) + "\n" if isinstance(value, list) else str(value)
 
 
-def score_check(result: CheckResult, mode: str) -> float:
-    """The reward of one call-mode run."""
+def score_check(result: CheckResult, mode: str) -> float | None:
+    """The reward of one call-mode run; None when the test itself cannot be run this way (it
+    passes the program something that is not plain data: no verdict on the program)."""
+    if result.unsupported:
+        warnings.warn(f"code_tests: a row's test cannot run in the sandbox, scored None: "
+                      f"{result.unsupported}", RuntimeWarning, stacklevel=2)
+        return None
     if mode == "all":
         return float(result.completed and result.failed == 0 and result.passed >= 1)
     total = result.passed + result.failed + (0 if result.completed else 1)
@@ -123,8 +129,10 @@ def score_cases(runs: list[CaseResult], expected: list[str], mode: str) -> float
     return sum(ok) / len(expected)
 
 
-def _at(value, i):
-    return value[i] if isinstance(value, list) else value
+def _at(value, i, default):
+    """A per-row value (a column) or one for all rows; `default` where it is missing."""
+    value = value[i] if isinstance(value, list) else value
+    return default if value is None else value
 
 
 def _column(value, n: int) -> list:
@@ -162,10 +170,11 @@ def code_tests(completions: list[str], test=None, entry_point=None, test_list=No
     columns = {k: _column(v, n) for k, v in columns.items()}
     tasks = []
     for i, completion in enumerate(completions):
-        row_mode = _at(mode, i)
+        row_mode = _at(mode, i, "fraction")
         if row_mode not in MODES:
             raise ValueError(f"unknown mode {row_mode!r}; use one of {', '.join(MODES)}")
-        limits = Limits(timeout_s=float(_at(timeout_s, i)), memory_mb=int(_at(memory_mb, i)))
+        limits = Limits(timeout_s=float(_at(timeout_s, i, 10.0)),
+                        memory_mb=int(_at(memory_mb, i, 512)))
         row = {k: v[i] for k, v in columns.items()}
         tasks.append(_task(extract_program(completion), row, row_mode, limits))
     runnable = [t for t in tasks if t is not None]

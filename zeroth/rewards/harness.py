@@ -58,7 +58,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
 NAMESPACES = {"mount_namespace": CLONE_NEWNS, "pid_namespace": CLONE_NEWPID,
               "net_namespace": CLONE_NEWNET, "ipc_namespace": CLONE_NEWIPC,
@@ -92,6 +92,10 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 
 class ProgramError(Exception):
     """The program failed in a way with no builtin exception to stand for it."""
+
+
+class Unsupported(BaseException):
+    """The test code passed the program something that is not plain data (the test's fault)."""
 
 
 class Deadline(BaseException):
@@ -314,7 +318,7 @@ def unshare_refused() -> bool:
 
 def enter_namespaces(features):
     """unshare into new namespaces (all at once; else one by one, keeping what works)."""
-    user = os.geteuid() != 0
+    user, uid, gid = os.geteuid() != 0, os.getuid(), os.getgid()  # (after unshare: 65534)
     wanted = sum(NAMESPACES.values()) | (CLONE_NEWUSER if user else 0)
     try:
         unshare(wanted)
@@ -333,7 +337,6 @@ def enter_namespaces(features):
         features[name] = name in got
     features["user_namespace"] = user and bool(got)
     if features["user_namespace"]:
-        uid, gid = os.getuid(), os.getgid()
         for path, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
                            ("gid_map", f"0 {gid} 1")):
             with open(f"/proc/self/{path}", "w") as f:
@@ -487,6 +490,7 @@ def serve(program):
         _send(4, _error_reply("load_error", 0, exc))
         os._exit(1)
     while True:
+        seq = -1
         try:
             data = read_frame(3)
             if data is None:
@@ -494,7 +498,7 @@ def serve(program):
             _, seq, name, args, kwargs = decode(data)
             reply = ["ok", seq, namespace[name](*args, **kwargs)]
         except BaseException as exc:  # noqa: BLE001 — reported to the harness, never raised
-            reply = _error_reply("err", locals().get("seq", -1), exc)
+            reply = _error_reply("err", seq, exc)
         _send(4, reply)
 
 
@@ -625,7 +629,10 @@ class Link:
         if self.dead:
             raise ProgramError(self.dead)
         self.seq += 1
-        data = encode(["call", self.seq, name, list(args), dict(kwargs)])  # the test's values
+        try:
+            data = encode(["call", self.seq, name, list(args), dict(kwargs)])  # the test's values
+        except (TypeError, ValueError) as exc:
+            raise Unsupported(f"an argument to {name} is not plain data: {exc}") from None
         if not _write_all(self.requests, frame(data), self.deadline):
             self.timed_out = time.monotonic() >= self.deadline
             self.die("timed out" if self.timed_out else "the program died")
@@ -692,6 +699,8 @@ def run_tests(link, payload, grace):
         completed = True
     except Deadline:
         link.timed_out, error = True, "the test code ran out of time"
+    except Unsupported as exc:
+        counts["unsupported"] = str(exc)
     except (Exception, SystemExit) as exc:  # noqa: BLE001 — the check did not complete
         error = f"{type(exc).__name__}: {str(exc)[:500]}"
     finally:
@@ -805,6 +814,8 @@ def stdio_mode(job, killer):
 def init_process(job, features, result_fd):
     """I: root of the new namespaces; build the private root, run the mode, write the result."""
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_DUMPABLE, 0)  # no /proc/1/fd or /proc/1/mem for a program of the same uid
+    prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans come to I, to be reaped (without a pid ns too)
     os.umask(0o022)
     work, owner = job["work"], (job["uid"] if job["drop_uid"] else 0)
     features["private_root"] = False
@@ -831,27 +842,35 @@ def init_process(job, features, result_fd):
     _write_all(result_fd, json.dumps(result).encode())
 
 
+def _report_failure(result_fd):
+    failure = {"harness_error": traceback.format_exc()[-4000:]}
+    _write_all(result_fd, json.dumps(failure).encode())
+
+
 def harness():
     """H: read the job, isolate, fork I and wait for it. stdin/stdout are zeroth's pipes."""
     null = os.open("/dev/null", os.O_RDWR)
     result_fd = os.dup(1)
     os.dup2(null, 1)  # whatever the test code prints never mixes with the result
-    job = json.loads(read_frame(0, limit=1 << 30))
-    job["drop_uid"] = os.geteuid() == 0
-    job["uid"] = job["uid_base"] + os.getpid()
-    features = {"syscall_filter": _syscall_filter_works()}  # (forks: before the new pid ns)
-    job["syscall_filter"] = features["syscall_filter"]
-    if job["namespaces"]:
-        enter_namespaces(features)
-    job["drop_caps"] = bool(features.get("user_namespace"))
-    pid = os.fork()
+    try:
+        job = json.loads(read_frame(0, limit=1 << 30))
+        job["drop_uid"] = os.geteuid() == 0
+        job["uid"] = job["uid_base"] + os.getpid()
+        features = {"syscall_filter": _syscall_filter_works()}  # (forks: before the new pid ns)
+        job["syscall_filter"] = features["syscall_filter"]
+        if job["namespaces"]:
+            enter_namespaces(features)
+        job["drop_caps"] = bool(features.get("user_namespace"))
+        pid = os.fork()
+    except BaseException:  # noqa: BLE001 — a harness failure: report it, never hide it
+        _report_failure(result_fd)
+        os._exit(70)
     if pid == 0:
         try:
             init_process(job, features, result_fd)
             code = 0
         except BaseException:  # noqa: BLE001 — a harness failure: report it, never hide it
-            failure = {"harness_error": traceback.format_exc()[-4000:]}
-            _write_all(result_fd, json.dumps(failure).encode())
+            _report_failure(result_fd)
             code = 70
         os._exit(code)
     for fd in (0, result_fd):
@@ -874,14 +893,28 @@ PRELOAD = ("array", "bisect", "cmath", "collections", "copy", "dataclasses", "da
            "math", "operator", "queue", "re", "statistics", "string", "typing", "unicodedata")
 
 
+def _reap_orphans(harnesses):
+    """Reap dead children that are not harnesses awaiting release (orphans adopted as the
+    subreaper: the pid-1 processes of harnesses zeroth killed at their deadline)."""
+    while True:
+        try:
+            found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if found is None or found.si_pid in harnesses:
+            return
+        os.waitpid(found.si_pid, 0)
+
+
 def zygote(sock_fd):
     """Fork server: each request (b"S" + three fds: stdin, stdout, stderr) forks a harness H in
     its own session and answers its pid; b"R" + pid reaps a finished one. EOF: exit."""
     for name in PRELOAD:  # paid once here, not by every program
         __import__(name)
     _syscall_filter_works()
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     gc.freeze()  # fewer copy-on-write faults in the forks
-    sock = socket.socket(fileno=sock_fd)
+    sock, harnesses = socket.socket(fileno=sock_fd), set()
     while True:
         message, fds, _, _ = socket.recv_fds(sock, 64, 3)
         if not message:
@@ -892,16 +925,21 @@ def zygote(sock_fd):
                 sock.close()
                 os.setsid()
                 prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-                _adopt_fds(fds)
-                harness()
+                try:
+                    _adopt_fds(fds)
+                    harness()
+                finally:
+                    os._exit(70)  # never back into the server loop
+            harnesses.add(pid)
             sock.send(pid.to_bytes(8, "big"))
         elif message[:1] == b"R":
-            try:
-                os.waitpid(int.from_bytes(message[1:9], "big"), 0)
-            except ChildProcessError:
-                pass
+            pid = int.from_bytes(message[1:9], "big")
+            if pid in harnesses:
+                harnesses.discard(pid)
+                os.waitpid(pid, 0)
         for fd in fds:
             os.close(fd)
+        _reap_orphans(harnesses)
 
 
 if __name__ == "__main__":

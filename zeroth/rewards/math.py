@@ -14,10 +14,13 @@ What counts (the tests hold a table of cases):
   intervals, sets in any order, symbolic expressions equal after simplification, `1e3` = `1000`;
 * percentages: `50\\%` matches both `50` and `0.5` (math-verify's rule);
 * units and currency are dropped: `5 cm`, `\\$18`, `18 dollars`, `5\\text{ apples}`;
+* an equation counts by its last right-hand side (`x = 3`, `2 + 1 = 3`, and so `4 = 3` too);
 * a decimal for a non-terminating exact reference only when it agrees to 6 decimal places
   (math-verify's rounding) and to 1e-5 relative: `0.333333` counts for 1/3, `0.333` does not;
-  two plain decimals compare exactly; exact values never compare with a tolerance
-  (`\\frac{1}{2^{99}}` is not `\\frac{1}{2^{98}}`, a known math-verify false positive).
+  two plain decimals compare exactly; numbers must agree to 1e-5 relative before math-verify
+  is asked, which rejects its known false positives on tiny values (`\\frac{1}{2^{99}}` vs
+  `\\frac{1}{2^{98}}`, `0` vs `10^{-7}`); irrational expressions closer than math-verify's
+  15-digit check (`\\sqrt2 + 10^{-20}` vs `\\sqrt2`) still pass.
 
 What does not: several candidate values (`3 or 4`, `3, 4, 5`, disagreeing `\\boxed{}`s, `\\pm 3`,
 a set or interval) unless the reference is itself such a set; `x > 2`; `\\infty`, `nan`, `1/0`;
@@ -25,10 +28,11 @@ words; non-ASCII digits (Arabic-Indic, fullwidth, mathematical bold 3 ...: no no
 answers over 1,000 characters or nested deeper than 20; TeX primitives (`\\def`, `\\input`, ...);
 numbers with more than 100,000 digits, exponents above 10**6, factorials above 20,000.
 
-Every check runs in a `CheckPool` worker process with a hard deadline (2 s soft + 1 s grace by
-default, see `configure_math_pool`): a hostile answer costs at most that and scores 0.0, from
-any thread. math-verify's own timeouts use SIGALRM, which only works in a main thread (off it,
-math-verify raises ValueError) and cannot stop a long C call, so they are switched off here.
+Every check runs in a `CheckPool` worker process with a hard deadline (2 s of CPU, and the
+worker is killed after 3 s of wall-clock time, by default; see `configure_math_pool`): a
+hostile answer costs at most that and scores 0.0, from any thread. math-verify's own timeouts
+use SIGALRM, which only works in a main thread (off it, math-verify raises ValueError) and
+cannot stop a long C call, so they are switched off here.
 """
 
 from __future__ import annotations
@@ -364,13 +368,19 @@ def verify_pair(pair: tuple[str, str]) -> bool:
         return False
 
 
+_WARM_UP = [("\\frac{1}{2}", "0.5"), ("x^2+2x+1", "(x+1)^2"), ("[1, 2]", "[1,2]"),
+            ("x > 2", "(2, \\infty)"), ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}")]
+
+
 def warm_up() -> None:
-    """Import math-verify and parse once, so a worker is ready before its first check (and a
-    missing library fails the pool's start, not every check)."""
+    """Import math-verify and run a few checks, so that sympy's lazy imports (half a second for
+    the first simplification) are paid before a worker's first timed check, and a missing or
+    broken library fails the pool's start instead of every check."""
     import math_verify  # noqa: F401
 
-    if not verify_pair(("\\frac{1}{2}", "0.5")):
-        raise RuntimeError("math-verify does not find 1/2 = 0.5")
+    for pair in _WARM_UP:
+        if not verify_pair(pair):
+            raise RuntimeError(f"math-verify does not find {pair[0]} = {pair[1]}")
 
 
 # ---------------------------------------------------------------- the reward (parent process)
@@ -381,9 +391,9 @@ _SETTINGS = {"workers": None, "timeout": 2.0}
 
 
 def configure_math_pool(workers: int | None = None, timeout: float = 2.0) -> None:
-    """Worker count (default os.cpu_count()) and per-check time limit in seconds (a worker that
-    does not answer within timeout + 1 s is killed). Stops the current pool; the next call
-    starts a new one. Not to be called while checks are running."""
+    """Worker count (default os.cpu_count()) and per-check limit in seconds of CPU time (a
+    worker that has not answered after timeout + 1 s of wall-clock time is killed). Stops the
+    current pool; the next call starts a new one. Not to be called while checks are running."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is not None:

@@ -4,18 +4,21 @@ Verifiers parse model output with libraries (sympy, ...) that can run for hours 
 memory on a hostile input, and a signal-based timeout only works in a process's main thread and
 cannot interrupt a long C call (`10**10**10`). So each check runs in a worker process:
 
-* inside the worker (its main thread) a SIGALRM interval timer interrupts Python-level work
-  after `timeout` seconds (the item's result is `TIMEOUT`);
+* inside the worker (its main thread) a SIGPROF interval timer interrupts Python-level work
+  after `timeout` seconds of CPU time (the item's result is `TIMEOUT`): CPU time, so that a
+  busy machine does not time out checks that are merely waiting for a core;
 * the parent watches every worker and SIGKILLs one that has not reported within
   `timeout + grace` seconds, scores the item `TIMEOUT`, starts a replacement and hands it the
   rest of the batch; a worker that dies (segfault, OOM) is treated the same way;
-* each worker's address space is capped (`memory_mb`), so a huge number raises MemoryError.
+* each worker's address space is capped (`memory_mb`), so a huge number raises MemoryError,
+  and an RLIMIT_CPU fuse lets the kernel end an item that has used `timeout + 5` s of CPU, so a
+  check stays bounded even if the parent died (a worker also exits when its pipe closes).
 
 Workers are fresh interpreters (`python -c`, never a fork: the parent may hold torch threads, and
 multiprocessing's spawn would re-run the caller's main module). They start lazily on first use,
 are shared by every thread that calls `map`, are replaced after `max_items` items (bounding
-memory growth), and are shut down at interpreter exit. A pool that
-cannot start raises RuntimeError — a verifier failure, never a silent wrong answer.
+memory growth), and are shut down at interpreter exit. A pool that cannot start raises
+RuntimeError — a verifier failure, never a silent wrong answer.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ _START_TIMEOUT_S = 120.0
 
 
 class _SoftTimeout(BaseException):
-    """Raised by SIGALRM inside a worker; a BaseException so `except Exception` cannot eat it."""
+    """Raised by SIGPROF inside a worker; a BaseException so `except Exception` cannot eat it."""
 
 
 def _on_alarm(signum, frame):
@@ -48,10 +51,10 @@ def _on_alarm(signum, frame):
 def _run_item(fn, item, timeout: float) -> tuple[str, object]:
     try:
         try:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
+            signal.setitimer(signal.ITIMER_PROF, timeout)
             return "ok", fn(item)
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
     except _SoftTimeout:
         return TIMEOUT, None
     except Exception as exc:  # noqa: BLE001 — reported to the parent, which raises it
@@ -97,7 +100,7 @@ def _worker_entry() -> None:
         fn = _resolve(target)
         if init:
             _resolve(init)()
-        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.signal(signal.SIGPROF, _on_alarm)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     except BaseException:  # noqa: BLE001 — any start-up failure goes back to the parent
         outbox.send(("failed", traceback.format_exc()))

@@ -16,6 +16,7 @@ program in its own unprivileged process, and the two exchange plain data only. T
 from __future__ import annotations
 
 import ast
+import atexit
 import builtins
 import json
 import os
@@ -37,6 +38,7 @@ ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/",
        "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
 UID_BASE = 1_000_000  # the program of the harness with host pid p runs as uid UID_BASE + p
 GRACE_S = 5.0  # the harness's own time over the program's limit before it is killed
+USE_NAMESPACES = True  # False: only uid, rlimits and process group (to test the fallback)
 _RECORD, _OK = "_zeroth_record", "_zeroth_ok"
 
 
@@ -46,8 +48,9 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Per run: wall time (whole check, or each stdin case), memory (address space),
-    processes and threads, size of files written, open files, stdout kept per stdin case."""
+    """Per run: wall time (whole check, or each stdin case), memory (address space, of which
+    the interpreter already maps about 25 MiB), processes and threads (of the sandbox's own
+    uid), size of each file written, open files, stdout kept per stdin case."""
 
     timeout_s: float = 10.0
     memory_mb: int = 512
@@ -73,6 +76,7 @@ class CheckResult:
     timed_out: bool = False
     error: str | None = None  # the exception that stopped the test code
     program: str | None = None  # why the program stopped answering (None: it never did)
+    unsupported: str | None = None  # the test passed the program something not plain data
     features: dict = field(default_factory=dict)
 
 
@@ -148,6 +152,8 @@ class _ForkServer:
 
     def _start(self):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if self._log is not None and self._owner == os.getpid():
+            self._log.close()  # a crashed server's
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 — lives as long as the server
         try:
             self._proc = subprocess.Popen(
@@ -158,7 +164,22 @@ class _ForkServer:
             raise SandboxError(f"cannot start the sandbox ({sys.executable}): {exc}") from exc
         finally:
             theirs.close()
+        ours.settimeout(30.0)  # a fork takes milliseconds: a silent server is a broken one
         self._sock, self._owner = ours, os.getpid()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Stop the server (it exits when its socket closes)."""
+        with self._lock:
+            if self._owner == os.getpid() and self._proc is not None:
+                self._sock.close()
+                try:
+                    self._proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+                self._log.close()
+            self._sock = self._proc = self._log = self._owner = None
 
     def _failure(self) -> str:
         self._log.seek(0)
@@ -168,7 +189,8 @@ class _ForkServer:
         """Start a harness with these stdin/stdout/stderr; its pid (also its process group)."""
         with self._lock:
             for _ in range(2):
-                if self._owner != os.getpid() or self._proc.poll() is not None:
+                if self._owner != os.getpid() or self._proc is None or \
+                        self._proc.poll() is not None:
                     self._start()
                 try:
                     socket.send_fds(self._sock, [b"S"], fds)
@@ -179,6 +201,7 @@ class _ForkServer:
                     pass
                 self._proc.kill()
                 self._proc.wait()
+                self._sock.close()
             raise SandboxError(f"the sandbox fork server failed: {self._failure()}")
 
     def release(self, pid: int) -> None:
@@ -206,7 +229,7 @@ def _exchange(data: bytes, stdin: int, stdout: int, stderr: int, deadline: float
         sel.register(stdin, selectors.EVENT_WRITE)
         sel.register(stdout, selectors.EVENT_READ)
         sel.register(stderr, selectors.EVENT_READ)
-        while stdout in sel.get_map():
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return bytes(out), bytes(err), False
@@ -220,6 +243,8 @@ def _exchange(data: bytes, stdin: int, stdout: int, stderr: int, deadline: float
                         sel.unregister(stdin)
                     continue
                 chunk = os.read(key.fd, 1 << 16)
+                if not chunk and key.fd == stdout:
+                    return bytes(out), bytes(err + _available(stderr)), True
                 if not chunk:
                     sel.unregister(key.fd)
                 elif key.fd == stderr:
@@ -228,7 +253,17 @@ def _exchange(data: bytes, stdin: int, stdout: int, stderr: int, deadline: float
                     raise SandboxError(f"the harness wrote more than {out_cap} bytes")
                 else:
                     out += chunk
-    return bytes(out), bytes(err), True
+
+
+def _available(fd: int) -> bytes:
+    """What a non-blocking pipe holds now."""
+    chunks = []
+    try:
+        while len(chunks) < 16 and (chunk := os.read(fd, 1 << 16)):
+            chunks.append(chunk)
+    except BlockingIOError:
+        pass
+    return b"".join(chunks)
 
 
 def _start(theirs: list[int], fresh: bool):
@@ -254,7 +289,7 @@ def _launch(job: dict, payload: dict, hard_s: float, out_cap: int, fresh: bool) 
         os.chmod(base, 0o711)
         os.mkdir(os.path.join(base, "w"))
         job = dict(job, root=base, work=os.path.join(base, "w"), uid_base=UID_BASE,
-                   namespaces=True)
+                   namespaces=USE_NAMESPACES)
         process, pid = _start([in_r, out_w, err_w], fresh)
         for fd in (in_r, out_w, err_w):
             os.close(fd)
@@ -316,23 +351,26 @@ _EXPECTED = {
 }
 _warned = threading.Event()
 _report: dict = {}
+_report_lock = threading.Lock()
 
 
 def _note_features(features: dict) -> None:
-    """Warn once per process, naming each isolation feature this host does not give."""
+    """Remember what the host gives; warn once per process, naming each isolation feature it
+    does not give and what that means, and what still holds."""
     if not features or _warned.is_set():
         return
-    missing = [k for k in _EXPECTED if not features.get(k)]
-    _report.update(features)
-    if not missing or _warned.is_set():
-        return
-    _warned.set()
+    with _report_lock:
+        _report.update(features)
+        missing = [k for k in _EXPECTED if not features.get(k)]
+        if not missing or _warned.is_set():
+            return
+        _warned.set()
     active = [k for k in _EXPECTED if features.get(k)] + ["wall-time kill", "minimal env",
                                                           "temporary work dir", "output cap"]
     reasons = "; ".join(f"{k}: {_EXPECTED[k]}" for k in missing)
-    errors = {k: v for k, v in features.items() if k.endswith("_error")}
+    errors = "; ".join(f"{k}: {v}" for k, v in features.items() if k.endswith("_error"))
     warnings.warn(f"zeroth code sandbox: isolation incomplete on this host — missing {reasons}. "
-                  f"Still active: {', '.join(active)}. Details: {errors or 'none'}",
+                  f"Still active: {', '.join(active)}." + (f" ({errors})" if errors else ""),
                   RuntimeWarning, stacklevel=2)
 
 

@@ -8,15 +8,16 @@ complete the function, with its header and docstring), code_prompt (the original
 prompt, for continuation mode), test, entry_point, task_id, answer (the canonical solution as
 a whole function: code_prompt + canonical_solution). HumanEval is an evaluation set, so
 task.options.split says how to use it: `hash` (default) holds out task.heldout_fraction of the
-problems by a stable hash of the prompt (raise task.heldout_fraction, e.g. 0.5, for a larger
+problems by a stable hash of the task id (raise task.heldout_fraction, e.g. 0.5, for a larger
 evaluation) and trains on the rest; `all` evaluates on all 164 and trains on the same 164
 (contaminated: for debugging and overfitting checks only).
 
 `mbpp`: MBPP-style records at task.path (JSON lines, a JSON array or Parquet):
 text (or prompt), code, test_list, test_setup_code (or test_imports), task_id. The prompt is
 the text plus, with task.options.show_tests (default true), the tests the code must pass (as
-in the MBPP paper, so the function name is known). task.options.split: `hash` (default; or
+in the MBPP paper, so the function name is known). task.options.split: `hash` (default: a stable hash of the task id, else of the prompt; or
 task.eval_path) or `official` (task_id 11-510 held out, the rest for training).
+task.options.instruction (both tasks) is appended to every prompt.
 
 Demonstrations are the reference solutions, `<answer>```python …```</answer>`.
 """
@@ -30,13 +31,13 @@ from pathlib import Path
 
 from zeroth.errors import UserError
 from zeroth.tasks.files import (
+    add_instruction,
     demonstrations,
     file_task,
     load_rows,
     pick,
     read_records,
     split_rows,
-    with_instruction,
 )
 from zeroth.tasks.options import Option, choice, flag, read_options, text
 from zeroth.types import Row, Task
@@ -51,6 +52,11 @@ MBPP_OPTIONS = {
     "instruction": Option(None, text(), "text added after every problem"),
 }
 MBPP_TEST_IDS = range(11, 511)  # the official test split of MBPP
+
+
+def task_key(row: Row) -> str:
+    """What the held-out hash reads: the task id when there is one, else the prompt."""
+    return str(row["task_id"]) if row.get("task_id") is not None else row["prompt"]
 
 
 def reference_code(row: Row) -> str:
@@ -69,12 +75,11 @@ def humaneval_file() -> Path:
     return path
 
 
-def humaneval_rows(instruction: str | None = None) -> list[Row]:
+def humaneval_rows() -> list[Row]:
     with gzip.open(humaneval_file(), "rt", encoding="utf-8") as handle:
         problems = [json.loads(line) for line in handle if line.strip()]
     return [{
-        "prompt": with_instruction("Complete this Python function:\n\n" + p["prompt"].rstrip(),
-                                   instruction),
+        "prompt": "Complete this Python function:\n\n" + p["prompt"].strip(),
         "code_prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"],
         "task_id": p["task_id"], "answer": p["prompt"] + p["canonical_solution"],
     } for p in problems]
@@ -82,11 +87,12 @@ def humaneval_rows(instruction: str | None = None) -> list[Row]:
 
 def load_humaneval(task_cfg, demo_cfg) -> Task:
     opts = read_options("humaneval", task_cfg.options, HUMANEVAL_OPTIONS)
-    rows = humaneval_rows(opts["instruction"])
+    rows = humaneval_rows()
     if opts["split"] == "all":
         train, held = rows, rows
     else:
-        train, held = split_rows(rows, task_cfg.heldout_fraction, None, "HumanEval")
+        train, held = split_rows(rows, task_cfg.heldout_fraction, None, "HumanEval", task_key)
+    add_instruction(opts["instruction"], train, held)
     return _code_task("humaneval", train, held, {"split": opts["split"]})
 
 
@@ -103,7 +109,7 @@ def mbpp_row(record: dict, where: str, *, opts: dict) -> Row:
     prompt = str(pick(record, ("text", "prompt"), where)).strip()
     if opts["show_tests"]:
         prompt += "\nYour code should pass these tests:\n" + "\n".join(tests)
-    return {"prompt": with_instruction(prompt, opts["instruction"]),
+    return {"prompt": prompt,
             "answer": str(pick(record, ("code",), where)), "test_list": tests,
             "test_setup_code": setup, "task_id": record.get("task_id")}
 
@@ -119,9 +125,10 @@ def load_mbpp(task_cfg, demo_cfg) -> Task:
                 for i, r in enumerate(read_records(task_cfg.path), 1)]
         held = [r for r in rows if str(r["task_id"]).isdigit()
                 and int(r["task_id"]) in MBPP_TEST_IDS]
-        train, held = split_rows(rows, task_cfg.heldout_fraction, held, task_cfg.path)
+        train, held = split_rows(rows, task_cfg.heldout_fraction, held, task_cfg.path, task_key)
     else:
-        train, held = load_rows(task_cfg, normalise)
+        train, held = load_rows(task_cfg, normalise, key=task_key)
+    add_instruction(opts["instruction"], train, held)
     return _code_task("mbpp", train, held, {"path": task_cfg.path, "split": opts["split"]})
 
 

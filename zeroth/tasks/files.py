@@ -5,8 +5,10 @@ Records come from JSON lines (.jsonl, .jsonl.gz, .ndjson), a JSON array (.json),
 library (`save_to_disk`). Nothing is ever downloaded.
 
 Held-out split: with task.eval_path, that file is the held-out set and any training row with
-the same prompt is dropped from training; without it, a stable hash of the prompt puts
-task.heldout_fraction of the rows in the held-out set, the same on every machine.
+the same prompt is dropped from training; without it, a stable hash of the prompt (of the task
+id for code tasks) puts task.heldout_fraction of the rows in the held-out set, the same on every
+machine. task.options.instruction is appended to the prompts after the split, so changing it
+never moves a problem across.
 """
 
 from __future__ import annotations
@@ -116,9 +118,13 @@ def pick(record: dict, names: tuple[str, ...], where: str, required: bool = True
     return None
 
 
+def _prompt(row: Row) -> str:
+    return row["prompt"]
+
+
 def load_rows(task_cfg, normalise: Callable[[dict, str], Row], split: str = "train",
-              eval_split: str | None = None,
-              reader: Callable[..., list[dict]] = read_records) -> tuple[list[Row], list[Row]]:
+              eval_split: str | None = None, reader: Callable[..., list[dict]] = read_records,
+              key: Callable[[Row], str] = _prompt) -> tuple[list[Row], list[Row]]:
     """(training rows, held-out rows) from task.path (and task.eval_path or `eval_split` of a
     saved dataset folder); `reader(path, key, split)` gives a source's records."""
     rows = [normalise(r, f"{task_cfg.path}:{i}")
@@ -127,19 +133,20 @@ def load_rows(task_cfg, normalise: Callable[[dict, str], Row], split: str = "tra
     eval_path = getattr(task_cfg, "eval_path", None)
     if eval_path or eval_split:
         where = eval_path or task_cfg.path
-        key = "task.eval_path" if eval_path else "task.path"
-        records = reader(where, key, eval_split or "train")
+        name = "task.eval_path" if eval_path else "task.path"
+        records = reader(where, name, eval_split or "train")
         held = [normalise(r, f"{where}:{i}") for i, r in enumerate(records, 1)]
-    return split_rows(rows, task_cfg.heldout_fraction, held, task_cfg.path)
+    return split_rows(rows, task_cfg.heldout_fraction, held, task_cfg.path, key)
 
 
-def split_rows(rows: list[Row], fraction: float, held: list[Row] | None,
-               where: str) -> tuple[list[Row], list[Row]]:
-    """The stable split (see the module docstring): never a held-out prompt in training."""
+def split_rows(rows: list[Row], fraction: float, held: list[Row] | None, where: str,
+               key: Callable[[Row], str] = _prompt) -> tuple[list[Row], list[Row]]:
+    """The stable split (see the module docstring) by a stable hash of key(row), the prompt
+    unless said otherwise; no training row shares a key or a prompt with a held-out one."""
     if held is None:
-        held = [r for r in rows if stable_fraction(r["prompt"]) < fraction]
-    prompts = {r["prompt"] for r in held}
-    train = [r for r in rows if r["prompt"] not in prompts]
+        held = [r for r in rows if stable_fraction(key(r)) < fraction]
+    keys, prompts = {key(r) for r in held}, {r["prompt"] for r in held}
+    train = [r for r in rows if key(r) not in keys and r["prompt"] not in prompts]
     if not train or not held:
         raise UserError(f"task.path '{where}': {len(rows)} rows leave an empty split — add rows, "
                         "change task.heldout_fraction or give task.eval_path")
@@ -196,5 +203,10 @@ def demonstrations(train: list[Row], verify, reference: Callable[[Row], str | No
     return demonstration
 
 
-def with_instruction(prompt: str, instruction: str | None) -> str:
-    return f"{prompt}\n\n{instruction}" if instruction else prompt
+def add_instruction(instruction: str | None, *groups: list[Row]) -> None:
+    """Append task.options.instruction to every prompt (once per row), after the split, so the
+    instruction never moves a problem between training and held-out."""
+    if not instruction:
+        return
+    for row in {id(r): r for group in groups for r in group}.values():
+        row["prompt"] = f"{row['prompt']}\n\n{instruction}"

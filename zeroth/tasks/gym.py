@@ -34,9 +34,10 @@ from random import Random
 from zeroth.errors import UserError
 from zeroth.rewards import REWARDS
 from zeroth.rewards.shaping import extract_answer
-from zeroth.seeding import stable_fraction, stable_hash
+from zeroth.seeding import stable_hash
 from zeroth.tasks.files import require
 from zeroth.tasks.options import Option, integer, mapping, read_options, text
+from zeroth.tasks.procedural import collect
 from zeroth.types import Row, Task
 
 OPTIONS = {
@@ -92,9 +93,9 @@ class Streams:
             try:
                 made = reasoning_gym.create_dataset(self.name, **self.config, seed=seed,
                                                     size=self.size)
-            except (AssertionError, TypeError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 — any refusal of the user's config
                 raise UserError(f"task.options.config: reasoning-gym '{self.name}' rejects it "
-                                f"({type(exc).__name__}: {exc})") from None
+                                f"({type(exc).__name__}: {str(exc)[:120]})") from None
             self.datasets[seed] = made
         return self.datasets[seed]
 
@@ -117,21 +118,17 @@ class Streams:
             return 0.0
 
 
-def _draw(streams: Streams, rng: Random, n: int, seed: int, *, heldout: bool,
+def _rows(streams: Streams, rng: Random, n: int, seed: int, *, heldout: bool,
           fraction: float) -> list[Row]:
-    rows, seen = [], set()
-    tries = min(streams.size, 100 * n + 10_000) if heldout else 1000 * n + 10_000
-    for i in range(tries):
-        if len(rows) == n:
-            break
-        row = streams.row(seed, i if heldout else rng.randrange(streams.size))
-        if (stable_fraction(row["prompt"]) < fraction) != heldout:
-            continue
-        if heldout and row["prompt"] in seen:
-            continue
-        seen.add(row["prompt"])
-        rows.append(row)
-    if len(rows) < n:
+    """Training rows: random indices of stream `seed`; held-out rows: its indices in order."""
+    if heldout:
+        indices = iter(range(streams.size))
+        rows = collect(rng, n, lambda _: streams.row(seed, next(indices)), heldout=True,
+                       fraction=fraction, distinct=True, tries=min(streams.size, 100 * n + 10_000))
+    else:
+        rows = collect(rng, n, lambda r: streams.row(seed, r.randrange(streams.size)),
+                       heldout=False, fraction=fraction, distinct=False, tries=1000 * n + 10_000)
+    if rows is None:
         side = "held-out" if heldout else "training"
         raise ValueError(f"reasoning-gym '{streams.name}': the {side} split has fewer than {n} "
                          "problems — raise task.options.size, change task.heldout_fraction or "
@@ -149,11 +146,11 @@ def load(task_cfg, demo_cfg) -> Task:
     fraction = task_cfg.heldout_fraction
 
     def train_rows(rng: Random, n: int) -> list[Row]:
-        return _draw(streams, rng, n, opts["seed"], heldout=False, fraction=fraction)
+        return _rows(streams, rng, n, opts["seed"], heldout=False, fraction=fraction)
 
     def eval_rows(n: int, seed: int) -> list[Row]:
         stream = stable_hash(f"reasoning_gym-heldout-{seed}") % 2**31
-        return _draw(streams, Random(0), n, stream, heldout=True, fraction=fraction)
+        return _rows(streams, Random(0), n, stream, heldout=True, fraction=fraction)
 
     def correct(completions: list[str], rg_seed: list, rg_index: list, **_) -> list[float]:
         return [streams.score(extract_answer(c), s, i)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 from zeroth.errors import UserError
 from zeroth.tasks.files import (
+    add_instruction,
     demonstrations,
     file_task,
     load_rows,
     pick,
     require,
-    with_instruction,
 )
 from zeroth.tasks.math_data import OPTIONS as MATH_OPTIONS
 from zeroth.tasks.math_data import gsm8k_row, math_row, reference_solution
@@ -89,7 +89,7 @@ def plain_row(record: dict, where: str, *, opts: dict) -> Row:
     answer = pick(record, (opts["answer_field"] or "answer",), where)
     if isinstance(answer, float) and answer.is_integer():
         answer = int(answer)  # 3.0 read from a file is the integer answer 3
-    row.update(prompt=with_instruction(str(prompt), opts["instruction"]), answer=str(answer))
+    row.update(prompt=str(prompt), answer=str(answer))
     return row
 
 
@@ -102,6 +102,7 @@ def load(task_cfg, demo_cfg) -> Task:
     verifier = opts["verifier"] or ("exact" if opts["format"] == "plain" else "math")
     train, held = load_rows(task_cfg, partial(normalise, opts=opts), split=opts["split"],
                             eval_split=opts["eval_split"], reader=hf_records)
+    add_instruction(opts["instruction"], train, held)
     accuracy = "correct" if verifier == "exact" else "math_accuracy"
     task = file_task("datasets", train, held, accuracy=accuracy,
                      info={"path": task_cfg.path, "format": opts["format"]})

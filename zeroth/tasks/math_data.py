@@ -21,7 +21,7 @@ import re
 from functools import partial
 
 from zeroth.errors import UserError
-from zeroth.tasks.files import demonstrations, file_task, load_rows, pick, with_instruction
+from zeroth.tasks.files import add_instruction, demonstrations, file_task, load_rows, pick
 from zeroth.tasks.options import Option, read_options, text
 from zeroth.types import Row, Task
 
@@ -59,7 +59,7 @@ def _names(opts: dict, key: str, defaults: tuple[str, ...]) -> tuple[str, ...]:
 
 def _base(record: dict, where: str, opts: dict, prompts: tuple[str, ...]) -> Row:
     prompt = str(pick(record, _names(opts, "prompt_field", prompts), where)).strip()
-    row = {"prompt": with_instruction(prompt, opts.get("instruction"))}
+    row = {"prompt": prompt}
     if isinstance(record.get("demo"), str):
         row["demo"] = record["demo"]
     return row
@@ -116,6 +116,7 @@ def reference_solution(row: Row) -> str | None:
 def _load(name: str, normalise, task_cfg) -> Task:
     opts = read_options(name, task_cfg.options, OPTIONS)
     train, held = load_rows(task_cfg, partial(normalise, opts=opts))
+    add_instruction(opts["instruction"], train, held)
     task = file_task(name, train, held, accuracy="math_accuracy", info={"path": task_cfg.path})
     task.demonstration = demonstrations(train, task.rewards["correct"], reference_solution)
     return task

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from random import Random
 
@@ -48,7 +48,6 @@ class Family:
     check: Callable[[str, Row], bool]
     reasoned: Callable[[Row], str]
     slip: Callable[[Row], str]
-    check_knobs: Callable[[dict], None] = field(default=lambda knobs: None)
 
 
 def is_heldout(row: Row, fraction: float) -> bool:
@@ -56,7 +55,7 @@ def is_heldout(row: Row, fraction: float) -> bool:
     return stable_fraction(row["prompt"]) < fraction
 
 
-def _collect(rng: Random, n: int, draw: Callable[[Random], Row], *, heldout: bool,
+def collect(rng: Random, n: int, draw: Callable[[Random], Row], *, heldout: bool,
              fraction: float, distinct: bool, tries: int) -> list[Row] | None:
     """Up to `tries` draws; the first n rows on the wanted side of the split (None if short)."""
     rows, seen = [], set()
@@ -72,7 +71,7 @@ def _collect(rng: Random, n: int, draw: Callable[[Random], Row], *, heldout: boo
 
 
 def train_rows(rng: Random, n: int, *, draw, fraction: float) -> list[Row]:
-    rows = _collect(rng, n, draw, heldout=False, fraction=fraction, distinct=False,
+    rows = collect(rng, n, draw, heldout=False, fraction=fraction, distinct=False,
                     tries=1000 * n + 10_000)
     if rows is None:
         raise ValueError("the training split is (nearly) empty; lower task.heldout_fraction")
@@ -80,7 +79,7 @@ def train_rows(rng: Random, n: int, *, draw, fraction: float) -> list[Row]:
 
 
 def eval_rows(n: int, seed: int, *, draw, fraction: float) -> list[Row]:
-    rows = _collect(Random(f"heldout-{seed}"), n, draw, heldout=True, fraction=fraction,
+    rows = collect(Random(f"heldout-{seed}"), n, draw, heldout=True, fraction=fraction,
                     distinct=True, tries=100 * n + 10_000)
     if rows is None:
         raise ValueError(f"the held-out split has fewer than task.eval_problems={n} problems — "
@@ -126,7 +125,6 @@ def demonstration(row: Row, rng: Random, *, family: Family, reason_fraction: flo
 def load_family(family: Family, task_cfg, demo_cfg) -> Task:
     """The Task for `family` with the knobs of task.options (checked) and the demo settings."""
     knobs = read_options(family.name, getattr(task_cfg, "options", None), family.knobs)
-    family.check_knobs(knobs)
     draw = partial(family.draw, knobs=knobs)
     fraction = task_cfg.heldout_fraction
     rewards = dict(REWARDS)

@@ -1,16 +1,18 @@
 """Procedural task: sort a list of non-negative integers in ascending order.
 
-    Sort ascending: 42, 7, 19, 3, 88      answer 3, 7, 19, 42, 88
+    Sort ascending: 42, 7, 19, 3, 88      answer 3,7,19,42,88
 
 Knobs (task.options): `length` of the list (2..12, default 5), `max_value` (numbers in
 0..max_value, default 99; the digit count of each is drawn uniformly first, so short and long
 numbers mix). Difficulty column: the number of insertions (length - 1).
 
-The worked solution is insertion sort, writing the sorted prefix after each insertion:
-`<think>7,42 7,19,42 3,7,19,42 3,7,19,42,88</think><answer>3, 7, 19, 42, 88</answer>`.
+The worked solution is insertion sort, writing the sorted prefix after each insertion; the last
+insertion is the answer itself:
+`<think>42 7,42 7,19,42 3,7,19,42</think><answer>3,7,19,42,88</answer>`.
 The systematic slip of direct answers: numbers compared as text (`42` before `7`), right only
 when that order agrees with the numeric one.
-Verifier: the answer, split at commas (optionally in [brackets]), is exactly the sorted list.
+Verifier: the answer, split at commas (spaces and [brackets] allowed), is exactly the sorted
+list.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def number(rng: Random, max_value: int) -> int:
 
 def draw(rng: Random, knobs: dict) -> Row:
     numbers = [number(rng, knobs["max_value"]) for _ in range(knobs["length"])]
-    return {"prompt": f"Sort ascending: {show(numbers)}", "answer": show(sorted(numbers)),
+    return {"prompt": f"Sort ascending: {show(numbers)}",
+            "answer": ",".join(map(str, sorted(numbers))),
             "numbers": numbers, "difficulty": len(numbers) - 1}
 
 
@@ -49,8 +52,9 @@ def check(text: str, row: Row) -> bool:
 
 
 def reasoned(row: Row) -> str:
-    prefix, steps = row["numbers"][:1], []
-    for n in row["numbers"][1:]:
+    """The sorted prefix before each insertion; the last insertion is the answer itself."""
+    prefix, steps = [], []
+    for n in row["numbers"][:-1]:
         at = next((i for i, m in enumerate(prefix) if m > n), len(prefix))
         prefix.insert(at, n)
         steps.append(",".join(map(str, prefix)))
@@ -66,7 +70,7 @@ FAMILY = Family(
     draw=draw,
     check=check,
     reasoned=reasoned,
-    slip=lambda row: show(sorted(row["numbers"], key=str)),
+    slip=lambda row: ",".join(sorted(map(str, row["numbers"]))),
 )
 
 
