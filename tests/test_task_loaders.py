@@ -318,3 +318,13 @@ def test_reasoning_gym_runs_end_to_end_from_scratch(tmp_path):
     assert main(args) == 0
     summary = json.loads((tmp_path / "rg" / "summary.json").read_text())
     assert summary["task"] == "reasoning_gym" and summary["demo_accuracy"] == 1.0
+
+
+def test_demo_column_is_verified_per_row(tmp_path, hf):
+    records = [{"prompt": f"{i}+1?", "answer": i + 1, "demo": "<answer>1</answer>"}
+               for i in range(40)]
+    path = _jsonl(tmp_path / "d.jsonl", records)
+    task = _task("task.name=datasets", f"task.path={path}", "task.heldout_fraction=0.3")
+    for row in task.train_rows(Random(0), 50):
+        text, ok = task.demonstration(row, Random(0))
+        assert text == "<answer>1</answer>" and ok == (row["answer"] == "1")

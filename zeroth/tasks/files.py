@@ -178,7 +178,8 @@ def file_task(name: str, train: list[Row], held: list[Row], *, accuracy: str,
     return Task(
         name=name, train_rows=train_rows, eval_rows=eval_rows, rewards=rewards_for(accuracy),
         demonstration=demonstration,
-        info={"rows": len(train) + len(held), "heldout": len(held), **(info or {})},
+        info={"rows": len(train) + (0 if held is train else len(held)), "heldout": len(held),
+              **(info or {})},
         accuracy=accuracy, weights={accuracy: 1.0, "format": 0.1},
     )
 
@@ -186,19 +187,20 @@ def file_task(name: str, train: list[Row], held: list[Row], *, accuracy: str,
 def demonstrations(train: list[Row], verify, reference: Callable[[Row], str | None]):
     """The task's demonstration function, or None when some training row has none.
 
-    A row's `demo` column is used as given and verified with `verify` (once per distinct text);
+    A row's `demo` column is used as given and verified with `verify` (once per row and text);
     otherwise `reference(row)` is a reference solution, right by construction."""
     if not all(isinstance(r.get("demo"), str) or reference(r) is not None for r in train):
         return None
-    verdicts: dict[str, bool] = {}
+    verdicts: dict[tuple[str, str], bool] = {}
 
     def demonstration(row: Row, rng: Random) -> tuple[str, bool]:
         text = row.get("demo")
         if not isinstance(text, str):
             return reference(row), True
-        if text not in verdicts:
-            verdicts[text] = verify([text], **{k: [v] for k, v in row.items()})[0] == 1.0
-        return text, verdicts[text]
+        seen = (row["prompt"], text)
+        if seen not in verdicts:
+            verdicts[seen] = verify([text], **{k: [v] for k, v in row.items()})[0] == 1.0
+        return text, verdicts[seen]
 
     return demonstration
 
