@@ -6,7 +6,7 @@ None means "not applicable / the verifier could not decide" and is recorded as s
 
 from __future__ import annotations
 
-import math
+from math import isnan
 
 from zeroth.rewards.exact import exact_answer
 from zeroth.rewards.shaping import (
@@ -54,7 +54,7 @@ def _number(score) -> float | None:
     if score is None:
         return None
     value = float(score)  # raises for a non-number, recorded like any verifier failure
-    return None if math.isnan(value) else value
+    return None if isnan(value) else value
 
 
 def combine(
