@@ -195,6 +195,8 @@ def test_recipe_shorthands_task_name_and_rewards(tmp_path):
     both = _write(tmp_path, {"rewards": {"correct": 1}, "rl": {"reward_weights": {"x": 1}}})
     assert "both 'rewards' and 'rl.reward_weights'" in _error(both)
     assert "'rl.reward_weights.format'" in _error(_write(tmp_path, {"rewards": {"format": "x"}}))
+    over = load_config(None, ["rewards={math_accuracy: 1, format: 0.2}", "rewards.overlong=1"])
+    assert over.rl.reward_weights == {"math_accuracy": 1.0, "format": 0.2, "overlong": 1.0}
 
 
 def test_task_options_take_any_yaml_values_and_dotted_overrides():

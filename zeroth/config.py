@@ -459,6 +459,8 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 def _apply_override(raw: dict, item: str) -> None:
     """Set one 'section.field=value' (or 'section.dictfield.key=value') into nested `raw`."""
     parts, value = _parse_override(item)
+    if parts[0] == "rewards":  # shorthand: rewards={...} / rewards.NAME=w
+        parts = ["rl", "reward_weights", *parts[1:]]
     key = ".".join(parts)
     if len(parts) < 2:
         raise UserError(f"override key {key!r} must be section.field, e.g. rl.lr=1e-4")
