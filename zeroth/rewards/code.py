@@ -16,6 +16,8 @@ assert passes (at least one) and the check completes. A row with no tests is Non
 applicable). A sandbox that fails raises (a verifier failure), a program that misbehaves
 scores 0.0. HumanEval continuation: a program that does not define `entry_point` is appended
 to the row's `code_prompt` (the function header), so a completion with only the body works.
+Helpers the prompt implements and the test calls (`poly`) come from the prompt, never from
+the program (see `with_helpers`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
-from zeroth.rewards.sandbox import CaseResult, CheckResult, Limits, run_cases, run_check
+from zeroth.rewards.sandbox import (
+    CaseResult,
+    CheckResult,
+    Limits,
+    free_names,
+    run_cases,
+    run_check,
+)
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -71,6 +80,34 @@ def with_prompt(program: str, code_prompt: str | None, entry_point: str | None) 
     if not _defines(code_prompt, entry_point) and f"def {entry_point}" not in code_prompt:
         return program
     return code_prompt.rstrip(" ") + ("" if code_prompt.endswith("\n") else "\n") + program
+
+
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _stub(node: ast.AST) -> bool:
+    """A definition whose body is only a docstring, `pass` or `...` (for the program to write)."""
+    return all(isinstance(n, ast.Pass) or (isinstance(n, ast.Expr) and
+                                           isinstance(n.value, ast.Constant)) for n in node.body)
+
+
+def with_helpers(test: str, code_prompt: str | None, entry_point: str | None) -> str:
+    """The test code preceded by the imports, assignments and implemented functions of
+    `code_prompt` (not the entry point) when the test uses one of them (HumanEval's `poly`,
+    `encode_cyclic`, `encode_shift`): they then run on the trusted side, instead of standing
+    for the program's functions of those names, which a program could redefine to pass."""
+    if not code_prompt:
+        return test
+    try:
+        prompt, used = ast.parse(code_prompt), set(free_names(ast.parse(test)))
+    except SyntaxError:
+        return test
+    keep = [n for n in prompt.body if isinstance(n, (ast.Import, ast.ImportFrom, ast.Assign,
+                                                     ast.AnnAssign))
+            or (isinstance(n, _DEFINITIONS) and n.name != entry_point and not _stub(n))]
+    if not any(isinstance(n, _DEFINITIONS) and n.name in used for n in keep):
+        return test
+    return ast.unparse(ast.Module(body=keep, type_ignores=[])) + "\n\n\n" + test
 
 
 def outputs_match(got: str, expected: str) -> bool:
@@ -143,8 +180,9 @@ def _task(program: str, row: dict, mode: str, limits: Limits):
     """A zero-argument callable that scores `program` on the row's tests; None without tests."""
     if row["test"]:
         code = with_prompt(program, row["code_prompt"], row["entry_point"])
+        test = with_helpers(row["test"], row["code_prompt"], row["entry_point"])
         return lambda: score_check(
-            run_check(code, row["test"], row["entry_point"], "check", limits), mode)
+            run_check(code, test, row["entry_point"], "check", limits), mode)
     if row["test_list"]:
         test = (row["test_setup_code"] or "") + "\n" + "\n".join(row["test_list"])
         return lambda: score_check(run_check(program, test, None, None, limits), mode)

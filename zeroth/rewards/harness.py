@@ -138,7 +138,7 @@ def encode(value) -> bytes:
     return json.dumps(_enc(value, 0, [0]), allow_nan=False).encode()
 
 
-def _dec(v, depth):
+def _dec(v, depth, count):
     t = type(v)
     if v is None or t is bool or t is int or t is str:
         return v
@@ -154,7 +154,10 @@ def _dec(v, depth):
         if len(rest) != (2 if tag == "c" else 1):
             raise ValueError("malformed scalar")
         return scalars[tag]()
-    items = [_dec(x, depth + 1) for x in rest]
+    count[0] += 1 + len(rest)
+    if count[0] > MAX_ITEMS:
+        raise ValueError("value too large")
+    items = [_dec(x, depth + 1, count) for x in rest]
     if tag == "l":
         return items
     if tag == "t":
@@ -173,10 +176,15 @@ def _no_constant(name):
 
 
 def decode(data: bytes):
-    """The plain value in `data`; ValueError (or TypeError, RecursionError) when malformed."""
+    """The plain value in `data`; ValueError (or TypeError, RecursionError) when malformed.
+    Each container or tagged scalar is one `[`: more than MAX_ITEMS of them (counted before
+    parsing, strings included) is refused, so that a 16 MiB frame of `["l"]` cannot cost the
+    trusted side gigabytes and seconds."""
+    if data.count(b"[") > MAX_ITEMS + 8:
+        raise ValueError("value too large")
     raw = json.loads(data.decode("utf-8"), parse_float=_no_constant, parse_constant=_no_constant,
                      object_pairs_hook=lambda pairs: _no_constant("object"))
-    return _dec(raw, 0)
+    return _dec(raw, 0, [0])
 
 
 # ---------------------------------------------------------------- frames on pipes
@@ -648,9 +656,12 @@ class Link:
 
 
 def program_exception(name, message):
-    """The builtin exception class called `name` (an Exception), else ProgramError."""
+    """The builtin exception class called `name` (an Exception), else ProgramError. Never
+    StopIteration: raised from inside `all(map(candidate, ...))` it would end the iteration
+    early, and all() of nothing is True."""
     cls = getattr(builtins, name, None)
-    if isinstance(cls, type) and issubclass(cls, Exception):
+    if isinstance(cls, type) and issubclass(cls, Exception) and \
+            not issubclass(cls, (StopIteration, StopAsyncIteration)):  # would end a map()
         try:
             return cls(message)
         except Exception:  # noqa: BLE001, S110 — a constructor that wants more arguments

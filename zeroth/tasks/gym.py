@@ -19,6 +19,11 @@ Reward "correct": the dataset's own `score_answer(answer, entry)` on the text of
 <answer> block (reasoning-gym may give partial credit; accuracy counts 1.0 only). No answer
 block, or a scorer that raises on a malformed answer: 0.0. Weights {correct: 1.0, format: 0.1}.
 
+A dataset whose scorer gives full credit to a non-answer, or to one short answer on problems
+with different answers, is refused at load: reasoning-gym's `game_of_life_halting` compares
+`bool(answer)` with `bool("False")` (every answer scores 1.0), and `coin_flip` gives `0` full
+credit for every probability below 1 (a prefix match of "0" in "0.3125").
+
 Demonstrations (for pre-training from scratch): reasoning-gym has no worked solutions, so every
 demonstration is the direct reference answer `<answer>…</answer>`, whatever demos.error and
 demos.reason_fraction say; its verdict is the scorer's.
@@ -47,6 +52,8 @@ OPTIONS = {
     "size": Option(10_000, integer(1, 10**7), "entries per stream"),
 }
 _RESERVED = ("seed", "size")
+NOT_AN_ANSWER = "zeroth: this is not an answer"  # no scorer may give it full credit
+PROBES = ("0", "1", "-1", "0.5", "yes", "no", "True", "False", "None", "[]", "A")
 
 
 def _registry() -> dict:
@@ -118,6 +125,24 @@ class Streams:
             return 0.0
 
 
+def _check_scorer(streams: Streams, seed: int, entries: int = 8) -> None:
+    """Refuse a scorer that gives full credit to a text that answers nothing, or to one short
+    text (`0`, `yes`, ...) on two problems whose reference answers differ by its own verdict."""
+    indices = range(min(entries, streams.size))
+    for probe in (NOT_AN_ANSWER, *PROBES):
+        passed = [i for i in indices if streams.score(probe, seed, i) >= 1.0]
+        if probe == NOT_AN_ANSWER and passed:
+            raise UserError(f"reasoning-gym '{streams.name}': its score_answer gives full "
+                            f"credit to a non-answer ({NOT_AN_ANSWER!r}), so any answer would "
+                            "count as right; pick another dataset")
+        for a in passed:
+            for b in passed:
+                if streams.score(streams.row(seed, b)["answer"], seed, a) < 1.0:
+                    raise UserError(f"reasoning-gym '{streams.name}': its score_answer gives "
+                                    f"full credit to {probe!r} on problems with different "
+                                    "answers; pick another dataset")
+
+
 def _rows(streams: Streams, rng: Random, n: int, seed: int, *, heldout: bool,
           fraction: float) -> list[Row]:
     """Training rows: random indices of stream `seed`; held-out rows: its indices in order."""
@@ -143,6 +168,7 @@ def load(task_cfg, demo_cfg) -> Task:
     _check_config(name, opts["config"], registry[name][1])
     streams = Streams(name, opts["config"], opts["size"])
     streams.dataset(opts["seed"])  # a bad config fails here, before any run starts
+    _check_scorer(streams, opts["seed"])
     fraction = task_cfg.heldout_fraction
 
     def train_rows(rng: Random, n: int) -> list[Row]:
