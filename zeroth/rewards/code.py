@@ -74,9 +74,16 @@ def _defines(program: str, name: str) -> bool:
 
 def with_prompt(program: str, code_prompt: str | None, entry_point: str | None) -> str:
     """HumanEval continuation: `code_prompt` + program when only the prompt defines the entry
-    point (the completion is the function's body)."""
-    if not code_prompt or not entry_point or _defines(program, entry_point):
+    point (the completion is the function's body). A program that writes the whole function
+    gets the prompt's context first — its imports, constants and implemented helpers — as it
+    would have in a file that starts with the prompt (`from typing import List`, `poly`); its
+    own definitions come after and win."""
+    if not code_prompt or not entry_point:
         return program
+    if _defines(program, entry_point):
+        context = _prompt_context(code_prompt, entry_point)
+        return f"{ast.unparse(ast.Module(body=context, type_ignores=[]))}\n\n\n{program}" \
+            if context else program
     if not _defines(code_prompt, entry_point) and f"def {entry_point}" not in code_prompt:
         return program
     return code_prompt.rstrip(" ") + ("" if code_prompt.endswith("\n") else "\n") + program
@@ -91,6 +98,18 @@ def _stub(node: ast.AST) -> bool:
                                            isinstance(n.value, ast.Constant)) for n in node.body)
 
 
+def _prompt_context(code_prompt: str, entry_point: str | None) -> list[ast.stmt]:
+    """The imports, assignments and implemented functions of `code_prompt`, less the entry
+    point and the stubs the program is to write; [] when the prompt does not parse."""
+    try:
+        prompt = ast.parse(code_prompt)
+    except SyntaxError:
+        return []
+    return [n for n in prompt.body if isinstance(n, (ast.Import, ast.ImportFrom, ast.Assign,
+                                                     ast.AnnAssign))
+            or (isinstance(n, _DEFINITIONS) and n.name != entry_point and not _stub(n))]
+
+
 def with_helpers(test: str, code_prompt: str | None, entry_point: str | None) -> str:
     """The test code preceded by the imports, assignments and implemented functions of
     `code_prompt` (not the entry point) when the test uses one of them (HumanEval's `poly`,
@@ -99,12 +118,10 @@ def with_helpers(test: str, code_prompt: str | None, entry_point: str | None) ->
     if not code_prompt:
         return test
     try:
-        prompt, used = ast.parse(code_prompt), set(free_names(ast.parse(test)))
+        used = set(free_names(ast.parse(test)))
     except SyntaxError:
         return test
-    keep = [n for n in prompt.body if isinstance(n, (ast.Import, ast.ImportFrom, ast.Assign,
-                                                     ast.AnnAssign))
-            or (isinstance(n, _DEFINITIONS) and n.name != entry_point and not _stub(n))]
+    keep = _prompt_context(code_prompt, entry_point)
     if not any(isinstance(n, _DEFINITIONS) and n.name in used for n in keep):
         return test
     return ast.unparse(ast.Module(body=keep, type_ignores=[])) + "\n\n\n" + test
