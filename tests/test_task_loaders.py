@@ -271,7 +271,7 @@ def test_reasoning_gym_split_disjoint_and_deterministic():
 
 @pytest.mark.parametrize("options, needle", [
     ({"dataset": "leg_countin"}, "did you mean leg_counting"),
-    ({"dataset": None}, "must name a reasoning-gym dataset"),
+    ({"dataset": None}, "needs task.options.dataset"),
     ({"dataset": "leg_counting", "config": {"max_animal": 3}}, "did you mean 'max_animals'"),
     ({"dataset": "leg_counting", "config": {"min_animals": 0}}, "rejects it"),
     ({"dataset": "leg_counting", "config": {"seed": 3}}, "task.options.seed instead"),

@@ -304,6 +304,12 @@ def _task_names() -> list[str]:
     return sorted(TASKS)
 
 
+def _known_tasks(name: Any) -> str:
+    close = difflib.get_close_matches(str(name), _task_names(), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"{hint}known tasks: {', '.join(_task_names())}"
+
+
 def _model_dir(v: str | None) -> Path | None:
     return None if v is None else Path(v).expanduser()
 
@@ -314,7 +320,7 @@ _RULES: list[tuple] = [
     (
         "task.name",
         lambda v, c: v in _task_names(),
-        "config key '{key}' must name a task, got {v} — known tasks: " + "{known}",
+        "config key '{key}' must name a task, got {v} — {known}",
     ),
     ("task.digits", *_between(1, 9)),
     ("task.heldout_fraction", *_between(0, 1, open_lo=True, open_hi=True)),
@@ -396,7 +402,7 @@ def validate(cfg: Config) -> Config:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if not ok(value, cfg):
-            known = ", ".join(_task_names()) if "{known}" in template else ""
+            known = _known_tasks(value) if "{known}" in template else ""
             raise UserError(template.format(key=key, v=_show(value), known=known))
     return cfg
 

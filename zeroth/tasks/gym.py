@@ -66,6 +66,9 @@ def _registry() -> dict:
 def _check_name(name: str | None, registry: dict) -> str:
     if name in registry:
         return name
+    if name is None:
+        raise UserError("task 'reasoning_gym' needs task.options.dataset — e.g. "
+                        "task.options.dataset=leg_counting")
     close = difflib.get_close_matches(str(name), list(registry), n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     some = ", ".join(sorted(registry)[:8])
