@@ -37,8 +37,8 @@ from zeroth.rewards.sandbox import (
     run_cases,
     run_check,
 )
+from zeroth.rewards.shaping import answer_block
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON = {"", "python", "py", "python3", "py3"}
 MODES = ("fraction", "all")
@@ -47,13 +47,13 @@ MODES = ("fraction", "all")
 def extract_program(completion: str) -> str:
     """The last Python fenced block (of the last answer block when there is one, else of the
     completion); else the answer block's text; else the whole completion."""
-    answers = _ANSWER.findall(completion)
-    sources = ([answers[-1]] if answers else []) + [completion]
+    block = answer_block(completion)
+    sources = ([block] if block is not None else []) + [completion]
     for source in sources:
         blocks = [body for lang, body in _FENCE.findall(source) if lang.lower() in _PYTHON]
         if blocks:
             return blocks[-1]
-    return answers[-1].strip("\n") if answers else completion
+    return block.strip("\n") if block is not None else completion
 
 
 def _defines(program: str, name: str) -> bool:

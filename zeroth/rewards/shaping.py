@@ -14,10 +14,16 @@ _LAYOUT = re.compile(r"\s*(<think>(?:(?!</?think>|</?answer>).)*</think>\s*)?"
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
+def answer_block(completion: str) -> str | None:
+    """The raw text inside the last <answer>…</answer> (indentation kept); None when none."""
+    found = _ANSWER.findall(completion)
+    return found[-1] if found else None
+
+
 def extract_answer(completion: str) -> str | None:
     """The text inside the last <answer>…</answer>, stripped; None when there is none."""
-    found = _ANSWER.findall(completion)
-    return found[-1].strip() if found else None
+    block = answer_block(completion)
+    return None if block is None else block.strip()
 
 
 def _well_formed(completion: str) -> bool:
