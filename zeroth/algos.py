@@ -129,6 +129,23 @@ ADVANTAGES: dict[str, Callable[[Tensor, int, bool, float], Tensor]] = {
     "reinforce_pp": reinforce_pp_advantages,
 }
 
+# The algorithm family by name: what `rl.algorithm` sets for every rl field left null.
+# `overlong` adds the soft overlong penalty reward (weight 1) unless the recipe weights it itself.
+ALGORITHMS: dict[str, dict] = {
+    "grpo": {"advantage": "grpo", "scale_rewards": True, "loss_agg": "seq", "eps_low": 0.2,
+             "eps_high": 0.2, "beta": 0.001, "dynamic_sampling": False, "overlong": False},
+    "dr_grpo": {"advantage": "dr_grpo", "scale_rewards": False, "loss_agg": "constant",
+                "eps_low": 0.2, "eps_high": 0.2, "beta": 0.0, "dynamic_sampling": False,
+                "overlong": False},
+    "dapo": {"advantage": "grpo", "scale_rewards": True, "loss_agg": "token", "eps_low": 0.2,
+             "eps_high": 0.28, "beta": 0.0, "dynamic_sampling": True, "overlong": True},
+    "rloo": {"advantage": "rloo", "scale_rewards": False, "loss_agg": "seq", "eps_low": 0.2,
+             "eps_high": 0.2, "beta": 0.001, "dynamic_sampling": False, "overlong": False},
+    "reinforce_pp": {"advantage": "reinforce_pp", "scale_rewards": True, "loss_agg": "token",
+                     "eps_low": 0.2, "eps_high": 0.2, "beta": 0.001, "dynamic_sampling": False,
+                     "overlong": False},
+}
+
 # ---------------------------------------------------------------------------------------------
 # Per-token terms
 # ---------------------------------------------------------------------------------------------

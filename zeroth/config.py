@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -24,6 +24,9 @@ class RunConfig:
     seed: int = 0
     out_dir: str = "runs"
     threads: int = 2  # torch.set_num_threads
+    device: str = "cpu"  # cpu | cuda | auto (cuda when available)
+    pipeline: list[Any] = field(default_factory=lambda: ["pretrain", "rl"])  # stages, in order
+    memory_check: bool = True  # refuse to start when the memory estimate exceeds what is free
 
 
 @dataclass
@@ -47,6 +50,13 @@ class ModelConfig:
     intermediate_size: int = 512
     vocab_size: int = 320  # locally trained byte-level BPE: 256 byte symbols + merges
     max_len: int = 128
+    dtype: str = "float32"  # float32 | bfloat16 (weights and training)
+    template: str = "auto"  # auto (own chat template, else R1's) | own | r1
+    lora_r: int = 0  # LoRA rank (peft); 0 -> full fine-tuning
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "all-linear"  # peft target_modules: all-linear or comma-separated names
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -67,6 +77,20 @@ class PretrainConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised fine-tuning on chat data; the loss is on the answer (assistant) tokens only."""
+
+    data: str = "reasoned"  # reasoned | demos (the task's demonstrations) | rejection | FILE
+    n: int = 2000  # demonstrations drawn when data is reasoned or demos
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 1e-4
+    warmup: int = 10
+    weight_decay: float = 0.0
+    checkpoint_every: int = 100
+
+
+@dataclass
 class RLConfig:
     steps: int = 60
     prompts_per_step: int = 32
@@ -76,15 +100,53 @@ class RLConfig:
     lr: float = 1e-4
     mu: int = 1  # optimisation passes over each batch of rollouts
     minibatch_size: int = 128
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    beta: float = 0.001  # KL coefficient (R1 used 0.001); 0 -> no reference model is loaded
-    advantage: str = "grpo"  # a key of zeroth.algos.ADVANTAGES
-    scale_rewards: bool = True  # divide group-relative advantages by the group std
-    loss_agg: str = "seq"  # seq (GRPO) | token (DAPO) | constant (Dr. GRPO)
+    algorithm: str = "grpo"  # grpo | dr_grpo | dapo | rloo | reinforce_pp: sets the null fields
+    eps_low: float | None = None  # lower clip range; null -> the algorithm's
+    eps_high: float | None = None  # upper clip range (DAPO clip-higher); null -> the algorithm's
+    beta: float | None = None  # KL coefficient; 0 -> no reference model; null -> the algorithm's
+    advantage: str | None = None  # a key of zeroth.algos.ADVANTAGES; null -> the algorithm's
+    scale_rewards: bool | None = None  # divide advantages by the group std; null -> algorithm's
+    loss_agg: str | None = None  # seq (GRPO) | token (DAPO) | constant (Dr. GRPO); null -> alg.
+    dynamic_sampling: bool | None = None  # DAPO: drop all-equal groups, sample more; null -> alg.
+    max_sample_rounds: int = 3  # dynamic sampling: generation rounds at most per step
+    overlong_cache: int = 16  # the overlong reward's soft zone: the last N tokens before the cap
     max_grad_norm: float = 1.0
     checkpoint_every: int = 10
     reward_weights: dict[str, float] | None = None  # name -> weight; None -> the task's own
+
+
+@dataclass
+class RejectionConfig:
+    """Sample N per training prompt, keep verified-correct answers, deduplicate, write SFT data."""
+
+    prompts: int = 256  # training prompts sampled
+    samples: int = 8  # completions per prompt
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    keep_per_prompt: int = 4  # distinct verified completions kept per prompt at most
+    require_format: bool = True  # keep only well-formed completions (the R1 layout)
+    batch_size: int = 512
+
+
+@dataclass
+class DistillConfig:
+    """A teacher writes verified reasoning traces; a student learns them (and the teacher's
+    token distributions when both share a tokenizer)."""
+
+    teacher: str | None = None  # a model folder or run directory; null -> the pipeline's model
+    prompts: int = 512  # training prompts the teacher answers
+    samples: int = 4  # teacher completions per prompt
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    keep_per_prompt: int = 2  # distinct verified traces kept per prompt at most
+    logits: str = "auto"  # auto (when tokenizers match) | on | off: logit distillation
+    alpha: float = 0.5  # logit KL weight; (1 - alpha) on next-token cross-entropy of traces
+    student_pretrain_steps: int = 0  # a from-scratch student first learns the demonstrations
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 10
+    checkpoint_every: int = 100
 
 
 @dataclass
@@ -111,7 +173,11 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     demos: DemoConfig = field(default_factory=DemoConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    rejection: RejectionConfig = field(default_factory=RejectionConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    student: ModelConfig = field(default_factory=lambda: ModelConfig(hidden_size=64))
     eval: EvalConfig = field(default_factory=EvalConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
@@ -160,6 +226,8 @@ def _type_name(tp: Any) -> str:
     args = [a for a in get_args(tp) if a is not _NONE_TYPE]
     if get_origin(tp) is dict:
         return "a mapping of str to float" if get_args(tp)[1] is float else "a mapping"
+    if get_origin(tp) is list:
+        return "a list"
     if _NONE_TYPE in get_args(tp):
         return f"{_type_name(args[0])} or null"
     return getattr(tp, "__name__", str(tp))
@@ -184,6 +252,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 
 def _coerce_plain(key: str, value: Any, tp: Any, bad: UserError) -> Any:
+    if get_origin(tp) is list:
+        if not isinstance(value, list):
+            raise bad
+        return list(value)
     if get_origin(tp) is dict:
         if not isinstance(value, dict):
             raise bad
@@ -317,6 +389,7 @@ def _model_dir(v: str | None) -> Path | None:
 _RULES: list[tuple] = [
     ("run.seed", *_ge(0)),
     ("run.threads", *_ge(1)),
+    ("run.device", *_one_of("cpu", "cuda", "auto")),
     (
         "task.name",
         lambda v, c: v in _task_names(),
@@ -362,6 +435,63 @@ _RULES: list[tuple] = [
     ("model.intermediate_size", *_ge(1)),
     ("model.vocab_size", *_ge(256)),
     ("model.max_len", *_ge(8)),
+    ("model.dtype", *_one_of("float32", "bfloat16")),
+    ("model.template", *_one_of("auto", "own", "r1")),
+    ("model.lora_r", *_ge(0)),
+    ("model.lora_alpha", *_gt(0)),
+    ("model.lora_dropout", *_between(0, 1, open_hi=True)),
+    ("student.arch", *_one_of("qwen2", "llama")),
+    ("student.hidden_size", *_ge(1)),
+    ("student.num_layers", *_ge(1)),
+    (
+        "student.num_heads",
+        lambda v, c: v >= 1 and c.student.hidden_size % v == 0
+        and (c.student.hidden_size // v) % 2 == 0,
+        "config key '{key}' must divide student.hidden_size into an even head size, got {v}",
+    ),
+    ("student.lora_r", *_ge(0)),
+    ("student.dtype", *_one_of("float32", "bfloat16")),
+    (
+        "student.path",
+        lambda v, c: v is None or (_model_dir(v) / "config.json").is_file(),
+        "student.path {v} has no config.json — give a local Hugging Face model folder",
+    ),
+    ("sft.n", *_ge(1)),
+    ("sft.steps", *_ge(0)),
+    ("sft.batch_size", *_ge(1)),
+    ("sft.lr", *_gt(0)),
+    ("sft.warmup", *_ge(0)),
+    ("sft.weight_decay", *_ge(0)),
+    ("sft.checkpoint_every", *_ge(1)),
+    (
+        "sft.data",
+        lambda v, c: v in ("reasoned", "demos", "rejection") or Path(v).expanduser().is_file(),
+        "config key '{key}' must be reasoned, demos, rejection or an existing JSONL file, got {v}",
+    ),
+    ("rejection.prompts", *_ge(1)),
+    ("rejection.samples", *_ge(1)),
+    ("rejection.temperature", *_gt(0)),
+    ("rejection.max_new_tokens", *_ge(1)),
+    ("rejection.keep_per_prompt", *_ge(1)),
+    ("rejection.batch_size", *_ge(1)),
+    (
+        "distill.teacher",
+        lambda v, c: v is None or _model_dir(v).is_dir(),
+        "distill.teacher {v} does not exist — give a model folder or a finished run directory",
+    ),
+    ("distill.prompts", *_ge(1)),
+    ("distill.samples", *_ge(1)),
+    ("distill.temperature", *_gt(0)),
+    ("distill.max_new_tokens", *_ge(1)),
+    ("distill.keep_per_prompt", *_ge(1)),
+    ("distill.logits", *_one_of("auto", "on", "off")),
+    ("distill.alpha", *_between(0, 1)),
+    ("distill.student_pretrain_steps", *_ge(0)),
+    ("distill.steps", *_ge(0)),
+    ("distill.batch_size", *_ge(1)),
+    ("distill.lr", *_gt(0)),
+    ("distill.warmup", *_ge(0)),
+    ("distill.checkpoint_every", *_ge(1)),
     ("demos.n", *_ge(1)),
     ("demos.reason_fraction", *_between(0, 1)),
     ("demos.error", *_one_of("drop_carry", "none")),
@@ -382,7 +512,10 @@ _RULES: list[tuple] = [
     ("rl.eps_low", *_ge(0)),
     ("rl.eps_high", *_ge(0)),
     ("rl.beta", *_ge(0)),
+    ("rl.algorithm", *_one_of("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp")),
     ("rl.advantage", *_one_of("grpo", "dr_grpo", "rloo", "reinforce_pp")),
+    ("rl.max_sample_rounds", *_ge(1)),
+    ("rl.overlong_cache", *_ge(1)),
     ("rl.loss_agg", *_one_of("seq", "token", "constant")),
     ("rl.max_grad_norm", *_gt(0)),
     ("rl.checkpoint_every", *_ge(1)),
@@ -398,13 +531,92 @@ _RULES: list[tuple] = [
 
 def validate(cfg: Config) -> Config:
     """Check value ranges and choices; raise UserError for the first bad key. Returns `cfg`."""
+    _check_rules(cfg, "")
+    for index, (_, kind, overrides) in enumerate(pipeline(cfg)):
+        if overrides:
+            _check_rules(stage_config(cfg, index), f"pipeline stage {index + 1} ({kind}): ")
+    return cfg
+
+
+def _check_rules(cfg: Config, where: str) -> None:
+    cfg = replace(cfg, rl=resolve_rl(cfg.rl))
     for key, ok, template in _RULES:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
+        if value is None and key in _NULLABLE:
+            continue
         if not ok(value, cfg):
             known = _known_tasks(value) if "{known}" in template else ""
-            raise UserError(template.format(key=key, v=_show(value), known=known))
-    return cfg
+            raise UserError(where + template.format(key=key, v=_show(value), known=known))
+
+
+_NULLABLE = {f"rl.{k}" for k in ("eps_low", "eps_high", "beta", "advantage", "scale_rewards",
+                                  "loss_agg", "dynamic_sampling")}  # null until an algorithm
+STAGE_KINDS = ("pretrain", "sft", "rl", "rejection", "distill")  # each has a section
+
+
+def pipeline(cfg: Config) -> list[tuple[str, str, dict]]:
+    """(stage id, kind, section overrides) for each stage of run.pipeline, in order.
+
+    An entry is a kind (`rl`) or a one-key mapping `{rl: {steps: 20, ...}}` whose fields override
+    that kind's section for this stage only. A kind used once has its own name as id (ledger
+    phase, checkpoint tags); a kind used more than once is numbered: sft1, sft2."""
+    entries = []
+    for i, entry in enumerate(cfg.run.pipeline):
+        if isinstance(entry, str):
+            kind, overrides = entry, {}
+        elif isinstance(entry, dict) and len(entry) == 1:
+            kind, overrides = next(iter(entry.items()))
+            overrides = {} if overrides is None else overrides
+        else:
+            raise UserError(f"pipeline stage {i + 1} must be a stage name or {{name: {{field: "
+                            f"value}}}}, got {_show(entry)} — e.g. pipeline: [pretrain, rl]")
+        if kind not in STAGE_KINDS:
+            close = difflib.get_close_matches(str(kind), STAGE_KINDS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UserError(f"pipeline stage {i + 1}: unknown stage {kind!r} — {hint}stages: "
+                            f"{', '.join(STAGE_KINDS)}")
+        if not isinstance(overrides, dict):
+            raise UserError(f"pipeline stage {i + 1} ({kind}) must map to field: value "
+                            f"overrides of the '{kind}' section, got {_show(overrides)}")
+        entries.append([kind, kind, overrides])
+    if not entries:
+        raise UserError("run.pipeline is empty — list at least one stage, e.g. [pretrain, rl]")
+    kinds = [e[1] for e in entries]
+    seen: dict[str, int] = {}
+    for e in entries:
+        if kinds.count(e[1]) > 1:
+            seen[e[1]] = seen.get(e[1], 0) + 1
+            e[0] = f"{e[1]}{seen[e[1]]}"
+    return [tuple(e) for e in entries]
+
+
+def stage_config(cfg: Config, index: int) -> Config:
+    """The config of pipeline stage `index`: its section with the stage's overrides applied and,
+    for rl, the algorithm's settings filled into the fields left null."""
+    _, kind, overrides = pipeline(cfg)[index]
+    types = _field_types(kind)
+    values = {}
+    for key, value in overrides.items():
+        if key not in types:
+            raise _unknown_key(f"pipeline stage {index + 1} ({kind}).{key}", list(types),
+                               prefix=f"{kind}.")
+        values[key] = _coerce(f"{kind}.{key}", value, types[key])
+    section = replace(getattr(cfg, kind), **values)
+    if kind == "rl":
+        section = resolve_rl(section)
+    return replace(cfg, **{kind: section})
+
+
+def resolve_rl(rl: RLConfig) -> RLConfig:
+    """`rl` with every null field set by its algorithm (zeroth.algos.ALGORITHMS)."""
+    from zeroth.algos import ALGORITHMS
+
+    preset = ALGORITHMS.get(rl.algorithm)
+    if preset is None:
+        return rl  # refused by the rules with the list of names
+    filled = {k: v for k, v in preset.items() if hasattr(rl, k) and getattr(rl, k) is None}
+    return replace(rl, **filled)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +668,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     parts = key.split(".")
     if len(parts) == 2 and parts[0] in _sections() and parts[1] in _field_types(parts[0]):
         tp = _field_types(parts[0])[parts[1]]
-        takes_str = get_origin(tp) is not dict and str in (tp, *get_args(tp))
+        takes_str = get_origin(tp) not in (dict, list) and str in (tp, *get_args(tp))
         if takes_str and isinstance(value, (bool, int, float)):
             value = raw.strip()  # keep `run.name=2024` as the text the user typed
     return parts, value
@@ -467,6 +679,8 @@ def _apply_override(raw: dict, item: str) -> None:
     parts, value = _parse_override(item)
     if parts[0] == "rewards":  # shorthand: rewards={...} / rewards.NAME=w
         parts = ["rl", "reward_weights", *parts[1:]]
+    if parts == ["pipeline"]:  # shorthand: pipeline=[sft,rl]
+        parts = ["run", "pipeline"]
     key = ".".join(parts)
     if len(parts) < 2:
         raise UserError(f"override key {key!r} must be section.field, e.g. rl.lr=1e-4")
@@ -508,6 +722,12 @@ def _shorthands(data: dict, where: str) -> dict:
     data = dict(data)
     if isinstance(data.get("task"), str):
         data["task"] = {"name": data["task"]}
+    if "pipeline" in data:
+        run = dict(_check_section("run", data.get("run")))
+        if "pipeline" in run:
+            raise UserError(f"{where} sets both 'pipeline' and 'run.pipeline' — keep one")
+        run["pipeline"] = data.pop("pipeline")
+        data["run"] = run
     if "rewards" in data:
         rewards = data.pop("rewards")
         rl = dict(_check_section("rl", data.get("rl")))

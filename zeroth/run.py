@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from random import Random
 
@@ -31,7 +32,7 @@ from zeroth.checkpoint import (
     model_dir,
     save_checkpoint,
 )
-from zeroth.config import Config, config_from_dict, dump_config, validate
+from zeroth.config import Config, config_from_dict, dump_config, resolve_rl, validate
 from zeroth.errors import UserError
 from zeroth.evaluate import evaluate
 from zeroth.ledger import Ledger
@@ -268,6 +269,7 @@ def write_json(path: Path, data: dict) -> None:
 def execute(run_dir: Path, cfg: Config, display) -> dict:
     """Run (or resume) every remaining stage; write and return summary.json."""
     torch.set_num_threads(cfg.run.threads)
+    cfg = replace(cfg, rl=resolve_rl(cfg.rl))  # stopgap until the pipeline resolves per stage
     done = Path(run_dir) / "summary.json"
     if done.is_file():
         display.print(f"{run_dir} has finished already; its summary is unchanged")

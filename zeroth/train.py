@@ -24,6 +24,7 @@ from random import Random
 import torch
 
 from zeroth.algos import ADVANTAGES, kl_k3, policy_loss, token_logprobs
+from zeroth.config import resolve_rl
 from zeroth.evaluate import decode
 from zeroth.models import prompt_ids
 from zeroth.rewards import combine
@@ -108,6 +109,7 @@ def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int
 
 def rl_step(model, optimizer, ref_model, tokenizer, task, rl, seed: int, step: int):
     """One GRPO step. Returns (metrics, ledger rows)."""
+    rl = resolve_rl(rl)  # the algorithm's settings for every field left null
     timers, t0 = {}, time.perf_counter()
     batch = sample_rollouts(model, tokenizer, task, rl, seed, step)
     timers["time_gen"], t0 = time.perf_counter() - t0, time.perf_counter()
