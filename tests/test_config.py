@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from importlib.resources import files
 
 import pytest
@@ -13,6 +14,7 @@ from zeroth.config import (
     config_to_dict,
     dump_config,
     load_config,
+    resolve_rl,
 )
 from zeroth.errors import UserError
 
@@ -32,15 +34,22 @@ def _write(tmp_path, data, name="recipe.yaml"):
     return path
 
 
+# The default recipe keeps the clip-higher range it was measured with; every other field is the
+# dataclass default (rl fields left null take the algorithm's settings).
+DEFAULT_RECIPE = replace(Config(), rl=replace(Config().rl, eps_high=0.28))
+
+
 def test_defaults_load_without_recipe():
-    assert load_config() == Config()
-    assert load_config("default") == Config()
+    assert load_config() == DEFAULT_RECIPE
+    assert load_config("default") == DEFAULT_RECIPE
+    assert resolve_rl(load_config().rl).eps_high == 0.28
+    assert resolve_rl(Config().rl).eps_high == 0.2  # grpo's own clip range
 
 
 def test_embedded_default_yaml_equals_dataclass_defaults():
     text = (files("zeroth") / "recipes" / "default.yaml").read_text()
     data = yaml.safe_load(text)
-    assert config_from_dict(data) == Config()
+    assert config_from_dict(data) == DEFAULT_RECIPE
     # every section and field is spelled out in the recipe
     assert {s: set(f) for s, f in data.items()} == {
         s: set(f) for s, f in config_to_dict(Config()).items()

@@ -2,6 +2,9 @@
 
     zeroth run [RECIPE] [section.field=value ...] [--force] [--quiet]
     zeroth run --resume runs/<name>
+    zeroth pretrain|sft|rl|rejection|distill [RECIPE] [section.field=value ...]   (one stage)
+    zeroth eval MODEL|runs/<name> [RECIPE] [section.field=value ...] [--k N] [--out FILE]
+    zeroth export runs/<name>|CHECKPOINT|MODEL OUT [--force]
 
 Mistakes a user can fix print one line (`zeroth: error: ...`) and exit with code 2.
 """
@@ -34,7 +37,22 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     run.add_argument("--force", action="store_true", help="replace an existing run directory")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    for kind, text in STAGE_HELP.items():
+        one = sub.add_parser(kind, help=f"run only the {kind} stage: {text}")
+        one.add_argument("args", nargs="*", metavar="RECIPE|KEY=VALUE",
+                         help=f"a recipe, then overrides (the {kind} section: {kind}.field=value)")
+        one.add_argument("--force", action="store_true", help="replace an existing run directory")
+        one.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
+
+
+STAGE_HELP = {
+    "pretrain": "next-token prediction on the task's demonstrations",
+    "sft": "supervised fine-tuning on chat data (sft.data), loss on the answer only",
+    "rl": "reinforcement learning with the GRPO family (rl.algorithm)",
+    "rejection": "sample, keep verified-correct answers, write an SFT dataset",
+    "distill": "a teacher's verified traces (and logits) teach a student",
+}
 
 
 def cmd_run(ns) -> int:
@@ -47,6 +65,9 @@ def cmd_run(ns) -> int:
     overrides = list(ns.args)
     if overrides and "=" not in overrides[0]:
         recipe = overrides.pop(0)
+    if ns.command != "run":  # one stage alone: the same run, with a one-stage pipeline
+        overrides.append(f"run.pipeline=[{ns.command}]")
+        ns.resume = None
     if ns.resume:
         if ns.force:
             raise UserError("--resume continues a run and --force replaces one: give only one")
@@ -58,7 +79,8 @@ def cmd_run(ns) -> int:
     else:
         cfg = load_config(recipe, overrides)
         preflight(cfg)  # data, splits, model folder: checked before anything is written
-        run_dir = create_run_dir(cfg, Path(recipe).stem if recipe else "default", ns.force)
+        name = Path(recipe).stem if recipe else "default"
+        run_dir = create_run_dir(cfg, ns.command if ns.command != "run" else name, ns.force)
     display = Display(quiet=ns.quiet)
     display.print(f"run directory: {run_dir}", highlight=False)
     with display:
@@ -76,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ns.args = list(getattr(ns, "args", [])) + extra
     _quiet_libraries()
     try:
-        return {"run": cmd_run}[ns.command](ns)
+        return {"run": cmd_run, **dict.fromkeys(STAGE_HELP, cmd_run)}[ns.command](ns)
     except UserError as exc:
         print(f"zeroth: error: {exc}", file=sys.stderr)
         return 2

@@ -1,13 +1,21 @@
-"""One run, end to end, resumable at any moment:
+"""One run, end to end, resumable at any moment: a pipeline of stages (run.pipeline).
 
-    tokenizer + tiny model  ->  pre-train on demonstrations  ->  evaluate (base)
-    ->  GRPO  ->  evaluate (final)  ->  summary.json
+    model (a local folder, or a tokenizer and tiny model built here)
+    ->  stage 1  ->  evaluate  ->  stage 2  ->  evaluate  ->  ...  ->  final/ + summary.json
+
+Stages: pretrain (next-token on demonstrations), sft (answer-only loss on chat data), rl (the
+GRPO family), rejection (verified samples become SFT data), distill (a teacher's verified traces
+teach a student). Each starts from the previous one's model; the held-out set is evaluated at
+the start (unless the pipeline begins by pre-training a fresh model) and after each stage that
+changes the model. The default pipeline is [pretrain, rl].
 
 A run directory holds config.yaml (the resolved config), ledger.sqlite (every rollout, eval
-sample and metric), checkpoints/ (atomic, newest two) and, when beta > 0, reference/ (the frozen
-reference policy). The checkpoint state says which stage comes next; on resume, ledger rows
-written after that checkpoint are dropped and the work is redone from the same seeds, so a
-resumed run ends exactly where an uninterrupted one would.
+sample and metric), checkpoints/ (atomic, newest two, tagged <stage id>-<step>), reference/
+(the frozen reference policy of the current rl stage when beta > 0), data/ (datasets written by
+rejection and distill stages) and, at the end, final/ (a plain Hugging Face folder). The
+checkpoint state says which stage and step come next; on resume, ledger rows written after that
+checkpoint are dropped and the work is redone from the same seeds, so a resumed run ends
+exactly where an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 from random import Random
 
@@ -32,7 +39,14 @@ from zeroth.checkpoint import (
     model_dir,
     save_checkpoint,
 )
-from zeroth.config import Config, config_from_dict, dump_config, resolve_rl, validate
+from zeroth.config import (
+    Config,
+    config_from_dict,
+    dump_config,
+    pipeline,
+    stage_config,
+    validate,
+)
 from zeroth.errors import UserError
 from zeroth.evaluate import evaluate
 from zeroth.ledger import Ledger
@@ -55,22 +69,56 @@ def preflight(cfg: Config) -> None:
         task.train_rows(Random(0), 1)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    teacher = cfg.distill.teacher
+    if teacher and pipeline(cfg)[0][1] == "distill" and not cfg.model.path:
+        cfg.model.path = str(model_folder(teacher))  # the pipeline starts from the teacher
     if cfg.model.path:
         check_model_dir(cfg.model.path)
     elif task.demonstration is None:
         raise UserError(f"task '{task.name}' has no demonstrations to build a tokenizer and "
                         "pre-train from scratch — set model.path to a local model folder")
-    if task.demonstration is None and cfg.pretrain.steps > 0:
+    stages = pipeline(cfg)
+    kinds = [kind for _, kind, _ in stages]
+    if task.demonstration is None and cfg.pretrain.steps > 0 and "pretrain" in kinds:
         raise UserError(f"task '{task.name}' has no 'demo' column to pre-train on — set "
                         "pretrain.steps=0 or add demonstrations")
+    for i, (sid, kind, _) in enumerate(stages):
+        scfg = stage_config(cfg, i)
+        if kind == "sft" and scfg.sft.data == "rejection" and "rejection" not in kinds[:i]:
+            raise UserError(f"stage {sid} learns from sft.data=rejection, but no rejection stage "
+                            "comes before it — add one to run.pipeline or give a JSONL file")
+        if kind == "sft" and task.demonstration is None and scfg.sft.data in ("demos", "reasoned"):
+            raise UserError(f"stage {sid}: task '{task.name}' has no demonstrations for "
+                            f"sft.data={scfg.sft.data} — give sft.data=FILE.jsonl")
+
+
+SFT_SOURCES = ("reasoned", "demos", "rejection")  # sft.data values that are not files
+
+
+def model_folder(path: str | Path) -> Path:
+    """A model folder, given one or a finished run directory (its final/ model)."""
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():
+        return path / "final"
+    return path
 
 
 def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
     """Make runs/<name>/ and save the resolved config; never clobber an existing run unasked."""
-    for section, key in (("model", "path"), ("task", "path")):  # resume works from anywhere
+    paths = (("model", "path"), ("task", "path"), ("task", "eval_path"), ("student", "path"),
+             ("distill", "teacher"))
+    for section, key in paths:  # resume works from anywhere
         value = getattr(getattr(cfg, section), key)
         if value:
             setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
+    if cfg.sft.data not in SFT_SOURCES:
+        cfg.sft.data = str(Path(cfg.sft.data).expanduser().resolve())
+    for entry in cfg.run.pipeline:
+        for kind, key in (("sft", "data"), ("distill", "teacher"), ("student", "path")):
+            body = entry.get(kind) if isinstance(entry, dict) else None
+            value = body.get(key) if isinstance(body, dict) else None
+            if isinstance(value, str) and value not in SFT_SOURCES:
+                body[key] = str(Path(value).expanduser().resolve())
     cfg.rl.reward_weights = {absolute_reference(k): w for k, w in cfg.rl.reward_weights.items()}
     name = cfg.run.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(cfg.run.out_dir) / name
@@ -117,28 +165,42 @@ def init_model(cfg: Config, task):
 
 
 class Runner:
-    """Holds what the stages share: config, run dir, ledger, task, model, tokenizer, state."""
+    """What the stages share: the run dir, ledger, task, current model and tokenizer, and the
+    resumable state. `enter(i)` points it at pipeline stage i: `stage_id`, the stage's `cfg`,
+    and `resume_ckpt` (the checkpoint a stage continues from, None at a fresh start)."""
 
     def __init__(self, run_dir: Path, cfg: Config, display):
-        self.dir, self.cfg, self.display = Path(run_dir), cfg, display
+        self.dir, self.base_cfg, self.cfg, self.display = Path(run_dir), cfg, cfg, display
         self.lock = lock_run_dir(self.dir)
         self.ledger = Ledger(self.dir / "ledger.sqlite")
         self.task = load_task(cfg)
+        self.device = torch.device("cpu")
         self.t0 = time.time()
         self.ckpt = latest_checkpoint(self.dir)
+        self.stage_id, self.resume_ckpt = None, None
         if self.ckpt is None:
             self.model, self.tokenizer = init_model(cfg, self.task)
-            self.state = {"stage": "pretrain", "step": 0, "wall_s": 0.0, "results": {}}
+            self.state = {"index": 0, "step": 0, "wall_s": 0.0, "results": {}, "evals": {},
+                          "data": {}, "started": False}
         else:
             self.model, self.tokenizer = load_model(model_dir(self.ckpt))
             self.state = load_checkpoint(self.ckpt)
             display.print(f"resuming {self.dir} from {self.ckpt.name}")
         self.wall0 = self.state["wall_s"]
 
-    def save(self, tag: str, optimizer=None) -> None:
+    def enter(self, index: int) -> None:
+        """Make pipeline stage `index` the current one."""
+        self.stage_id, _, _ = pipeline(self.base_cfg)[index]
+        self.cfg = stage_config(self.base_cfg, index)
+        resumed = self.ckpt is not None and load_state_index(self.ckpt) == index
+        self.resume_ckpt = self.ckpt if resumed and self.state["step"] > 0 else None
+
+    def save(self, step: int, optimizer=None) -> None:
+        """Checkpoint `<stage id>-<step>` of the current model and state."""
+        self.state["step"] = step
         self.state["wall_s"] = self.wall0 + time.time() - self.t0
-        save_checkpoint(self.dir, tag, model=self.model, tokenizer=self.tokenizer,
-                        optimizer=optimizer, state=self.state)
+        save_checkpoint(self.dir, f"{self.stage_id}-{step:06d}", model=self.model,
+                        tokenizer=self.tokenizer, optimizer=optimizer, state=self.state)
 
     def evaluate(self, phase: str) -> dict:
         self.ledger.clear_phase(phase)
@@ -150,6 +212,11 @@ class Runner:
         self.ledger.log_eval(phase, samples)
         self.ledger.log_metrics(phase, 0, metrics)
         return metrics
+
+
+def load_state_index(ckpt: Path) -> int:
+    """The pipeline stage a checkpoint was saved in."""
+    return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["index"]
 
 
 def lock_run_dir(run_dir: Path):
@@ -164,41 +231,35 @@ def lock_run_dir(run_dir: Path):
     return handle
 
 
-def pretrain_stage(r: Runner) -> None:
-    """Next-token prediction on the demonstrations, then the base evaluation."""
+def pretrain_stage(r: Runner) -> dict:
+    """Next-token prediction on the task's demonstrations."""
     cfg, p = r.cfg, r.cfg.pretrain
-    if r.task.demonstration is not None:
-        seqs, stats = pt.build_corpus(r.task, r.tokenizer, cfg.demos.n, cfg.run.seed)
-        r.state["results"]["demos"] = stats
-    elif p.steps > 0:
-        raise UserError(f"task '{r.task.name}' has no demonstrations — set pretrain.steps=0")
-    if r.ckpt is None:
-        r.state["results"]["params"] = n_params(r.model)
-        r.save("pretrain-000000")
+    if r.task.demonstration is None:
+        if p.steps > 0:
+            raise UserError(f"task '{r.task.name}' has no demonstrations — set pretrain.steps=0")
+        return {"steps": 0}
+    seqs, stats = pt.build_corpus(r.task, r.tokenizer, cfg.demos.n, cfg.run.seed)
     optimizer = torch.optim.AdamW(r.model.parameters(), lr=p.lr, betas=(0.9, 0.95),
                                   weight_decay=p.weight_decay)
     start = r.state["step"]
-    if start > 0:
-        load_checkpoint(r.ckpt, optimizer=optimizer)
-    r.ledger.truncate_after("pretrain", start)
+    if r.resume_ckpt is not None:
+        load_checkpoint(r.resume_ckpt, optimizer=optimizer)
+    r.ledger.truncate_after(r.stage_id, start)
     r.model.train()
-    with r.display.stage("pretrain", total=p.steps, done=start) as update:
+    loss = None
+    with r.display.stage(r.stage_id, total=p.steps, done=start) as update:
         for step in range(start, p.steps):
             ids, labels = pt.batch_at(seqs, step, p.batch_size, cfg.run.seed,
                                       r.tokenizer.pad_token_id)
             lr = p.lr * pt.lr_at(step, p.steps, p.warmup)
-            loss = pt.train_step(r.model, optimizer, ids, labels, lr)
+            loss = pt.train_step(r.model, optimizer, ids.to(r.device), labels.to(r.device), lr)
             if (step + 1) % 10 == 0 or step + 1 == p.steps:
-                r.ledger.log_metrics("pretrain", step + 1, {"loss": loss, "lr": lr})
+                r.ledger.log_metrics(r.stage_id, step + 1, {"loss": loss, "lr": lr})
             update(step + 1, loss=loss)
             if (step + 1) % p.checkpoint_every == 0 or step + 1 == p.steps:
-                r.state["step"] = step + 1
-                r.save(f"pretrain-{step + 1:06d}", optimizer)
-    r.state["results"]["base"] = r.evaluate("eval_base")
-    r.state.update(stage="rl", step=0)
-    if cfg.rl.beta > 0:
-        save_reference(r.model, r.tokenizer, r.dir / "reference")
-    r.save("rl-000000")
+                r.save(step + 1, optimizer)
+    r.model.eval()
+    return {**stats, "steps": p.steps, "final_loss": loss}
 
 
 def save_reference(model, tokenizer, target: Path) -> None:
@@ -215,15 +276,16 @@ def save_reference(model, tokenizer, target: Path) -> None:
     fsync_path(target.parent)
 
 
-def rl_stage(r: Runner) -> None:
-    """GRPO from the pre-trained policy, then the final evaluation."""
+def rl_stage(r: Runner) -> dict:
+    """GRPO-family RL from the current policy; with beta > 0 the policy at the stage's start is
+    the frozen reference (saved to reference/ when the stage starts)."""
     rl = r.cfg.rl
     optimizer = torch.optim.AdamW(r.model.parameters(), lr=rl.lr, betas=(0.9, 0.99),
                                   weight_decay=0.0)
     start = r.state["step"]
-    if start > 0:
-        load_checkpoint(r.ckpt, optimizer=optimizer)
-    r.ledger.truncate_after("rl", start)
+    if r.resume_ckpt is not None:
+        load_checkpoint(r.resume_ckpt, optimizer=optimizer)
+    r.ledger.truncate_after(r.stage_id, start)
     r.model.eval()  # no dropout: sampling, old and new log-probs must see the same network
     ref = None
     if rl.beta > 0:  # beta = 0: no reference model is loaded at all
@@ -231,33 +293,108 @@ def rl_stage(r: Runner) -> None:
             raise UserError(f"{r.dir / 'reference'} is missing — the run's reference policy "
                             "is gone; start a new run")
         ref, _ = load_model(r.dir / "reference")
-        ref.eval().requires_grad_(False)
+        ref.to(r.device).eval().requires_grad_(False)
 
-    def save(step: int) -> None:
-        r.state["step"] = step
-        r.save(f"rl-{step:06d}", optimizer)
-
-    with r.display.stage("rl", total=rl.steps, done=start) as update:
+    with r.display.stage(r.stage_id, total=rl.steps, done=start) as update:
         train(r.model, optimizer, ref, r.tokenizer, r.task, r.cfg, start=start,
-              ledger=r.ledger, update=update, save=save)
-    r.state["results"]["final"] = r.evaluate("eval_final")
-    r.state["stage"] = "done"
+              ledger=r.ledger, update=update, save=lambda step: r.save(step, optimizer))
+    return {"steps": rl.steps, "algorithm": rl.algorithm}
+
+
+def start_stage(r: Runner, kind: str) -> None:
+    """Work done once when a stage starts fresh, before its first checkpoint."""
+    if kind == "rl" and r.cfg.rl.beta > 0:
+        save_reference(r.model, r.tokenizer, r.dir / "reference")
+
+
+def rejection_stage(r: Runner) -> dict:
+    from zeroth.stages import rejection
+
+    return rejection.run(r)
+
+
+def sft_stage(r: Runner) -> dict:
+    from zeroth.stages import sft
+
+    return sft.run(r)
+
+
+def distill_stage(r: Runner) -> dict:
+    from zeroth.stages import distill
+
+    return distill.run(r)
+
+
+STAGES = {"pretrain": pretrain_stage, "sft": sft_stage, "rl": rl_stage,
+          "rejection": rejection_stage, "distill": distill_stage}
+CHANGES_MODEL = ("pretrain", "sft", "rl", "distill")  # evaluated after they finish
+
+
+def run_pipeline(r: Runner) -> None:
+    """Every remaining stage in order; each starts from the previous one's model. The held-out
+    set is evaluated at the start (unless the pipeline begins by pre-training a fresh model)
+    and after every stage that changes the model."""
+    stages = pipeline(r.base_cfg)
+    if not r.state["started"]:
+        r.state["started"] = True
+        r.stage_id, r.cfg = stages[0][0], stage_config(r.base_cfg, 0)
+        if r.ckpt is None:
+            r.state["results"]["params"] = n_params(r.model)
+        if stages[0][1] != "pretrain":
+            r.state["evals"]["start"] = r.evaluate("eval_start")
+    while r.state["index"] < len(stages):
+        index = r.state["index"]
+        sid, kind, _ = stages[index]
+        r.enter(index)
+        if r.state["step"] == 0 and r.resume_ckpt is None and not r.state.get("entered"):
+            start_stage(r, kind)
+            r.state["entered"] = True
+            r.save(0)
+        r.state["results"][sid] = STAGES[kind](r)
+        if kind in CHANGES_MODEL:
+            r.state["evals"][sid] = r.evaluate(f"eval_{sid}")
+        r.state.update(index=index + 1, step=0, entered=False)
+        r.ckpt = None  # later stages start fresh
 
 
 def summary_of(r: Runner) -> dict:
-    res = r.state["results"]
-    base, final = res["base"], res["final"]
-    demos = res.get("demos") or {}
+    """The run's results: held-out metrics at the start (base_*) and the end (final_*) of the
+    pipeline, and each stage's own result and evaluation."""
+    res, evals = r.state["results"], r.state["evals"]
+    stages = pipeline(r.base_cfg)
+    base, final = next(iter(evals.values())), list(evals.values())[-1]
+    demos = next((res[sid] for sid, kind, _ in stages if kind == "pretrain"), {}) or {}
     out = {
-        "run": r.cfg.run.name, "seed": r.cfg.run.seed, "task": r.task.name,
+        "run": r.base_cfg.run.name, "seed": r.base_cfg.run.seed, "task": r.task.name,
+        "pipeline": [sid for sid, _, _ in stages],
         "demo_accuracy": demos.get("demo_accuracy"), "demo_reasoned": demos.get("demo_reasoned"),
-        "steps": r.cfg.rl.steps, "pretrain_steps": r.cfg.pretrain.steps,
+        "steps": sum(stage_config(r.base_cfg, i).rl.steps
+                     for i, (_, kind, _) in enumerate(stages) if kind == "rl"),
+        "pretrain_steps": sum(stage_config(r.base_cfg, i).pretrain.steps
+                              for i, (_, kind, _) in enumerate(stages) if kind == "pretrain"),
         "params": res.get("params"), "k": final["k"], "eval_problems": final["problems"],
     }
-    for key in [k for k in final if k not in ("k", "problems")]:
-        out[f"base_{key}"], out[f"final_{key}"] = base[key], final[key]
+    for key in [k for k in final if k not in ("k", "problems", "by_difficulty")]:
+        out[f"base_{key}"], out[f"final_{key}"] = base.get(key), final[key]
+    out["stages"] = [{"stage": sid, "kind": kind, "result": res.get(sid),
+                      "eval": _headline(evals.get(sid))} for sid, kind, _ in stages]
+    if "start" in evals:
+        out["stages"].insert(0, {"stage": "start", "kind": "eval", "result": None,
+                                 "eval": _headline(evals["start"])})
     out["wall_s"] = round(r.wall0 + time.time() - r.t0, 1)
     return out
+
+
+def _headline(metrics: dict | None) -> dict | None:
+    """The numbers of an evaluation worth a line in the summary's stage list."""
+    if metrics is None:
+        return None
+    return {k: v for k, v in metrics.items() if k != "by_difficulty"}
+
+
+def save_final(r: Runner) -> None:
+    """The pipeline's final model as a plain Hugging Face folder: runs/<name>/final/."""
+    save_reference(r.model, r.tokenizer, r.dir / "final")
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -269,17 +406,14 @@ def write_json(path: Path, data: dict) -> None:
 def execute(run_dir: Path, cfg: Config, display) -> dict:
     """Run (or resume) every remaining stage; write and return summary.json."""
     torch.set_num_threads(cfg.run.threads)
-    cfg = replace(cfg, rl=resolve_rl(cfg.rl))  # stopgap until the pipeline resolves per stage
     done = Path(run_dir) / "summary.json"
     if done.is_file():
         display.print(f"{run_dir} has finished already; its summary is unchanged")
         return json.loads(done.read_text(encoding="utf-8"))
     r = Runner(run_dir, cfg, display)
     try:
-        if r.state["stage"] == "pretrain":
-            pretrain_stage(r)
-        if r.state["stage"] == "rl":
-            rl_stage(r)
+        run_pipeline(r)
+        save_final(r)
         summary = summary_of(r)
         write_json(r.dir / "summary.json", summary)
         r.ledger.set_meta("summary", summary)
