@@ -319,3 +319,38 @@ def test_token_logprobs_matches_manual_log_softmax():
         out = token_logprobs(logits, tokens, temperature=temp)
         assert out.shape == (2, 5)
         close(out, manual)
+
+
+# ----------------------------------------------------------------------------- by name
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp"])
+def test_each_algorithm_name_resolves_to_its_table_row(name):
+    from zeroth.algos import ALGORITHMS
+    from zeroth.config import RLConfig, resolve_rl
+
+    rl = resolve_rl(RLConfig(algorithm=name))
+    for key, value in ALGORITHMS[name].items():
+        if key != "overlong":  # a reward, added by the RL step, not an rl field
+            assert getattr(rl, key) == value, key
+    assert rl.advantage in ADVANTAGES and rl.loss_agg in AGGREGATIONS
+
+
+def test_the_papers_settings_in_the_table():
+    from zeroth.algos import ALGORITHMS
+
+    dapo, dr = ALGORITHMS["dapo"], ALGORITHMS["dr_grpo"]
+    assert (dapo["eps_low"], dapo["eps_high"], dapo["loss_agg"], dapo["beta"]) == \
+        (0.2, 0.28, "token", 0.0)  # clip-higher, token-level loss, no KL
+    assert dapo["dynamic_sampling"] and dapo["overlong"]
+    assert (dr["scale_rewards"], dr["loss_agg"]) == (False, "constant")  # no std, no 1/|o|
+    assert ALGORITHMS["grpo"]["beta"] == 0.001  # R1's KL coefficient
+    assert not ALGORITHMS["rloo"]["scale_rewards"]
+
+
+def test_explicit_fields_override_the_algorithm():
+    from zeroth.config import RLConfig, resolve_rl
+
+    rl = resolve_rl(RLConfig(algorithm="dapo", beta=0.001, dynamic_sampling=False))
+    assert (rl.beta, rl.dynamic_sampling) == (0.001, False)  # explicit values kept
+    assert (rl.eps_high, rl.loss_agg) == (0.28, "token")  # the rest from the name

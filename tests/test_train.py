@@ -91,3 +91,31 @@ def test_verifier_failure_gets_no_advantage(tiny_cfg, tiny_task, tiny_model):
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
     _, rows = rl_step(model, opt, None, tok, task, rl, seed=0, step=0)
     assert all(r["rewards"]["flaky"] is None and r["advantage"] == 0.0 for r in rows)
+
+
+def _hashed_reward(completions, **_):
+    """Distinct completions score differently, so no group is flat."""
+    from zeroth.seeding import stable_fraction
+
+    return [stable_fraction(c) for c in completions]
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp"])
+def test_rl_step_of_each_algorithm_moves_the_weights(tiny_cfg, tiny_task, tiny_model,
+                                                     algorithm):
+    from zeroth.config import resolve_rl
+
+    model, tok = tiny_model
+    task = replace(tiny_task, rewards={**tiny_task.rewards, "hashed": _hashed_reward})
+    fields = ("eps_low", "eps_high", "beta", "advantage", "scale_rewards", "loss_agg",
+              "dynamic_sampling")
+    rl = replace(tiny_cfg.rl, algorithm=algorithm, reward_weights={"hashed": 1.0},
+                 **dict.fromkeys(fields))  # every field from the algorithm's name
+    ref = copy.deepcopy(model).requires_grad_(False) if resolve_rl(rl).beta > 0 else None
+    opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
+    before = _params(model)
+    metrics, rows = rl_step(model, opt, ref, tok, task, rl, seed=0, step=0)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert ("kl" in metrics) == (ref is not None)
+    assert ("reward_overlong" in metrics) == (algorithm == "dapo")
+    assert len(rows) == rl.prompts_per_step * rl.group_size

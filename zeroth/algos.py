@@ -42,7 +42,8 @@ Where we depart from the papers, and choices the papers leave open:
   after centring each group the batch mean is already 0, so we only divide. REINFORCE++ puts
   the KL penalty into the reward; here KL is always the separate k3 loss term, as in GRPO.
 - The decoupled clip range (eps_low, eps_high) is DAPO's clip-higher; eps_low == eps_high is
-  the PPO/GRPO clip. No dual-clip. DAPO's dynamic sampling and overlong shaping live elsewhere.
+  the PPO/GRPO clip. No dual-clip. DAPO's dynamic sampling and overlong penalty live in
+  `zeroth.train` and `zeroth.rewards.shaping`.
 - The KL term is added per token before aggregation (as the GRPO paper writes it), so it is
   normalised in the same way as the surrogate.
 """
@@ -131,6 +132,15 @@ ADVANTAGES: dict[str, Callable[[Tensor, int, bool, float], Tensor]] = {
 
 # The algorithm family by name: what `rl.algorithm` sets for every rl field left null.
 # `overlong` adds the soft overlong penalty reward (weight 1) unless the recipe weights it itself.
+#   grpo          DeepSeekMath / R1: group mean/std, per-sequence mean, symmetric clip, k3 KL
+#                 with R1's beta = 0.001
+#   dr_grpo       "Understanding R1-Zero-like training": no std, no per-length normalisation
+#                 (sum over tokens / max_new_tokens), no KL
+#   dapo          clip-higher 0.2 / 0.28, token-level mean, dynamic sampling, soft overlong
+#                 penalty, no KL, group mean/std kept
+#   rloo          "Back to Basics": leave-one-out baseline, no std; the whole completion is one
+#                 action (sum of its token log-probs), hence the constant normaliser, not seq
+#   reinforce_pp  REINFORCE++-baseline: group mean, batch std, token-level mean (OpenRLHF)
 ALGORITHMS: dict[str, dict] = {
     "grpo": {"advantage": "grpo", "scale_rewards": True, "loss_agg": "seq", "eps_low": 0.2,
              "eps_high": 0.2, "beta": 0.001, "dynamic_sampling": False, "overlong": False},
@@ -139,7 +149,7 @@ ALGORITHMS: dict[str, dict] = {
                 "overlong": False},
     "dapo": {"advantage": "grpo", "scale_rewards": True, "loss_agg": "token", "eps_low": 0.2,
              "eps_high": 0.28, "beta": 0.0, "dynamic_sampling": True, "overlong": True},
-    "rloo": {"advantage": "rloo", "scale_rewards": False, "loss_agg": "seq", "eps_low": 0.2,
+    "rloo": {"advantage": "rloo", "scale_rewards": False, "loss_agg": "constant", "eps_low": 0.2,
              "eps_high": 0.2, "beta": 0.001, "dynamic_sampling": False, "overlong": False},
     "reinforce_pp": {"advantage": "reinforce_pp", "scale_rewards": True, "loss_agg": "token",
                      "eps_low": 0.2, "eps_high": 0.2, "beta": 0.001, "dynamic_sampling": False,

@@ -54,7 +54,7 @@ from zeroth.models import build_model, check_model_dir, load_model, n_params, tr
 from zeroth.rewards.resolve import absolute_reference
 from zeroth.stages import pretrain as pt
 from zeroth.tasks import load_task
-from zeroth.train import train
+from zeroth.train import step_weights, train
 
 
 def preflight(cfg: Config) -> None:
@@ -297,8 +297,12 @@ def rl_stage(r: Runner) -> dict:
 
     with r.display.stage(r.stage_id, total=rl.steps, done=start) as update:
         train(r.model, optimizer, ref, r.tokenizer, r.task, r.cfg, start=start,
-              ledger=r.ledger, update=update, save=lambda step: r.save(step, optimizer))
-    return {"steps": rl.steps, "algorithm": rl.algorithm}
+              ledger=r.ledger, update=update, save=lambda step: r.save(step, optimizer),
+              phase=r.stage_id)
+    settings = ("algorithm", "advantage", "scale_rewards", "loss_agg", "eps_low", "eps_high",
+                "beta", "dynamic_sampling", "lr")
+    return {"steps": rl.steps, **{k: getattr(rl, k) for k in settings},
+            "reward_weights": step_weights(rl, r.task)}
 
 
 def start_stage(r: Runner, kind: str) -> None:

@@ -5,29 +5,41 @@ turn scores into group-relative advantages, take clipped policy-gradient steps, 
         rows        = task.train_rows(...)                   # P prompts, never held-out ones
         completions = generate(policy, prompts x G)          # gen
         rewards     = combine(reward fns, weights)           # reward  (each component kept)
+        (dapo) drop groups of all-equal rewards, sample more prompts, up to max_sample_rounds
         advantages  = ADVANTAGES[name](rewards, G, scale)    # adv
         for _ in range(mu): for minibatch: policy_loss(...)  # update
         ledger.log_rollouts / log_metrics; checkpoint         # ledger
 
-Departures from the GRPO paper: the clip range is decoupled (eps_low / eps_high, DAPO); the
-loss aggregation is a choice (seq = GRPO, token = DAPO, constant = Dr. GRPO); with beta = 0 no
-reference model exists at all. With a single optimiser step per batch (mu = 1, one minibatch)
-the old log-probs are the current ones detached (ratio = 1, pure on-policy policy gradient);
-otherwise they are computed once before the first update, as in PPO.
+`rl.algorithm` (zeroth.algos.ALGORITHMS) fills every rl field left null. Departures from the
+GRPO paper: the clip range is decoupled (eps_low / eps_high); the loss aggregation is a choice
+(seq = GRPO, token = DAPO, constant = Dr. GRPO); with beta = 0 no reference model exists at all.
+With a single optimiser step per batch (mu = 1, one minibatch) the old log-probs are the current
+ones detached (ratio = 1, pure on-policy policy gradient); otherwise they are computed once
+before the first update, as in PPO.
+
+DAPO's departures from GRPO, each also usable alone: clip-higher (eps_high 0.28), token-level
+loss, no KL, the soft overlong penalty (the `overlong` reward, weight 1 unless the recipe
+weights it) and dynamic sampling: a group whose rewards are all equal has zero advantage and
+teaches nothing, so it is set aside and fresh prompts are sampled until `prompts_per_step`
+informative groups are found. Where DAPO samples until the batch is full, a step here stops
+after `max_sample_rounds` rounds and trains on what it found (no optimiser step if nothing). Every
+sampled completion is in the ledger; one not trained on has advantage 0 and `extra.dropped`
+("flat", or "surplus" for an informative group beyond the P kept).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from random import Random
 
 import torch
 
-from zeroth.algos import ADVANTAGES, kl_k3, policy_loss, token_logprobs
+from zeroth.algos import ADVANTAGES, ALGORITHMS, kl_k3, policy_loss, token_logprobs
 from zeroth.config import resolve_rl
 from zeroth.evaluate import decode
 from zeroth.models import prompt_ids
-from zeroth.rewards import combine
+from zeroth.rewards import combine, overlong
 from zeroth.rollout import generate, hash_seed, stop_ids
 
 
@@ -52,27 +64,93 @@ def logprobs(model, ids, attn, temperature: float) -> torch.Tensor:
     return token_logprobs(logits, ids[:, 1:], temperature)
 
 
-def sample_rollouts(model, tokenizer, task, rl, seed: int, step: int) -> dict:
-    """Generate, decode and score G completions for each of P prompts drawn for `step`."""
-    rows = task.train_rows(Random(f"{seed}-rl-{step}"), rl.prompts_per_step)
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def step_weights(rl, task) -> dict[str, float]:
+    """The reward weights of a step: the recipe's (else the task's), plus the overlong penalty
+    with weight 1 when the algorithm uses it and the recipe does not weight it itself."""
+    weights = dict(task.weights if rl.reward_weights is None else rl.reward_weights)
+    if ALGORITHMS.get(rl.algorithm, {}).get("overlong") and "overlong" not in weights:
+        weights["overlong"] = 1.0
+    return weights
+
+
+def sample_rollouts(model, tokenizer, task, rl, seed: int, step: int, phase: str = "rl",
+                    round_: int = 0) -> dict:
+    """Generate, decode and score G completions for each of P prompts drawn for `step`; round
+    r > 0 of dynamic sampling draws other prompts and samples from its own stream."""
+    suffix = f"-r{round_}" if round_ else ""
+    rows = task.train_rows(Random(f"{seed}-{phase}-{step}{suffix}"), rl.prompts_per_step)
     rows = [r for r in rows for _ in range(rl.group_size)]  # (P*G,) groups are consecutive
     prompts = prompt_ids(tokenizer, [r["prompt"] for r in rows])
     stops = stop_ids(model, tokenizer)
-    gen = torch.Generator().manual_seed(hash_seed(f"rl-{seed}-{step}"))
+    gen = torch.Generator().manual_seed(hash_seed(f"{phase}-{seed}-{step}{suffix}"))  # CPU
     completions = generate(model, prompts, max_new_tokens=rl.max_new_tokens, generator=gen,
                            temperature=rl.temperature, eos_id=stops,
                            pad_id=tokenizer.pad_token_id, batch_size=len(prompts))
     texts = decode(tokenizer, completions, stops)
-    totals, parts = combine(texts, rows, task.rewards, rl.reward_weights,
-                            completion_ids=completions,
-                            max_new_tokens=[rl.max_new_tokens] * len(completions))
+    n = len(completions)
+    totals, parts = combine(texts, rows, {"overlong": overlong, **task.rewards},
+                            rl.reward_weights, completion_ids=completions,
+                            max_new_tokens=[rl.max_new_tokens] * n,
+                            overlong_cache=[rl.overlong_cache] * n)
     return {"rows": rows, "prompts": prompts, "completions": completions, "texts": texts,
-            "rewards": torch.tensor(totals, dtype=torch.float32), "parts": parts}
+            "rewards": torch.tensor(totals, dtype=torch.float32), "parts": parts,
+            "round": [round_] * n}
+
+
+def _flat(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(n_groups,) bool: the group's rewards are all equal (zero advantage, no signal)."""
+    groups = rewards.view(-1, group_size)  # (n_groups, G)
+    return (groups == groups[:, :1]).all(dim=1)
+
+
+def _select(batch: dict, idx: list[int]) -> dict:
+    """The completions `idx` of a batch (lists and the rewards tensor alike)."""
+    return {k: v[idx] if torch.is_tensor(v) else [v[i] for i in idx] for k, v in batch.items()}
+
+
+def _concat(batches: list[dict]) -> dict:
+    return {k: torch.cat([b[k] for b in batches]) if torch.is_tensor(batches[0][k])
+            else [x for b in batches for x in b[k]] for k in batches[0]}
+
+
+def gather(model, tokenizer, task, rl, seed: int, step: int, phase: str = "rl"):
+    """The step's rollouts and the groups to train on: (sampled batch, kept group indices,
+    metrics). Without dynamic sampling that is one round, every group kept. With it, flat
+    groups are skipped and rounds of fresh prompts add informative groups until P are kept
+    or max_sample_rounds rounds have run; the first P found are kept."""
+    size, want = rl.group_size, rl.prompts_per_step
+    rounds, keep, info = [], [], {}
+    limit = rl.max_sample_rounds if rl.dynamic_sampling else 1
+    while len(rounds) < limit and len(keep) < want:
+        batch = sample_rollouts(model, tokenizer, task, rl, seed, step, phase, len(rounds))
+        flat = _flat(batch["rewards"], size).tolist()
+        if not rounds:
+            info["groups_flat"] = sum(flat) / len(flat)  # share of groups with no signal
+        offset = len(rounds) * want
+        keep += [offset + g for g, f in enumerate(flat) if not (f and rl.dynamic_sampling)]
+        keep = keep[:want]
+        rounds.append(batch)
+    if rl.dynamic_sampling:
+        info.update(groups_kept=len(keep), sample_rounds=len(rounds))
+    return _concat(rounds), keep, info
+
+
+def advantages(batch: dict, rl) -> torch.Tensor:
+    """(N,) advantages of a batch of whole groups; a completion whose verifier failed gets 0."""
+    adv = ADVANTAGES[rl.advantage](batch["rewards"], rl.group_size, rl.scale_rewards, 1e-4)
+    failed = torch.tensor([any(k.endswith("_error") for k in p) for p in batch["parts"]])
+    return adv.masked_fill(failed, 0.0)  # a verifier failure teaches nothing, it is no 0 score
 
 
 def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int) -> dict:
     """mu passes of clipped policy-gradient steps over minibatches; returns mean stats."""
-    ids, attn, mask = pack(batch["prompts"], batch["completions"], pad_id)
+    device = _device(model)
+    ids, attn, mask = (t.to(device) for t in pack(batch["prompts"], batch["completions"], pad_id))
+    advantages = advantages.to(device)
     n = ids.shape[0]
     chunks = [slice(i, i + rl.minibatch_size) for i in range(0, n, rl.minibatch_size)]
     on_policy = rl.mu == 1 and len(chunks) == 1
@@ -107,31 +185,52 @@ def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int
     return totals
 
 
-def rl_step(model, optimizer, ref_model, tokenizer, task, rl, seed: int, step: int):
-    """One GRPO step. Returns (metrics, ledger rows)."""
+def rl_step(model, optimizer, ref_model, tokenizer, task, rl, seed: int, step: int,
+            phase: str = "rl"):
+    """One step of the algorithm `rl.algorithm` for pipeline stage `phase`.
+    Returns (metrics, ledger rows)."""
     rl = resolve_rl(rl)  # the algorithm's settings for every field left null
+    rl = replace(rl, reward_weights=step_weights(rl, task))
     timers, t0 = {}, time.perf_counter()
-    batch = sample_rollouts(model, tokenizer, task, rl, seed, step)
+    sampled, keep, info = gather(model, tokenizer, task, rl, seed, step, phase)
     timers["time_gen"], t0 = time.perf_counter() - t0, time.perf_counter()
-    adv = ADVANTAGES[rl.advantage](batch["rewards"], rl.group_size, rl.scale_rewards, 1e-4)
-    failed = torch.tensor([any(k.endswith("_error") for k in p) for p in batch["parts"]])
-    adv = adv.masked_fill(failed, 0.0)  # a verifier failure teaches nothing, it is no 0 score
-    stats = update(model, optimizer, ref_model, batch, adv, rl, tokenizer.pad_token_id)
+    size = rl.group_size
+    kept = [g * size + j for g in keep for j in range(size)]  # completions trained on
+    adv = torch.zeros(len(sampled["texts"]))  # (N,) 0 for every completion not trained on
+    stats = {}
+    if kept:  # else every group was flat: nothing to learn, no optimiser step
+        batch = _select(sampled, kept)
+        adv[kept] = advantages(batch, rl)
+        stats = update(model, optimizer, ref_model, batch, adv[kept], rl,
+                       tokenizer.pad_token_id)
     timers["time_update"] = time.perf_counter() - t0
-    metrics = {**_reward_stats(batch, rl), **stats, **timers}
-    ledger_rows = [
-        {"prompt_idx": i // rl.group_size, "sample_idx": i % rl.group_size,
-         "prompt": row["prompt"], "completion": text, "n_tokens": len(comp),
-         "rewards": part, "reward": float(r), "advantage": float(a), "answer": row["answer"]}
-        for i, (row, text, comp, part, r, a) in enumerate(zip(
-            batch["rows"], batch["texts"], batch["completions"], batch["parts"],
-            batch["rewards"], adv))
-    ]
-    return metrics, ledger_rows
+    metrics = {**_reward_stats(sampled, rl), **info, **stats, **timers}
+    return metrics, _ledger_rows(sampled, adv, set(keep), rl)
+
+
+def _ledger_rows(sampled: dict, adv: torch.Tensor, keep: set[int], rl) -> list[dict]:
+    """One ledger row per sampled completion; with dynamic sampling `extra` holds its round and
+    why it was dropped (flat group, or an informative one beyond the P kept)."""
+    rows, size = [], rl.group_size
+    flat = _flat(sampled["rewards"], size).tolist()
+    for i, (row, text, comp, part, r, a, rnd) in enumerate(zip(
+            sampled["rows"], sampled["texts"], sampled["completions"], sampled["parts"],
+            sampled["rewards"], adv, sampled["round"])):
+        extra = None
+        if rl.dynamic_sampling:
+            extra = {"round": rnd}
+            if i // size not in keep:
+                extra["dropped"] = "flat" if flat[i // size] else "surplus"
+        rows.append({"prompt_idx": i // size, "sample_idx": i % size, "prompt": row["prompt"],
+                     "completion": text, "n_tokens": len(comp), "rewards": part,
+                     "reward": float(r), "advantage": float(a), "answer": row["answer"],
+                     "extra": extra})
+    return rows
 
 
 def _reward_stats(batch: dict, rl) -> dict:
-    """Mean of the total and of each reward component; response length; solved/zero groups."""
+    """Mean of the total and of each reward component and response length, over every sampled
+    completion."""
     n = len(batch["texts"])
     out = {"reward": float(batch["rewards"].mean()),
            "mean_len": sum(len(c) for c in batch["completions"]) / n,
@@ -139,22 +238,21 @@ def _reward_stats(batch: dict, rl) -> dict:
     for name in rl.reward_weights:
         values = [p[name] for p in batch["parts"] if p.get(name) is not None]
         out[f"reward_{name}"] = sum(values) / len(values) if values else float("nan")
-    groups = batch["rewards"].view(-1, rl.group_size)
-    out["groups_flat"] = float((groups.std(dim=1) == 0).float().mean())  # no learning signal
     return out
 
 
 def train(model, optimizer, ref_model, tokenizer, task, cfg, *, start: int, ledger, update,
-          save) -> None:
-    """The RL loop from step `start` to cfg.rl.steps: log every rollout and step, checkpoint."""
+          save, phase: str = "rl") -> None:
+    """The RL loop of pipeline stage `phase` from step `start` to cfg.rl.steps: log every
+    rollout and step under `phase`, checkpoint."""
     rl = cfg.rl
     shown_acc = next((f"reward_{n}" for n in (task.accuracy, "correct")
-                      if n in rl.reward_weights), None)
+                      if n in (rl.reward_weights or task.weights)), None)
     for step in range(start, rl.steps):
         metrics, rows = rl_step(model, optimizer, ref_model, tokenizer, task, rl,
-                                cfg.run.seed, step)
-        ledger.log_rollouts("rl", step + 1, rows)
-        ledger.log_metrics("rl", step + 1, metrics)
+                                cfg.run.seed, step, phase)
+        ledger.log_rollouts(phase, step + 1, rows)
+        ledger.log_metrics(phase, step + 1, metrics)
         shown = {"reward": metrics["reward"], "acc": metrics.get(shown_acc, 0.0),
                  "len": metrics["mean_len"]}
         if "kl" in metrics:

@@ -50,17 +50,26 @@ def tag_count(completions: list[str], **_: object) -> list[float]:
 
 
 def overlong(completions: list[str], completion_ids: list[list[int]] | None = None,
-             max_new_tokens: list[int] | None = None, overlong_cache: int = 16,
-             **_: object) -> list[float | None]:
-    """DAPO's soft overlong penalty: 0 up to `max - cache` tokens, then falling linearly to -1
-    at the generation limit `max` (and -1 beyond). None when token counts are not given."""
+             max_new_tokens: list[int] | None = None,
+             overlong_cache: int | list[int] = 16, **_: object) -> list[float | None]:
+    """DAPO's soft overlong penalty, with L = len(completion_ids), cap = max_new_tokens and
+    cache = overlong_cache (one int, or one per completion):
+
+        0                          L <= cap - cache
+        (cap - cache - L) / cache  cap - cache < L <= cap   (falls linearly to -1 at the cap)
+        -1                         L > cap
+
+    None when token counts are not given."""
     if completion_ids is None or max_new_tokens is None:
         return [None] * len(completions)
+    caches = ([overlong_cache] * len(completion_ids) if isinstance(overlong_cache, int)
+              else overlong_cache)
     scores = []
-    for ids, limit in zip(completion_ids, max_new_tokens):
-        start = limit - overlong_cache
-        over = len(ids) - start
-        scores.append(0.0 if over <= 0 else max(-1.0, -over / overlong_cache))
+    for ids, limit, cache in zip(completion_ids, max_new_tokens, caches):
+        if cache < 1:
+            raise ValueError(f"overlong_cache must be >= 1, got {cache}")
+        over = len(ids) - (limit - cache)  # tokens into the soft zone
+        scores.append(0.0 if over <= 0 else max(-1.0, -over / cache))
     return scores
 
 
