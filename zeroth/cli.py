@@ -3,7 +3,7 @@
     zeroth run [RECIPE] [section.field=value ...] [--force] [--quiet]
     zeroth run --resume runs/<name>
     zeroth pretrain|sft|rl|rejection|distill [RECIPE] [section.field=value ...]   (one stage)
-    zeroth eval MODEL|runs/<name> [RECIPE] [section.field=value ...] [--k N] [--out FILE]
+    zeroth eval MODEL|runs/<name> [RECIPE] [section.field=value ...] [--k N] [--out FILE] [--force]
     zeroth export runs/<name>|CHECKPOINT|MODEL OUT [--force]
 
 Mistakes a user can fix print one line (`zeroth: error: ...`) and exit with code 2.
@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     run.add_argument("--force", action="store_true", help="replace an existing run directory")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    from zeroth.evalcmd import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
     for kind, text in STAGE_HELP.items():
         one = sub.add_parser(kind, help=f"run only the {kind} stage: {text}")
         one.add_argument("args", nargs="*", metavar="RECIPE|KEY=VALUE",
@@ -98,13 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     ns.args = list(getattr(ns, "args", [])) + extra
     _quiet_libraries()
     try:
-        return {"run": cmd_run, **dict.fromkeys(STAGE_HELP, cmd_run)}[ns.command](ns)
+        from zeroth.evalcmd import cmd_eval
+
+        commands = {"run": cmd_run, "eval": cmd_eval, **dict.fromkeys(STAGE_HELP, cmd_run)}
+        return commands[ns.command](ns)
     except UserError as exc:
         print(f"zeroth: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("zeroth: interrupted — continue with `zeroth run --resume <run dir>`",
-              file=sys.stderr)
+        hint = " — continue with `zeroth run --resume <run dir>`" if ns.command != "eval" else ""
+        print(f"zeroth: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -1,14 +1,17 @@
 """Evaluation on held-out problems: pass@1 as R1 reports it, pass@k, maj@k and greedy accuracy.
 
 pass@1 is the mean accuracy of k samples per problem at the sampling temperature (R1, sec. 3.1);
-pass@k uses the unbiased estimator 1 - C(n - c, k) / C(n, k) of Chen et al. (2021) with n = k
-samples; maj@k is the accuracy of the most frequent extracted answer. Greedy decoding is scored
-apart. Sampling uses its own generator seeded from the run seed, so the evaluations before and
-after training see the same random stream and a resumed run repeats them exactly.
+pass@k uses the unbiased estimator 1 - C(n - c, k) / C(n, k) of Chen et al. (2021) from the
+n = eval.k samples, reported for k = 1, 2, 4, ... and n; maj@n is the accuracy of the most frequent
+extracted answer. Greedy decoding is scored apart. When the rows carry a difficulty (`difficulty`,
+or `level` as in MATH) the same numbers are also given per level under "by_difficulty".
+Sampling uses its own generator seeded from the run seed, so the evaluations before and after
+training see the same random stream and a resumed run repeats them exactly.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from math import comb
 
@@ -55,9 +58,70 @@ def _score(tokenizer, task, rows, completions, stops):
     return texts, solved, [p.get("format") for p in parts]
 
 
+def k_values(n: int) -> list[int]:
+    """The k of pass@k reported for n samples per problem: the powers of two below n, then n."""
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return ks + [n]
+
+
+def accuracy(solved: list[list[bool]], answers: list[list[str | None]],
+             greedy: list[bool]) -> dict:
+    """pass1, pass@k for every k of `k_values(n)`, maj@n and greedy accuracy over problems.
+
+    solved[i], answers[i]: the n samples of problem i (n the same for all); greedy[i]: its
+    greedy completion. pass1 is the mean over all samples, the others the mean over problems.
+    """
+    problems, n = len(solved), len(solved[0])
+    out = {"pass1": sum(sum(oks) for oks in solved) / (problems * n)}
+    for k in k_values(n):
+        out[f"pass@{k}"] = sum(pass_at_k(n, sum(oks), k) for oks in solved) / problems
+    out[f"maj@{n}"] = sum(majority_correct(a, oks) for a, oks in zip(answers, solved)) / problems
+    out["greedy"] = sum(greedy) / problems
+    return out
+
+
+def difficulty_of(row: dict) -> str | None:
+    """A row's difficulty as text: its `difficulty` column, else `level` (MATH), else None."""
+    for column in ("difficulty", "level"):
+        if row.get(column) is not None:
+            return str(row[column])
+    return None
+
+
+def natural_key(text: str) -> list[tuple]:
+    """Sort key that orders "2" before "10" and "Level 2" before "Level 10"."""
+    return [(0, int(part)) if part.isdigit() else (1, part.lower())
+            for part in re.split(r"(\d+)", text)]
+
+
+def by_difficulty(rows: list[dict], solved: list[list[bool]], answers: list[list[str | None]],
+                  greedy: list[bool]) -> dict[str, dict] | None:
+    """{level: {"problems", pass1, pass@k..., maj@n, greedy}} in natural order of the levels,
+    or None when no row has a difficulty (rows without one are grouped as "unknown")."""
+    levels = [difficulty_of(r) for r in rows]
+    if all(level is None for level in levels):
+        return None
+    levels = ["unknown" if level is None else level for level in levels]
+    out = {}
+    for level in sorted(set(levels), key=natural_key):
+        idx = [i for i, lv in enumerate(levels) if lv == level]
+        out[level] = {"problems": len(idx),
+                      **accuracy([solved[i] for i in idx], [answers[i] for i in idx],
+                                 [greedy[i] for i in idx])}
+    return out
+
+
 def evaluate(model, tokenizer, task, rows: list[dict], eval_cfg,
              seed: int) -> tuple[dict, list[dict]]:
-    """(metrics, ledger rows) for `rows`: k samples each at eval temperature, plus greedy."""
+    """(metrics, ledger rows) for `rows`: k samples each at eval temperature, plus greedy.
+
+    The samples come from one generator seeded by `seed` and consumed batch after batch, so
+    the numbers are a function of the model, rows, seed and eval config — eval.batch_size
+    included: another batch size draws another random stream (and pads prompts differently).
+    """
     k = eval_cfg.k
     prompts = prompt_ids(tokenizer, [r["prompt"] for r in rows])
     stops = stop_ids(model, tokenizer)
@@ -71,15 +135,11 @@ def evaluate(model, tokenizer, task, rows: list[dict], eval_cfg,
     s_text, s_ok, s_fmt = _score(tokenizer, task, many, sampled, stops)
     g_text, g_ok, _ = _score(tokenizer, task, rows, greedy, stops)
 
-    per_problem = [s_ok[i * k:(i + 1) * k] for i in range(len(rows))]
-    answers = [extract_answer(t) for t in s_text]
     n = len(rows)
+    solved = [s_ok[i * k:(i + 1) * k] for i in range(n)]  # (problems, k)
+    answers = [[extract_answer(t) for t in s_text[i * k:(i + 1) * k]] for i in range(n)]
     metrics = {
-        "pass1": sum(s_ok) / len(s_ok),
-        f"pass@{k}": sum(pass_at_k(k, sum(oks), k) for oks in per_problem) / n,
-        f"maj@{k}": sum(majority_correct(answers[i * k:(i + 1) * k], per_problem[i])
-                        for i in range(n)) / n,
-        "greedy": sum(g_ok) / n,
+        **accuracy(solved, answers, g_ok),
         "mean_len": sum(len(c) for c in sampled) / len(sampled),
         "greedy_len": sum(len(c) for c in greedy) / n,
         "format": sum(f or 0.0 for f in s_fmt) / len(s_fmt),
@@ -87,6 +147,9 @@ def evaluate(model, tokenizer, task, rows: list[dict], eval_cfg,
         "problems": n,
         "k": k,
     }
+    levels = by_difficulty(rows, solved, answers, g_ok)
+    if levels is not None:
+        metrics["by_difficulty"] = levels
     ledger_rows = [
         {"problem_idx": i // k, "sample_idx": i % k, "prompt": many[i]["prompt"],
          "completion": s_text[i], "n_tokens": len(sampled[i]), "correct": s_ok[i],

@@ -1,8 +1,11 @@
-"""Results as tables: before/after RL on the held-out split, against the demonstrations."""
+"""Results as tables: before/after RL on the held-out split, against the demonstrations; one
+model's evaluation (`zeroth eval`) with its per-difficulty breakdown."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from rich.table import Table
 
 from zeroth.progress import results_table
 
@@ -32,3 +35,45 @@ def print_results(console, summary: dict, run_dir: Path) -> None:
              f"{summary['steps']} RL steps · {summary['wall_s']:.0f}s")
     console.print(results_table(results_rows(summary), title))
     console.print(f"summary: {Path(run_dir) / 'summary.json'}", highlight=False)
+
+
+def _pass_keys(metrics: dict) -> list[str]:
+    """The pass@k keys beyond pass@1, in increasing k."""
+    ks = sorted(int(key[5:]) for key in metrics if key.startswith("pass@") and key[5:].isdigit())
+    return [f"pass@{k}" for k in ks if k > 1]
+
+
+def eval_table(metrics: dict, title: str, temperature: float | None = None) -> Table:
+    """One model's held-out numbers: pass@1 (mean of k samples), pass@k..., maj@k, greedy, ..."""
+    k = metrics["k"]
+    temp = f"T={temperature:g}" if temperature is not None else "T>0"
+    rows = [(f"pass@1 (mean of {k} samples, {temp})", _pct(metrics["pass1"]))]
+    rows += [(f"{key} (unbiased)", _pct(metrics[key])) for key in _pass_keys(metrics)]
+    rows += [
+        (f"maj@{k}", _pct(metrics[f"maj@{k}"])),
+        ("greedy accuracy", _pct(metrics["greedy"])),
+        ("well-formed", _pct(metrics["format"])),
+        ("reasons in <think>", _pct(metrics["think_rate"])),
+        ("mean response tokens", f"{metrics['mean_len']:.1f}"),
+        ("mean greedy tokens", f"{metrics['greedy_len']:.1f}"),
+    ]
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def difficulty_table(levels: dict[str, dict], k: int) -> Table:
+    """One row per difficulty level: problems, pass@1, pass@k..., maj@k, greedy."""
+    first = next(iter(levels.values()))
+    keys = ["pass1", *_pass_keys(first), f"maj@{k}", "greedy"]
+    table = Table(title="by difficulty")
+    table.add_column("difficulty")
+    table.add_column("problems", justify="right")
+    for key in keys:
+        table.add_column("pass@1" if key == "pass1" else key, justify="right")
+    for level, m in levels.items():
+        table.add_row(level, str(m["problems"]), *(_pct(m[key]) for key in keys))
+    return table

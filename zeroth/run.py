@@ -210,7 +210,9 @@ class Runner:
                                         self.cfg.eval, self.cfg.run.seed)
             update(1, pass1=metrics["pass1"], greedy=metrics["greedy"])
         self.ledger.log_eval(phase, samples)
-        self.ledger.log_metrics(phase, 0, metrics)
+        self.ledger.log_metrics(phase, 0, _headline(metrics))  # numbers only
+        if metrics.get("by_difficulty"):
+            self.ledger.set_meta(f"{phase}_by_difficulty", metrics["by_difficulty"])
         return metrics
 
 
@@ -380,6 +382,9 @@ def summary_of(r: Runner) -> dict:
     }
     for key in [k for k in final if k not in ("k", "problems", "by_difficulty")]:
         out[f"base_{key}"], out[f"final_{key}"] = base.get(key), final[key]
+    if final.get("by_difficulty"):
+        out["base_by_difficulty"] = base.get("by_difficulty")
+        out["final_by_difficulty"] = final["by_difficulty"]
     out["stages"] = [{"stage": sid, "kind": kind, "result": res.get(sid),
                       "eval": _headline(evals.get(sid))} for sid, kind, _ in stages]
     if "start" in evals:
