@@ -1,2 +1,12 @@
-"""Pipeline stages around the RL loop: pre-training (next-token prediction) and, later, SFT,
-rejection sampling and distillation."""
+"""Pipeline stages, each a small module with `run(r) -> dict` (its statistics for the summary):
+
+    pretrain   next-token prediction on the task's demonstrations (the imitation ceiling)
+    sft        supervised fine-tuning on chat data, the loss on the answer tokens only
+    rejection  sample N per prompt, keep the verified-correct ones, write an SFT dataset
+    distill    a teacher's verified traces (and its logits, when tokenizers match) teach a student
+
+`r` is the pipeline's runner (zeroth.run): run dir, config, stage id, model, tokenizer, task,
+ledger, display, state, save() and evaluate(). A stage producing a new policy assigns it to
+r.model / r.tokenizer; every random choice is seeded from (run seed, stage id), so a stage
+killed at a checkpoint and resumed ends where an uninterrupted one would.
+"""

@@ -1,0 +1,214 @@
+"""Distillation: a teacher writes verified reasoning traces, a student learns them (R1, sec. 2.4).
+
+    teacher traces  = sample_verified(teacher, training prompts)     # kept: correct, well formed
+    student         = student.path, or built from scratch (+ optional demonstration pre-training)
+    before          = evaluate(student)                               # its pre-distillation score
+    loss            = (1 - alpha) * CE(trace answer tokens) + alpha * KL(teacher || student)
+
+The KL term (logit distillation, Hinton et al. 2015, at temperature 1) is summed over the full
+vocabulary at every answer token, teacher logits computed on the fly; it needs both models to
+share a tokenizer (`distill.logits: auto` turns it on exactly then). Without it the loss is the
+plain cross-entropy on the traces, as R1 distils its small models (SFT on 800k samples).
+
+Resume: the traces are written to data/<stage id>.jsonl, a teacher that could change or vanish
+(the pipeline's own model, a run's checkpoint) is copied to teacher/, and checkpoint
+<stage id>-000000 is saved right after the student's first evaluation with everything the
+rest of the stage needs in state[<stage id>]; training then checkpoints like SFT.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from random import Random
+
+import torch
+import torch.nn.functional as F
+
+from zeroth.checkpoint import fsync_path, fsync_tree, latest_checkpoint, model_dir
+from zeroth.errors import UserError
+from zeroth.models import build_model, load_model, n_params
+from zeroth.rollout import hash_seed
+from zeroth.stages import pretrain as pt
+from zeroth.stages.rejection import sample_verified, write_jsonl
+from zeroth.stages.sft import fit, prepare, read_jsonl
+
+
+def token_kl(teacher_logits, student_logits, mask) -> torch.Tensor:
+    """Mean over the tokens where `mask` of KL(teacher || student) over the shared vocabulary.
+    teacher_logits, student_logits: (B, T, V*); mask: (B, T) bool."""
+    v = min(teacher_logits.shape[-1], student_logits.shape[-1])
+    t = F.log_softmax(teacher_logits[mask][:, :v].float(), dim=-1)  # (N, V)
+    s = F.log_softmax(student_logits[mask][:, :v].float(), dim=-1)  # (N, V)
+    return (t.exp() * (t - s)).sum(-1).mean()
+
+
+def distill_loss(student, teacher, ids, labels, alpha: float):
+    """(loss, stats) of one batch: CE on the answer tokens, plus alpha * KL with a teacher."""
+    logits = student(input_ids=ids).logits[:, :-1]  # (B, T-1, V)
+    targets = labels[:, 1:]  # (B, T-1)
+    mask = targets != -100
+    ce = F.cross_entropy(logits[mask].float(), targets[mask])
+    if teacher is None:
+        return ce, {"ce": ce.item()}
+    with torch.no_grad():
+        teacher_logits = teacher(input_ids=ids).logits[:, :-1]  # (B, T-1, V')
+    kl = token_kl(teacher_logits, logits, mask)
+    return (1 - alpha) * ce + alpha * kl, {"ce": ce.item(), "kl": kl.item()}
+
+
+def same_tokenizer(a, b) -> bool:
+    return a.get_vocab() == b.get_vocab()
+
+
+def use_logits(setting: str, teacher_tok, student_tok) -> bool:
+    match = same_tokenizer(teacher_tok, student_tok)
+    if setting == "on" and not match:
+        raise UserError("distill.logits=on needs the teacher and the student to share a "
+                        "tokenizer — they differ; set distill.logits=auto or off")
+    return setting == "on" or (setting == "auto" and match)
+
+
+def teacher_folder(spec: str) -> tuple[Path, bool]:
+    """(model folder, may change): a model folder, or a run directory's final/ model, else the
+    model of its latest checkpoint (which later saves of that run prune)."""
+    path = Path(spec).expanduser()
+    if (path / "config.json").is_file():
+        return path, False
+    if (path / "final" / "config.json").is_file():
+        return path / "final", False
+    if (path / "checkpoints").is_dir():
+        ckpt = latest_checkpoint(path)
+        if ckpt is not None:
+            return model_dir(ckpt), True
+    raise UserError(f"distill.teacher '{spec}' is neither a model folder (config.json) nor a run "
+                    "directory with a final/ model or checkpoints")
+
+
+def persist(model, tokenizer, target: Path) -> None:
+    """A copy of a model folder that a resume can load, written atomically and durably."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    fsync_tree(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    fsync_path(target.parent)
+
+
+def load_teacher(r):
+    """(model, tokenizer, description, folder or None, must be copied to keep)."""
+    spec = r.cfg.distill.teacher
+    if spec is None:
+        return r.model, r.tokenizer, "pipeline model", None, True
+    folder, changes = teacher_folder(spec)
+    model, tokenizer = load_model(folder)
+    return model.to(r.device), tokenizer, str(spec), folder, changes
+
+
+def build_student(r, teacher_tok):
+    """(model, tokenizer): student.path, or from scratch with the teacher's tokenizer; then the
+    optional pre-training on demonstrations."""
+    s, seed = r.cfg.student, r.cfg.run.seed
+    if s.path:
+        model, tokenizer = load_model(s.path)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash_seed(f"{seed}-{r.stage_id}-student"))
+            model, tokenizer = build_model(s, teacher_tok), teacher_tok
+    model.to(r.device)
+    steps = r.cfg.distill.student_pretrain_steps
+    if steps > 0:
+        pretrain_student(r, model, tokenizer, steps)
+    return model, tokenizer
+
+
+def pretrain_student(r, model, tokenizer, steps: int) -> None:
+    """Next-token prediction on the task demonstrations, as the pretrain stage does."""
+    if r.task.demonstration is None:
+        raise UserError(f"task '{r.task.name}' has no demonstrations for the student to "
+                        "pre-train on — set distill.student_pretrain_steps=0")
+    p, tag, phase = r.cfg.pretrain, f"{r.cfg.run.seed}-{r.stage_id}", f"{r.stage_id}_pretrain"
+    seqs, _ = pt.build_corpus(r.task, tokenizer, r.cfg.demos.n, r.cfg.run.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=(0.9, 0.95),
+                                  weight_decay=p.weight_decay)
+    r.ledger.clear_phase(phase)
+    model.train()
+    with r.display.stage(phase, total=steps) as update:
+        for step in range(steps):
+            ids, labels = pt.batch_at(seqs, step, p.batch_size, tag, tokenizer.pad_token_id)
+            lr = p.lr * pt.lr_at(step, steps, p.warmup)
+            loss = pt.train_step(model, optimizer, ids.to(r.device), labels.to(r.device), lr)
+            if (step + 1) % 10 == 0 or step + 1 == steps:
+                r.ledger.log_metrics(phase, step + 1, {"loss": loss, "lr": lr})
+            update(step + 1, loss=loss)
+    model.eval()
+
+
+def start(r):
+    """Traces, student, its first evaluation, checkpoint 0. Returns the teacher for the KL term
+    (None when there is none)."""
+    d, sid, seed = r.cfg.distill, r.stage_id, r.cfg.run.seed
+    teacher, t_tok, label, folder, changes = load_teacher(r)
+    rows = r.task.train_rows(Random(f"{seed}-{sid}"), d.prompts)
+    with r.display.stage(f"{sid}_traces", total=len(rows) * d.samples) as update:
+        kept, rollouts, stats = sample_verified(
+            teacher, t_tok, r.task, rows, samples=d.samples, temperature=d.temperature,
+            max_new_tokens=d.max_new_tokens, keep_per_prompt=d.keep_per_prompt,
+            require_format=True, batch_size=r.cfg.rejection.batch_size,
+            seed_tag=f"{seed}-{sid}-traces", update=lambda done, total: update(done))
+    r.ledger.clear_phase(sid)
+    r.ledger.log_rollouts(sid, 0, rollouts)
+    r.ledger.log_metrics(sid, 0, {f"traces_{k}": v for k, v in stats.items()})
+    if not kept:
+        raise UserError(f"the teacher ({label}) solved none of {len(rollouts)} samples — use a "
+                        "stronger teacher or raise distill.prompts / distill.samples")
+    data = f"data/{sid}.jsonl"
+    write_jsonl(Path(r.dir) / data, kept)
+    student, s_tok = build_student(r, t_tok)
+    logits = use_logits(d.logits, t_tok, s_tok)
+    if logits and changes:
+        persist(teacher, t_tok, Path(r.dir) / "teacher")
+        folder = Path("teacher")  # inside the run directory
+    elif folder is not None:
+        folder = folder.resolve()
+    r.model, r.tokenizer = student, s_tok
+    before = r.evaluate(f"eval_{sid}_before")
+    r.state[sid] = {"teacher": label, "teacher_dir": None if folder is None else str(folder),
+                    "data": data, "traces": len(kept), "verified_rate": stats["verified_rate"],
+                    "logits": logits, "student_params": n_params(student),
+                    "student_before": before}
+    r.save(0)
+    return teacher if logits else None
+
+
+def run(r) -> dict:
+    """The distillation stage; leaves the student as r.model / r.tokenizer."""
+    d, sid = r.cfg.distill, r.stage_id
+    resuming = r.resume_ckpt is not None and "student_before" in r.state.get(sid, {})
+    teacher = None if resuming else start(r)
+    info = r.state[sid]
+    if info["logits"] and teacher is None:
+        folder = Path(info["teacher_dir"])
+        teacher, _ = load_model(folder if folder.is_absolute() else Path(r.dir) / folder)
+        teacher.to(r.device)
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+    convs = read_jsonl(Path(r.dir) / info["data"])
+    limit = r.model.config.max_position_embeddings
+    if teacher is not None:
+        limit = min(limit, teacher.config.max_position_embeddings)
+    examples, dropped = prepare(r.tokenizer, convs, limit)
+    if not examples:
+        raise UserError(f"no teacher trace fits the student's context of {limit} tokens — "
+                        "raise student.max_len or lower distill.max_new_tokens")
+    loss = fit(r, examples, d, lambda ids, labels: distill_loss(r.model, teacher, ids, labels,
+                                                                d.alpha))
+    return {"teacher": info["teacher"], "traces": info["traces"],
+            "verified_rate": info["verified_rate"], "logit_distillation": info["logits"],
+            "student_params": info["student_params"], "student_before": info["student_before"],
+            "final_loss": loss, "dropped_long": dropped, "steps": d.steps}
