@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from importlib.resources import files
 
 import pytest
@@ -28,7 +29,7 @@ def tiny_overrides() -> list[str]:
 
 
 SMALL = tiny_overrides() + [
-    "sft.n=64", "sft.steps=4", "sft.batch_size=8", "sft.checkpoint_every=2", "sft.warmup=1",
+    "model.max_len=256", "sft.n=64", "sft.steps=4", "sft.batch_size=8", "sft.checkpoint_every=2", "sft.warmup=1",
     "rejection.prompts=8", "rejection.samples=2", "rejection.max_new_tokens=40",
     "distill.prompts=8", "distill.samples=2", "distill.max_new_tokens=40", "distill.steps=4",
     "distill.batch_size=8", "distill.student_pretrain_steps=4", "distill.checkpoint_every=2",
@@ -89,7 +90,26 @@ def _fingerprint(run_dir):
     return summary, evals, rollouts, weights
 
 
-def test_r1_recipe_runs_every_stage_and_reports_each(tmp_path):
+def _coin(completions, **_):  # a deterministic "verifier" that passes about half of any text
+    return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
+
+
+@pytest.fixture()
+def coin_tasks(monkeypatch):
+    """Tasks whose verifier a barely trained tiny model can pass, so rejection keeps samples."""
+    from zeroth import run as run_module
+
+    real = run_module.load_task
+
+    def load(cfg):
+        task = real(cfg)
+        return replace(task, rewards={**task.rewards, "correct": _coin,
+                                      "format": lambda c, **_: [1.0] * len(c)})
+
+    monkeypatch.setattr(run_module, "load_task", load)
+
+
+def test_r1_recipe_runs_every_stage_and_reports_each(tmp_path, coin_tasks):
     run_dir, summary = _run(tmp_path, "r1")
     assert summary["pipeline"] == ["pretrain", "sft1", "rl1", "rejection", "sft2", "rl2"]
     stages = {s["stage"]: s for s in summary["stages"]}
@@ -97,7 +117,10 @@ def test_r1_recipe_runs_every_stage_and_reports_each(tmp_path):
         assert 0.0 <= stages[sid]["eval"]["pass1"] <= 1.0
     assert stages["rejection"]["eval"] is None  # sampling changes no weights
     assert stages["rejection"]["result"]["samples"] == 8 * 2
-    assert (run_dir / "data" / "rejection.jsonl").is_file()
+    kept = stages["rejection"]["result"]["kept"]
+    lines = (run_dir / "data" / "rejection.jsonl").read_text().splitlines()
+    assert kept == len(lines) > 0
+    assert stages["sft2"]["result"]["examples"] == kept  # SFT learned the verified samples
     assert summary["steps"] == 4  # two rl stages of 2 steps
     assert summary["final_pass1"] == stages["rl2"]["eval"]["pass1"]
     assert summary["base_pass1"] == stages["pretrain"]["eval"]["pass1"]
@@ -107,7 +130,7 @@ def test_r1_recipe_runs_every_stage_and_reports_each(tmp_path):
     assert {"rl1", "rl2", "rejection"} <= phases
 
 
-def test_r1_zero_and_distill_recipes_end_to_end(tmp_path):
+def test_r1_zero_and_distill_recipes_end_to_end(tmp_path, coin_tasks):
     _, summary = _run(tmp_path, "r1-zero", name="zero")
     assert summary["pipeline"] == ["pretrain", "rl"]
     _, summary = _run(tmp_path, "distill", name="distill")

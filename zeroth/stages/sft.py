@@ -219,6 +219,11 @@ def run(r) -> dict:
     """The SFT stage over r.model; returns its statistics for the run summary."""
     cfg = r.cfg.sft
     convs = conversations(r)
+    if not convs and cfg.data == "rejection":  # an outcome of the run, not a user mistake
+        r.display.print(f"{r.stage_id}: the rejection stage kept no verified sample — nothing "
+                        "to learn, the model is unchanged (raise rejection.prompts/samples)")
+        return {"examples": 0, "dropped_long": 0, "final_loss": None, "steps": 0,
+                "answer_tokens": 0, "skipped": "no verified samples"}
     examples, dropped = prepare(r.tokenizer, convs, r.model.config.max_position_embeddings)
     if not examples:
         raise UserError(f"no SFT example fits the model's context of "
