@@ -29,7 +29,6 @@ state dict; the caller loads the weights itself from `model_dir(path)`, e.g.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import random
@@ -138,14 +137,11 @@ def _restore_rng(states: dict, generators: dict[str, torch.Generator] | None) ->
 
 
 def _save_model(model: Any, tokenizer: Any, target: Path) -> None:
-    """save_pretrained as safetensors (`safe_serialization` where this transformers has it)."""
-    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper saves its inner module
-    kwargs = {}
-    if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
-        kwargs["safe_serialization"] = True
-    model.save_pretrained(target, **kwargs)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(target)
+    """save_pretrained as safetensors; a LoRA (peft) model as its base model plus the adapter,
+    self-contained, which `zeroth.models.load_model` reads back exactly."""
+    from zeroth.models import save_model
+
+    save_model(model, tokenizer, target)
 
 
 def _write_latest(root: Path, tag: str) -> None:

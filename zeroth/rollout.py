@@ -4,7 +4,9 @@ One small interface, `generate(model, prompts, ...) -> list[list[int]]`, so a fa
 (vLLM, SGLang) can stand in on a GPU. This implementation is plain PyTorch over a Hugging Face
 causal LM with a KV cache: prompts are left-padded, each step samples one token per row from
 softmax(logits / temperature) with an explicit `torch.Generator` (so a run is a function of its
-seed and resumes exactly), and a row stops at its end-of-sequence token.
+seed and resumes exactly), and a row stops at its end-of-sequence token. Tensors live on the
+model's device; a CPU generator samples on the CPU even for a GPU model (so CPU runs are
+unchanged), and results come back as Python lists.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from zeroth.seeding import stable_hash
 
 
 def _cache_kwarg(model) -> str:
-    """transformers 5 names the KV-cache argument `cache`; earlier versions `past_key_values`."""
-    params = inspect.signature(model.forward).parameters
+    """transformers 5 names the KV-cache argument `cache`; earlier versions `past_key_values`.
+    A peft model passes keyword arguments through to its base model: ask the base."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -38,18 +42,27 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
+def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of probs (B, V). A CPU generator driving a GPU model samples on the CPU
+    from the probabilities copied there, so the random stream is the generator's own."""
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
 @torch.no_grad()
 def _generate_batch(model, prompts, *, max_new_tokens, temperature, generator, eos_ids, pad_id,
                     greedy):
-    ids, mask = _left_pad(prompts, pad_id)
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in _left_pad(prompts, pad_id))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
     cache = {_cache_kwarg(model): DynamicCache()}
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1, **cache)
     batch = ids.shape[0]
-    stops = torch.tensor(sorted(eos_ids), dtype=torch.long)
-    done = torch.zeros(batch, dtype=torch.bool)
-    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long)  # tokens kept per row
+    stops = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)  # kept
     tokens = []
     next_pos = positions[:, -1:] + 1  # (B, 1)
     for t in range(max_new_tokens):
@@ -58,7 +71,7 @@ def _generate_batch(model, prompts, *, max_new_tokens, temperature, generator, e
             token = logits.argmax(-1)
         else:
             probs = torch.softmax(logits / temperature, dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+            token = _sample(probs, generator)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         tokens.append(token)
         ended = ~done & torch.isin(token, stops)
@@ -66,12 +79,12 @@ def _generate_batch(model, prompts, *, max_new_tokens, temperature, generator, e
         done |= ended
         if bool(done.all()):
             break
-        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype)], dim=-1)
+        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=-1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
                     use_cache=True, **cache)
         next_pos = next_pos + 1
     rows = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(batch)]
-    return [row[: int(n)] for row, n in zip(rows, lengths)]
+    return [row[: int(n)] for row, n in zip(rows, lengths.tolist())]
 
 
 def stop_ids(model, tokenizer) -> set[int]:
