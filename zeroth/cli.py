@@ -46,7 +46,20 @@ def parser() -> argparse.ArgumentParser:
                          help=f"a recipe, then overrides (the {kind} section: {kind}.field=value)")
         one.add_argument("--force", action="store_true", help="replace an existing run directory")
         one.add_argument("--quiet", action="store_true", help="no progress bars")
+    export = sub.add_parser("export", help="write a run's (or checkpoint's) model as a plain "
+                            "Hugging Face folder, LoRA merged")
+    export.add_argument("source", help="runs/<name>, a checkpoint directory or a model folder")
+    export.add_argument("out", help="the folder to write")
+    export.add_argument("--force", action="store_true", help="replace an existing folder")
     return ap
+
+
+def cmd_export(ns) -> int:
+    from zeroth.export import export_model
+
+    print(f"exported to {export_model(ns.source, ns.out, ns.force)} (loads with "
+          "AutoModelForCausalLM.from_pretrained)")
+    return 0
 
 
 STAGE_HELP = {
@@ -81,11 +94,13 @@ def cmd_run(ns) -> int:
         cfg = load_run_config(run_dir)
     else:
         cfg = load_config(recipe, overrides)
-        preflight(cfg)  # data, splits, model folder: checked before anything is written
+        estimate = preflight(cfg)  # data, model folder, memory: before anything is written
         name = Path(recipe).stem if recipe else "default"
         run_dir = create_run_dir(cfg, ns.command if ns.command != "run" else name, ns.force)
     display = Display(quiet=ns.quiet)
     display.print(f"run directory: {run_dir}", highlight=False)
+    if not ns.resume:
+        display.print(estimate, highlight=False)
     with display:
         summary = execute(run_dir, cfg, display)
     print_results(display.console, summary, run_dir)
@@ -103,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from zeroth.evalcmd import cmd_eval
 
-        commands = {"run": cmd_run, "eval": cmd_eval, **dict.fromkeys(STAGE_HELP, cmd_run)}
+        commands = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export,
+                    **dict.fromkeys(STAGE_HELP, cmd_run)}
         return commands[ns.command](ns)
     except UserError as exc:
         print(f"zeroth: error: {exc}", file=sys.stderr)

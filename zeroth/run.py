@@ -31,6 +31,7 @@ from random import Random
 import torch
 import yaml
 
+from zeroth import export, memory
 from zeroth.checkpoint import (
     fsync_path,
     fsync_tree,
@@ -50,17 +51,28 @@ from zeroth.config import (
 from zeroth.errors import UserError
 from zeroth.evaluate import evaluate
 from zeroth.ledger import Ledger
-from zeroth.models import build_model, check_model_dir, load_model, n_params, train_tokenizer
+from zeroth.models import (
+    apply_template,
+    build_model,
+    check_model_dir,
+    load_model,
+    n_params,
+    pick_device,
+    prepare_model,
+    save_model,
+    train_tokenizer,
+)
 from zeroth.rewards.resolve import absolute_reference
 from zeroth.stages import pretrain as pt
 from zeroth.tasks import load_task
 from zeroth.train import step_weights, train
 
 
-def preflight(cfg: Config) -> None:
+def preflight(cfg: Config) -> str:
     """Everything that can be checked before a run directory is written: the task's data and
     splits, the model folder, and whether pre-training has demonstrations to learn from.
-    Fills in the task's own reward weights when the recipe names none."""
+    Fills in the task's own reward weights when the recipe names none. Returns the memory
+    estimate line (and refuses a run that will not fit)."""
     task = load_task(cfg)
     if cfg.rl.reward_weights is None:
         cfg.rl.reward_weights = dict(task.weights)
@@ -90,6 +102,8 @@ def preflight(cfg: Config) -> None:
         if kind == "sft" and task.demonstration is None and scfg.sft.data in ("demos", "reasoned"):
             raise UserError(f"stage {sid}: task '{task.name}' has no demonstrations for "
                             f"sft.data={scfg.sft.data} — give sft.data=FILE.jsonl")
+    pick_device(cfg.run.device)
+    return memory.check(cfg)  # the estimate line; raises before anything is written
 
 
 SFT_SOURCES = ("reasoned", "demos", "rejection")  # sft.data values that are not files
@@ -152,16 +166,27 @@ def load_run_config(path: str | Path) -> Config:
 
 
 def init_model(cfg: Config, task):
-    """(model, tokenizer): from model.path, or a tokenizer trained here and a fresh model."""
-    if cfg.model.path:
-        return load_model(cfg.model.path)
-    if task.demonstration is None:
+    """(model, tokenizer): from model.path, or a tokenizer trained here and a fresh model; in
+    the configured dtype, on the device, with LoRA and gradient checkpointing when asked."""
+    m = cfg.model
+    if m.path:
+        model, tokenizer = load_model(m.path, dtype=m.dtype, template=m.template)
+    elif task.demonstration is None:
         raise UserError(f"task '{task.name}' has no demonstrations to build a tokenizer and "
                         "pre-train from scratch — set model.path to a local model folder")
-    texts = [p + " " + c for p, c, _ in pt.demonstrations(task, cfg.demos.n, cfg.run.seed)]
-    tokenizer = train_tokenizer(texts, cfg.model.vocab_size)
-    torch.manual_seed(cfg.run.seed)
-    return build_model(cfg.model, tokenizer), tokenizer
+    else:
+        texts = [p + " " + c for p, c, _ in pt.demonstrations(task, cfg.demos.n, cfg.run.seed)]
+        tokenizer = apply_template(train_tokenizer(texts, m.vocab_size), m.template)
+        torch.manual_seed(cfg.run.seed)
+        model = build_model(m, tokenizer)
+    if m.lora_r > 0:
+        torch.manual_seed(cfg.run.seed)  # the adapters' initialisation
+    return prepare_model(model, m, cfg.run.device), tokenizer
+
+
+def trainable(model) -> list:
+    """The parameters an optimiser updates (LoRA: the adapters only)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 class Runner:
@@ -174,7 +199,7 @@ class Runner:
         self.lock = lock_run_dir(self.dir)
         self.ledger = Ledger(self.dir / "ledger.sqlite")
         self.task = load_task(cfg)
-        self.device = torch.device("cpu")
+        self.device = pick_device(cfg.run.device)
         self.t0 = time.time()
         self.ckpt = latest_checkpoint(self.dir)
         self.stage_id, self.resume_ckpt = None, None
@@ -183,7 +208,8 @@ class Runner:
             self.state = {"index": 0, "step": 0, "wall_s": 0.0, "results": {}, "evals": {},
                           "data": {}, "started": False}
         else:
-            self.model, self.tokenizer = load_model(model_dir(self.ckpt))
+            model, self.tokenizer = load_model(model_dir(self.ckpt), dtype=cfg.model.dtype)
+            self.model = prepare_model(model, cfg.model, self.device)
             self.state = load_checkpoint(self.ckpt)
             display.print(f"resuming {self.dir} from {self.ckpt.name}")
         self.wall0 = self.state["wall_s"]
@@ -241,7 +267,7 @@ def pretrain_stage(r: Runner) -> dict:
             raise UserError(f"task '{r.task.name}' has no demonstrations — set pretrain.steps=0")
         return {"steps": 0}
     seqs, stats = pt.build_corpus(r.task, r.tokenizer, cfg.demos.n, cfg.run.seed)
-    optimizer = torch.optim.AdamW(r.model.parameters(), lr=p.lr, betas=(0.9, 0.95),
+    optimizer = torch.optim.AdamW(trainable(r.model), lr=p.lr, betas=(0.9, 0.95),
                                   weight_decay=p.weight_decay)
     start = r.state["step"]
     if r.resume_ckpt is not None:
@@ -269,8 +295,7 @@ def save_reference(model, tokenizer, target: Path) -> None:
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    save_model(model, tokenizer, tmp)
     fsync_tree(tmp)
     if target.exists():
         shutil.rmtree(target)
@@ -282,7 +307,7 @@ def rl_stage(r: Runner) -> dict:
     """GRPO-family RL from the current policy; with beta > 0 the policy at the stage's start is
     the frozen reference (saved to reference/ when the stage starts)."""
     rl = r.cfg.rl
-    optimizer = torch.optim.AdamW(r.model.parameters(), lr=rl.lr, betas=(0.9, 0.99),
+    optimizer = torch.optim.AdamW(trainable(r.model), lr=rl.lr, betas=(0.9, 0.99),
                                   weight_decay=0.0)
     start = r.state["step"]
     if r.resume_ckpt is not None:
@@ -294,7 +319,7 @@ def rl_stage(r: Runner) -> dict:
         if not (r.dir / "reference" / "config.json").is_file():
             raise UserError(f"{r.dir / 'reference'} is missing — the run's reference policy "
                             "is gone; start a new run")
-        ref, _ = load_model(r.dir / "reference")
+        ref, _ = load_model(r.dir / "reference", dtype=r.cfg.model.dtype)
         ref.to(r.device).eval().requires_grad_(False)
 
     with r.display.stage(r.stage_id, total=rl.steps, done=start) as update:
@@ -402,8 +427,9 @@ def _headline(metrics: dict | None) -> dict | None:
 
 
 def save_final(r: Runner) -> None:
-    """The pipeline's final model as a plain Hugging Face folder: runs/<name>/final/."""
-    save_reference(r.model, r.tokenizer, r.dir / "final")
+    """The pipeline's final model as a plain Hugging Face folder (LoRA merged): final/."""
+    export.save_final(r.model, r.tokenizer, r.dir / "final")
+    fsync_tree(r.dir / "final")
 
 
 def write_json(path: Path, data: dict) -> None:

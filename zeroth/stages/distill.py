@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from zeroth.checkpoint import fsync_path, fsync_tree, latest_checkpoint, model_dir
 from zeroth.errors import UserError
-from zeroth.models import build_model, load_model, n_params
+from zeroth.models import build_model, load_model, n_params, prepare_model
 from zeroth.rollout import hash_seed
 from zeroth.stages import pretrain as pt
 from zeroth.stages.rejection import sample_verified, write_jsonl
@@ -46,14 +46,14 @@ def token_kl(teacher_logits, student_logits, mask) -> torch.Tensor:
 
 def distill_loss(student, teacher, ids, labels, alpha: float):
     """(loss, stats) of one batch: CE on the answer tokens, plus alpha * KL with a teacher."""
-    logits = student(input_ids=ids).logits[:, :-1]  # (B, T-1, V)
+    logits = student(input_ids=ids, use_cache=False).logits[:, :-1]  # (B, T-1, V)
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != -100
     ce = F.cross_entropy(logits[mask].float(), targets[mask])
     if teacher is None:
         return ce, {"ce": ce.item()}
     with torch.no_grad():
-        teacher_logits = teacher(input_ids=ids).logits[:, :-1]  # (B, T-1, V')
+        teacher_logits = teacher(input_ids=ids, use_cache=False).logits[:, :-1]  # (B, T-1, V')
     kl = token_kl(teacher_logits, logits, mask)
     return (1 - alpha) * ce + alpha * kl, {"ce": ce.item(), "kl": kl.item()}
 
@@ -120,7 +120,9 @@ def build_student(r, teacher_tok):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash_seed(f"{seed}-{r.stage_id}-student"))
             model, tokenizer = build_model(s, teacher_tok), teacher_tok
-    model.to(r.device)
+    if s.lora_r > 0:
+        torch.manual_seed(hash_seed(f"{seed}-{r.stage_id}-adapters"))
+    model = prepare_model(model, s, r.device)  # the student's dtype, LoRA, checkpointing
     steps = r.cfg.distill.student_pretrain_steps
     if steps > 0:
         pretrain_student(r, model, tokenizer, steps)
@@ -134,7 +136,7 @@ def pretrain_student(r, model, tokenizer, steps: int) -> None:
                         "pre-train on — set distill.student_pretrain_steps=0")
     p, tag, phase = r.cfg.pretrain, f"{r.cfg.run.seed}-{r.stage_id}", f"{r.stage_id}_pretrain"
     seqs, _ = pt.build_corpus(r.task, tokenizer, r.cfg.demos.n, r.cfg.run.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, betas=(0.9, 0.95),
+    optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=p.lr, betas=(0.9, 0.95),
                                   weight_decay=p.weight_decay)
     r.ledger.clear_phase(phase)
     model.train()

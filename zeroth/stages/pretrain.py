@@ -63,7 +63,7 @@ def batch_at(seqs: list[list[int]], step: int, size: int, seed: int, pad_id: int
 def train_step(model, optimizer, ids, labels, lr: float, max_grad_norm: float = 1.0) -> float:
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss = model(input_ids=ids, labels=labels).loss
+    loss = model(input_ids=ids, labels=labels, use_cache=False).loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)

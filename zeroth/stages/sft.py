@@ -175,7 +175,7 @@ def batch_at(examples, step: int, size: int, tag: str, pad_id: int):
 
 def answer_loss(model, ids, labels):
     """Mean next-token cross-entropy over the labelled (answer) tokens."""
-    return model(input_ids=ids, labels=labels).loss, {}
+    return model(input_ids=ids, labels=labels, use_cache=False).loss, {}
 
 
 def fit(r, examples, hp, loss_fn) -> float | None:
