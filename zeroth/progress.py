@@ -70,9 +70,10 @@ class Display:
         self.console.print(*args, **kwargs)
 
 
-def results_table(rows: list[tuple[str, str, str]], title: str) -> Table:
+def results_table(rows: list[tuple[str, str, str]], title: str,
+                  heads: tuple[str, str] = ("before RL", "after RL")) -> Table:
     table = Table(title=title)
-    for head in ("metric", "before RL", "after RL"):
+    for head in ("metric", *heads):
         table.add_column(head, justify="right" if head != "metric" else "left")
     for row in rows:
         table.add_row(*row)

@@ -31,10 +31,48 @@ def results_rows(s: dict) -> list[tuple[str, str, str]]:
 
 
 def print_results(console, summary: dict, run_dir: Path) -> None:
+    """The start-vs-end table; for a pipeline of more than pretrain + rl, one row per stage."""
+    pipeline = summary.get("pipeline", ["pretrain", "rl"])
     title = (f"{summary['task']} · held-out {summary['eval_problems']} problems · "
-             f"{summary['steps']} RL steps · {summary['wall_s']:.0f}s")
-    console.print(results_table(results_rows(summary), title))
+             f"{' → '.join(pipeline)} · {summary['wall_s']:.0f}s")
+    heads = ("before RL", "after RL") if pipeline == ["pretrain", "rl"] else ("start", "end")
+    console.print(results_table(results_rows(summary), title, heads))
+    if pipeline != ["pretrain", "rl"] and summary.get("stages"):
+        console.print(stages_table(summary["stages"], summary["k"]))
     console.print(f"summary: {Path(run_dir) / 'summary.json'}", highlight=False)
+
+
+def stages_table(stages: list[dict], k: int) -> Table:
+    """Each stage's held-out result after it ran, and what it did."""
+    table = Table(title="held-out results after each stage")
+    for head in ("stage", "pass@1", f"pass@{k}", "greedy", "tokens", "what it did"):
+        table.add_column(head, justify="left" if head in ("stage", "what it did") else "right")
+    for stage in stages:
+        ev = stage.get("eval") or {}
+        table.add_row(stage["stage"], _pct(ev.get("pass1")) if ev else "—",
+                      _pct(ev.get(f"pass@{k}")) if ev else "—",
+                      _pct(ev.get("greedy")) if ev else "—",
+                      f"{ev['mean_len']:.1f}" if ev else "—", _did(stage))
+    return table
+
+
+def _did(stage: dict) -> str:
+    """A few words on a stage's own result."""
+    res, kind = stage.get("result") or {}, stage.get("kind")
+    if kind == "eval":
+        return "the starting model"
+    if kind == "rejection":
+        return (f"kept {res.get('kept', 0)} verified of {res.get('samples', 0)} samples "
+                f"({_pct(res.get('verified_rate'))} verified)")
+    if kind == "sft":
+        return f"{res.get('steps', 0)} steps on {res.get('examples', 0)} examples"
+    if kind == "distill":
+        before = (res.get("student_before") or {}).get("pass1")
+        return (f"student ({res.get('student_params', 0):,} params) from pass@1 "
+                f"{_pct(before)}; {res.get('traces', 0)} teacher traces")
+    if kind == "rl":
+        return f"{res.get('steps', 0)} steps of {res.get('algorithm', 'rl')}"
+    return f"{res.get('steps', 0)} steps"
 
 
 def _pass_keys(metrics: dict) -> list[str]:
