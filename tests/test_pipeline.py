@@ -175,3 +175,12 @@ def test_interrupted_pipeline_resumes_to_the_same_result(tmp_path, monkeypatch, 
     cut = tmp_path / "cut"
     execute(cut, run_module.load_run_config(cut), Display(quiet=True))
     assert _fingerprint(cut) == uninterrupted
+
+
+def test_a_hub_id_is_a_model_path_only_where_the_hub_may_be_used(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE=0"):
+        load_config(None, ["model.path=SomeOrg/some-model"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    cfg = load_config(None, ["model.path=SomeOrg/some-model"])
+    assert cfg.model.path == "SomeOrg/some-model"  # kept as an id, never made a local path

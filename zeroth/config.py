@@ -386,6 +386,16 @@ def _model_dir(v: str | None) -> Path | None:
     return None if v is None else Path(v).expanduser()
 
 
+def hub_id(v: str | None) -> bool:
+    """A hub id (org/name) with no such local folder, where the hub may be used
+    (HF_HUB_OFFLINE=0); zeroth's CLI is offline unless told otherwise."""
+    import re
+
+    return (v is not None and not _model_dir(v).exists()
+            and os.environ.get("HF_HUB_OFFLINE") != "1"
+            and re.fullmatch(r"[\w.-]+/[\w.-]+", v) is not None)
+
+
 _RULES: list[tuple] = [
     ("run.seed", *_ge(0)),
     ("run.threads", *_ge(1)),
@@ -410,12 +420,13 @@ _RULES: list[tuple] = [
     ),
     (
         "model.path",
-        lambda v, c: v is None or _model_dir(v).is_dir(),
-        "model.path {v} does not exist — give a local Hugging Face model folder",
+        lambda v, c: v is None or _model_dir(v).is_dir() or hub_id(v),
+        ("model.path {v} does not exist — give a local Hugging Face model folder (a hub id "
+         "is used only with HF_HUB_OFFLINE=0)"),
     ),
     (
         "model.path",
-        lambda v, c: v is None or (_model_dir(v) / "config.json").is_file(),
+        lambda v, c: v is None or (_model_dir(v) / "config.json").is_file() or hub_id(v),
         "model.path {v} has no config.json — give a local Hugging Face model folder",
     ),
     ("model.arch", *_one_of("qwen2", "llama")),

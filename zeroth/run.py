@@ -44,6 +44,7 @@ from zeroth.config import (
     Config,
     config_from_dict,
     dump_config,
+    hub_id,
     pipeline,
     stage_config,
     validate,
@@ -84,9 +85,9 @@ def preflight(cfg: Config) -> str:
     teacher = cfg.distill.teacher
     if teacher and pipeline(cfg)[0][1] == "distill" and not cfg.model.path:
         cfg.model.path = str(model_folder(teacher))  # the pipeline starts from the teacher
-    if cfg.model.path:
+    if cfg.model.path and not hub_id(cfg.model.path):
         check_model_dir(cfg.model.path)
-    elif task.demonstration is None:
+    elif not cfg.model.path and task.demonstration is None:
         raise UserError(f"task '{task.name}' has no demonstrations to build a tokenizer and "
                         "pre-train from scratch — set model.path to a local model folder")
     stages = pipeline(cfg)
@@ -123,7 +124,7 @@ def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
              ("distill", "teacher"))
     for section, key in paths:  # resume works from anywhere
         value = getattr(getattr(cfg, section), key)
-        if value:
+        if value and not hub_id(value):
             setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
     if cfg.sft.data not in SFT_SOURCES:
         cfg.sft.data = str(Path(cfg.sft.data).expanduser().resolve())
