@@ -209,11 +209,18 @@ class Runner:
             self.state = {"index": 0, "step": 0, "wall_s": 0.0, "results": {}, "evals": {},
                           "data": {}, "started": False}
         else:
-            model, self.tokenizer = load_model(model_dir(self.ckpt), dtype=cfg.model.dtype)
-            self.model = prepare_model(model, cfg.model, self.device)
-            self.state = load_checkpoint(self.ckpt)
+            self.state = load_checkpoint(self.ckpt, restore_rng=False)  # the model's section
+            model, self.tokenizer = load_model(model_dir(self.ckpt), dtype=self.model_cfg.dtype)
+            self.model = prepare_model(model, self.model_cfg, self.device)
+            load_checkpoint(self.ckpt)  # the random states last, as they were at the save
             display.print(f"resuming {self.dir} from {self.ckpt.name}")
         self.wall0 = self.state["wall_s"]
+
+    @property
+    def model_cfg(self):
+        """The settings of the current model: `model`, or `student` once a distill stage has
+        made the student the pipeline's model."""
+        return getattr(self.base_cfg, self.state.get("model_section", "model"))
 
     def enter(self, index: int) -> None:
         """Make pipeline stage `index` the current one."""
@@ -320,7 +327,7 @@ def rl_stage(r: Runner) -> dict:
         if not (r.dir / "reference" / "config.json").is_file():
             raise UserError(f"{r.dir / 'reference'} is missing — the run's reference policy "
                             "is gone; start a new run")
-        ref, _ = load_model(r.dir / "reference", dtype=r.cfg.model.dtype)
+        ref, _ = load_model(r.dir / "reference", dtype=r.model_cfg.dtype)
         ref.to(r.device).eval().requires_grad_(False)
 
     with r.display.stage(r.stage_id, total=rl.steps, done=start) as update:

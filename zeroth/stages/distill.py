@@ -179,6 +179,7 @@ def start(r):
     elif folder is not None:
         folder = folder.resolve()
     r.model, r.tokenizer = student, s_tok
+    r.state["model_section"] = "student"  # a resume loads the student with its own settings
     before = r.evaluate(f"eval_{sid}_before")
     r.state[sid] = {"teacher": label, "teacher_dir": None if folder is None else str(folder),
                     "data": data, "traces": len(kept), "verified_rate": stats["verified_rate"],
