@@ -58,8 +58,9 @@ def resumed(run_dir, cfg, task, stage_id):
     """A runner continuing run_dir from its latest checkpoint, as the pipeline would."""
     ckpt = latest_checkpoint(run_dir)
     model, tokenizer = load_model(model_dir(ckpt))
+    state = load_checkpoint(ckpt)  # as Runner.enter: a step-0 checkpoint is a fresh start
     return FakeRunner(run_dir, cfg, task, model, tokenizer, stage_id,
-                      state=load_checkpoint(ckpt), resume_ckpt=ckpt)
+                      state=state, resume_ckpt=ckpt if state["step"] > 0 else None)
 
 
 def _coin(completions, **_):  # a deterministic "verifier" that passes about half of any text
@@ -315,3 +316,24 @@ def test_distill_lowers_the_students_loss_on_the_traces(tmp_path, cfg, coin_task
     start, _ = load_model(model_dir(tmp_path / "checkpoints" / "distill-000000"))
     assert _mean_loss(r.model, examples) < _mean_loss(start, examples) - 0.5
     assert stop_ids(r.model, r.tokenizer)  # the student generates with the teacher's tokenizer
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_a_chatml_turn_ends_with_its_own_token_not_eos(tiny_model):
+    """Qwen2.5 base models: ChatML template, eos <|endoftext|>. Generation must stop at
+    <|im_end|> and SFT must teach it, or a tuned model never ends its turn."""
+    from zeroth.models import end_of_turn
+    from zeroth.rollout import stop_ids
+    from zeroth.stages.sft import encode_pair
+
+    model, tok = tiny_model
+    assert end_of_turn(tok) == tok.eos_token  # zeroth's own template closes with eos
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHATML
+    assert end_of_turn(tok) == "<|im_end|>"
+    ids, labels = encode_pair(tok, "1+1", "2")
+    assert tok.decode([i for i, lab in zip(ids, labels) if lab != -100]) == "2<|im_end|>"
+    assert tok.convert_tokens_to_ids("<|im_end|>") in stop_ids(model, tok)

@@ -82,6 +82,7 @@ class SFTConfig:
 
     data: str = "reasoned"  # reasoned | demos (the task's demonstrations) | rejection | FILE
     n: int = 2000  # demonstrations drawn when data is reasoned or demos
+    max_len: int = 2048  # examples longer than this (or the model's context) are dropped, counted
     steps: int = 200
     batch_size: int = 16
     lr: float = 1e-4
@@ -468,6 +469,7 @@ _RULES: list[tuple] = [
         "student.path {v} has no config.json — give a local Hugging Face model folder",
     ),
     ("sft.n", *_ge(1)),
+    ("sft.max_len", *_ge(8)),
     ("sft.steps", *_ge(0)),
     ("sft.batch_size", *_ge(1)),
     ("sft.lr", *_gt(0)),

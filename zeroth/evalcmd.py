@@ -17,7 +17,6 @@ same network with other rounding).
 from __future__ import annotations
 
 import argparse
-import inspect
 import re
 import time
 from dataclasses import replace
@@ -104,18 +103,12 @@ def output_path(out: str | None, folder: Path, run_dir: Path | None, task: str,
 
 
 def load_for_eval(folder: Path, cfg):
-    """(model, tokenizer) in eval mode on run.device; the chat template choice (model.template)
-    passes on where this version of load_model takes one."""
+    """(model, tokenizer) in eval mode on run.device, in the dtype it was saved in, with the
+    chat template model.template asks for."""
     from zeroth import models
 
-    device = models.pick_device(cfg.run.device) if hasattr(models, "pick_device") else None
-    if "template" in inspect.signature(models.load_model).parameters:
-        model, tokenizer = models.load_model(folder, template=cfg.model.template)
-    else:
-        model, tokenizer = models.load_model(folder)
-    if device is not None:
-        model = model.to(device)
-    return model.eval(), tokenizer
+    model, tokenizer = models.load_model(folder, dtype="auto", template=cfg.model.template)
+    return model.to(models.pick_device(cfg.run.device)).eval(), tokenizer
 
 
 def cmd_eval(ns) -> int:

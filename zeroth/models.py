@@ -392,6 +392,35 @@ def _layer_training(module, args) -> None:
     module.training = True
 
 
+def end_of_turn(tokenizer) -> str:
+    """The token that closes an assistant turn in the chat template (ChatML's <|im_end|>, which
+    a base model's eos is not), or eos when the template closes turns with it or not at all.
+    Generation stops at it and SFT learns to write it."""
+    key = (id(tokenizer), tokenizer.chat_template, tokenizer.eos_token)
+    if key not in _TURN_ENDS:
+        _TURN_ENDS[key] = _find_end_of_turn(tokenizer)
+    return _TURN_ENDS[key]
+
+
+_TURN_ENDS: dict[tuple, str] = {}
+
+
+def _find_end_of_turn(tokenizer) -> str:
+    mark = "\x00zeroth-mark\x00"
+    turns = [{"role": "user", "content": "1"}, {"role": "assistant", "content": mark}]
+    try:
+        text = tokenizer.apply_chat_template(turns, tokenize=False)
+    except Exception:  # noqa: BLE001 — a template that cannot render this falls back to eos
+        return tokenizer.eos_token
+    after = text.split(mark, 1)[1] if mark in text else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    if ids and ids[0] in special:
+        return tokenizer.convert_ids_to_tokens(ids[0])
+    return tokenizer.eos_token
+
+
 def prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
     """Token ids of each user prompt rendered with the chat template, ready for the assistant."""
     return [

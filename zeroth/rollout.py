@@ -16,6 +16,7 @@ import inspect
 import torch
 from transformers import DynamicCache
 
+from zeroth.models import end_of_turn
 from zeroth.seeding import stable_hash
 
 
@@ -88,8 +89,9 @@ def _generate_batch(model, prompts, *, max_new_tokens, temperature, generator, e
 
 
 def stop_ids(model, tokenizer) -> set[int]:
-    """Token ids that end a completion: the tokenizer's eos and the generation config's."""
-    ids = {tokenizer.eos_token_id}
+    """Token ids that end a completion: the tokenizer's eos, the generation config's and the
+    chat template's end of turn."""
+    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer))}
     extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
     return {i for i in ids if i is not None}

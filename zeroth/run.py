@@ -82,9 +82,11 @@ def preflight(cfg: Config) -> str:
         task.train_rows(Random(0), 1)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    teacher = cfg.distill.teacher
+    teacher = stage_config(cfg, 0).distill.teacher
     if teacher and pipeline(cfg)[0][1] == "distill" and not cfg.model.path:
-        cfg.model.path = str(model_folder(teacher))  # the pipeline starts from the teacher
+        from zeroth.stages.distill import teacher_folder
+
+        cfg.model.path = str(teacher_folder(teacher)[0])  # the pipeline starts from the teacher
     if cfg.model.path and not hub_id(cfg.model.path):
         check_model_dir(cfg.model.path)
     elif not cfg.model.path and task.demonstration is None:
@@ -110,14 +112,6 @@ def preflight(cfg: Config) -> str:
 SFT_SOURCES = ("reasoned", "demos", "rejection")  # sft.data values that are not files
 
 
-def model_folder(path: str | Path) -> Path:
-    """A model folder, given one or a finished run directory (its final/ model)."""
-    path = Path(path).expanduser()
-    if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():
-        return path / "final"
-    return path
-
-
 def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
     """Make runs/<name>/ and save the resolved config; never clobber an existing run unasked."""
     paths = (("model", "path"), ("task", "path"), ("task", "eval_path"), ("student", "path"),
@@ -129,12 +123,17 @@ def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
     if cfg.sft.data not in SFT_SOURCES:
         cfg.sft.data = str(Path(cfg.sft.data).expanduser().resolve())
     for entry in cfg.run.pipeline:
-        for kind, key in (("sft", "data"), ("distill", "teacher"), ("student", "path")):
+        for kind, key in (("sft", "data"), ("distill", "teacher")):
             body = entry.get(kind) if isinstance(entry, dict) else None
             value = body.get(key) if isinstance(body, dict) else None
             if isinstance(value, str) and value not in SFT_SOURCES:
                 body[key] = str(Path(value).expanduser().resolve())
     cfg.rl.reward_weights = {absolute_reference(k): w for k, w in cfg.rl.reward_weights.items()}
+    for entry in cfg.run.pipeline:  # a stage's own weights may name user reward files too
+        body = entry.get("rl") if isinstance(entry, dict) else None
+        if isinstance(body, dict) and isinstance(body.get("reward_weights"), dict):
+            body["reward_weights"] = {absolute_reference(k): w
+                                      for k, w in body["reward_weights"].items()}
     name = cfg.run.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(cfg.run.out_dir) / name
     if path.exists() and any(path.iterdir()):
@@ -282,20 +281,21 @@ def pretrain_stage(r: Runner) -> dict:
         load_checkpoint(r.resume_ckpt, optimizer=optimizer)
     r.ledger.truncate_after(r.stage_id, start)
     r.model.train()
-    loss = None
+    progress = r.state.setdefault(r.stage_id, {})  # saved with each checkpoint
     with r.display.stage(r.stage_id, total=p.steps, done=start) as update:
         for step in range(start, p.steps):
             ids, labels = pt.batch_at(seqs, step, p.batch_size, cfg.run.seed,
                                       r.tokenizer.pad_token_id)
             lr = p.lr * pt.lr_at(step, p.steps, p.warmup)
             loss = pt.train_step(r.model, optimizer, ids.to(r.device), labels.to(r.device), lr)
+            progress["loss"] = loss
             if (step + 1) % 10 == 0 or step + 1 == p.steps:
                 r.ledger.log_metrics(r.stage_id, step + 1, {"loss": loss, "lr": lr})
             update(step + 1, loss=loss)
             if (step + 1) % p.checkpoint_every == 0 or step + 1 == p.steps:
                 r.save(step + 1, optimizer)
     r.model.eval()
-    return {**stats, "steps": p.steps, "final_loss": loss}
+    return {**stats, "steps": p.steps, "final_loss": progress.get("loss")}
 
 
 def save_reference(model, tokenizer, target: Path) -> None:

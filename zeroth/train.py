@@ -24,7 +24,9 @@ teaches nothing, so it is set aside and fresh prompts are sampled until `prompts
 informative groups are found. Where DAPO samples until the batch is full, a step here stops
 after `max_sample_rounds` rounds and trains on what it found (no optimiser step if nothing). Every
 sampled completion is in the ledger; one not trained on has advantage 0 and `extra.dropped`
-("flat", or "surplus" for an informative group beyond the P kept).
+("flat", or "surplus" for an informative group beyond the P kept). DAPO filters on accuracy
+(0 < solved < G); here a group is flat when its total rewards are all equal, so a group that
+differs only in format or length terms still counts as informative (its advantages are not 0).
 """
 
 from __future__ import annotations

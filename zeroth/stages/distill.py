@@ -28,20 +28,25 @@ import torch.nn.functional as F
 
 from zeroth.checkpoint import fsync_path, fsync_tree, latest_checkpoint, model_dir
 from zeroth.errors import UserError
-from zeroth.models import build_model, load_model, n_params, prepare_model
+from zeroth.models import build_model, load_model, n_params, prepare_model, save_model
 from zeroth.rollout import hash_seed
 from zeroth.stages import pretrain as pt
 from zeroth.stages.rejection import sample_verified, write_jsonl
 from zeroth.stages.sft import fit, prepare, read_jsonl
 
 
-def token_kl(teacher_logits, student_logits, mask) -> torch.Tensor:
+def token_kl(teacher_logits, student_logits, mask, chunk: int = 1024) -> torch.Tensor:
     """Mean over the tokens where `mask` of KL(teacher || student) over the shared vocabulary.
-    teacher_logits, student_logits: (B, T, V*); mask: (B, T) bool."""
+    teacher_logits, student_logits: (B, T, V*); mask: (B, T) bool. Computed `chunk` tokens at a
+    time, so a 150k vocabulary never needs float32 (N, V) copies of every token at once."""
     v = min(teacher_logits.shape[-1], student_logits.shape[-1])
-    t = F.log_softmax(teacher_logits[mask][:, :v].float(), dim=-1)  # (N, V)
-    s = F.log_softmax(student_logits[mask][:, :v].float(), dim=-1)  # (N, V)
-    return (t.exp() * (t - s)).sum(-1).mean()
+    teacher_rows, student_rows = teacher_logits[mask][:, :v], student_logits[mask][:, :v]
+    total = student_rows.new_zeros((), dtype=torch.float32)
+    for i in range(0, teacher_rows.shape[0], chunk):
+        t = F.log_softmax(teacher_rows[i:i + chunk].float(), dim=-1)  # (n, V)
+        s = F.log_softmax(student_rows[i:i + chunk].float(), dim=-1)  # (n, V)
+        total = total + F.kl_div(s, t, log_target=True, reduction="sum")
+    return total / max(teacher_rows.shape[0], 1)
 
 
 def distill_loss(student, teacher, ids, labels, alpha: float):
@@ -91,8 +96,7 @@ def persist(model, tokenizer, target: Path) -> None:
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    save_model(model, tokenizer, tmp)  # self-contained, LoRA included
     fsync_tree(tmp)
     if target.exists():
         shutil.rmtree(target)
@@ -106,7 +110,7 @@ def load_teacher(r):
     if spec is None:
         return r.model, r.tokenizer, "pipeline model", None, True
     folder, changes = teacher_folder(spec)
-    model, tokenizer = load_model(folder)
+    model, tokenizer = load_model(folder, dtype="auto")  # the dtype it was saved in
     return model.to(r.device), tokenizer, str(spec), folder, changes
 
 
@@ -115,7 +119,7 @@ def build_student(r, teacher_tok):
     optional pre-training on demonstrations."""
     s, seed = r.cfg.student, r.cfg.run.seed
     if s.path:
-        model, tokenizer = load_model(s.path)
+        model, tokenizer = load_model(s.path, dtype=s.dtype, template=s.template)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash_seed(f"{seed}-{r.stage_id}-student"))
@@ -192,12 +196,13 @@ def start(r):
 def run(r) -> dict:
     """The distillation stage; leaves the student as r.model / r.tokenizer."""
     d, sid = r.cfg.distill, r.stage_id
-    resuming = r.resume_ckpt is not None and "student_before" in r.state.get(sid, {})
+    resuming = "student_before" in r.state.get(sid, {})  # the student exists: never rebuild
     teacher = None if resuming else start(r)
     info = r.state[sid]
     if info["logits"] and teacher is None:
         folder = Path(info["teacher_dir"])
-        teacher, _ = load_model(folder if folder.is_absolute() else Path(r.dir) / folder)
+        teacher, _ = load_model(folder if folder.is_absolute() else Path(r.dir) / folder,
+                                dtype="auto")
         teacher.to(r.device)
     if teacher is not None:
         teacher.eval().requires_grad_(False)

@@ -11,6 +11,8 @@ from random import Random
 
 import torch
 
+from zeroth.models import end_of_turn
+
 
 def demonstrations(task, n: int, seed: int) -> list[tuple[str, str, bool]]:
     """(prompt, completion, is_correct) for n demonstrations: the same for the same seed."""
@@ -36,7 +38,7 @@ def render(tokenizer, prompt: str, completion: str) -> str:
     """The full training text: chat-formatted prompt, the completion, end-of-sequence."""
     head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                          add_generation_prompt=True, tokenize=False)
-    return head + completion + tokenizer.eos_token
+    return head + completion + end_of_turn(tokenizer)
 
 
 def lr_at(step: int, total: int, warmup: int) -> float:

@@ -22,6 +22,7 @@ import torch
 
 from zeroth.checkpoint import load_checkpoint
 from zeroth.errors import UserError
+from zeroth.models import end_of_turn
 from zeroth.stages import pretrain as pt
 
 ROLES = ("system", "user", "assistant")
@@ -36,7 +37,7 @@ def render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
 def encode_chat(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     """(ids, labels) of a conversation: labels are the ids of each assistant turn's content and
     the end token after it, -100 everywhere else. Turns after the last assistant one are cut."""
-    eos = tokenizer.eos_token
+    eos = end_of_turn(tokenizer)  # what closes a turn: eos, or e.g. ChatML's <|im_end|>
     ids: list[int] = []
     labels: list[int] = []
     done = ""  # the template text already emitted
@@ -224,13 +225,14 @@ def run(r) -> dict:
                         "to learn, the model is unchanged (raise rejection.prompts/samples)")
         return {"examples": 0, "dropped_long": 0, "final_loss": None, "steps": 0,
                 "answer_tokens": 0, "skipped": "no verified samples"}
-    examples, dropped = prepare(r.tokenizer, convs, r.model.config.max_position_embeddings)
+    limit = min(cfg.max_len, r.model.config.max_position_embeddings)
+    examples, dropped = prepare(r.tokenizer, convs, limit)
     if not examples:
-        raise UserError(f"no SFT example fits the model's context of "
-                        f"{r.model.config.max_position_embeddings} tokens ({len(convs)} given)")
+        raise UserError(f"no SFT example fits in {limit} tokens (sft.max_len or the model's "
+                        f"context; {len(convs)} given) — raise sft.max_len or shorten the data")
     if dropped:
         r.display.print(f"{r.stage_id}: dropped {dropped} of {len(convs)} examples longer than "
-                        "the model's context")
+                        f"{limit} tokens")
     loss = fit(r, examples, cfg, lambda ids, labels: answer_loss(r.model, ids, labels))
     return {"examples": len(examples), "dropped_long": dropped, "final_loss": loss,
             "steps": cfg.steps,
