@@ -184,3 +184,14 @@ def test_a_hub_id_is_a_model_path_only_where_the_hub_may_be_used(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     cfg = load_config(None, ["model.path=SomeOrg/some-model"])
     assert cfg.model.path == "SomeOrg/some-model"  # kept as an id, never made a local path
+
+
+def test_memory_estimate_counts_a_distill_stage():
+    from zeroth.memory import estimate
+
+    assert estimate(load_config(None))["distill"] == 0
+    small = estimate(load_config("distill"))
+    big = estimate(load_config("distill", ["student.hidden_size=512", "student.num_layers=8",
+                                           "student.intermediate_size=2048"]))
+    assert 0 < small["distill"] < big["distill"]
+    assert big["total"] == big["distill"] > small["total"]  # the big student is the peak

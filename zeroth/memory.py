@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,7 +38,8 @@ from zeroth.models import TAGS, as_dtype, hf_config, lora_config, pick_device
 
 PROMPT_TOKENS = 128  # a prompt's length in tokens when the caller does not know it
 PARTS = [("weights", "weights"), ("grads", "grads"), ("optimizer", "AdamW"),
-         ("reference", "reference"), ("activations", "activations"), ("kv_cache", "KV cache")]
+         ("reference", "reference"), ("activations", "activations"), ("kv_cache", "KV cache"),
+         ("distill", "distill stage")]
 
 
 def model_shape(model_cfg) -> dict:
@@ -154,7 +156,28 @@ def estimate(cfg: Config, model_cfg=None, prompt_tokens: int | None = None) -> d
            "reference": weights if uses_ref else 0, "activations": acts, "kv_cache": kv}
     out["total"] = (sum(out[k] for k in ("weights", "grads", "optimizer", "reference"))
                     + max(acts, kv))
+    out["distill"] = 0
+    if model_cfg is None:  # the policy; a distill stage holds its teacher and a student instead
+        out["distill"] = max((_distill_bytes(cfg, i, weights, prompt_tokens)
+                              for i, (_, kind, _) in enumerate(pipeline(cfg))
+                              if kind == "distill"), default=0)
+        out["total"] = max(out["total"], out["distill"])
     return out
+
+
+def _distill_bytes(cfg: Config, index: int, teacher_weights: int, prompt_tokens: int) -> int:
+    """A distill stage's peak: the teacher's weights (the pipeline's model), the student with
+    its gradients, AdamW and activations, and the teacher's logits of a batch."""
+    s = stage_config(cfg, index)
+    d, student = s.distill, s.student
+    tokens = prompt_tokens + d.max_new_tokens
+    if not student.path:
+        tokens = min(tokens, student.max_len)
+    est = estimate(replace(s, run=replace(s.run, pipeline=[{"sft": {"batch_size": d.batch_size}}]),
+                           rl=replace(s.rl, max_new_tokens=d.max_new_tokens)),
+                   model_cfg=student, prompt_tokens=prompt_tokens)
+    vocab = model_shape(cfg.model)["vocab"]
+    return est["total"] - est["reference"] + teacher_weights + d.batch_size * tokens * vocab * 4
 
 
 def available(device: str | torch.device = "cpu") -> int | None:
