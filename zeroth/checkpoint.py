@@ -144,6 +144,29 @@ def _save_model(model: Any, tokenizer: Any, target: Path) -> None:
     save_model(model, tokenizer, target)
 
 
+def save_folder(model: Any, tokenizer: Any, target: str | Path) -> Path:
+    """A model folder (the reference policy, a teacher, final/) written atomically and
+    durably: saved into a temp folder beside `target`, fsynced, renamed into place; a folder
+    already there is moved aside first and deleted only once the new one is in."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        _save_model(model, tokenizer, tmp)
+        fsync_tree(tmp)
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        fsync_path(target.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def _write_latest(root: Path, tag: str) -> None:
     """Point LATEST at `tag` atomically and durably."""
     tmp = root / f"{_LATEST_TMP}{os.getpid()}"

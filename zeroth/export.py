@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from zeroth.checkpoint import fsync_path, fsync_tree, latest_checkpoint, model_dir
+from zeroth.checkpoint import latest_checkpoint, model_dir, save_folder
 from zeroth.errors import UserError
 from zeroth.models import is_lora, load_model, save_model
 
@@ -80,26 +80,8 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def _write_plain(model, tokenizer, out: Path) -> None:
-    """Merge LoRA, save into a temp folder beside `out`, rename it into place (replacing)."""
-    if is_lora(model):
-        model = model.merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        save_model(model, tokenizer, tmp)
-        fsync_tree(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        fsync_path(out.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Merge LoRA, then write `out` atomically (replacing)."""
+    save_folder(model.merge_and_unload() if is_lora(model) else model, tokenizer, out)
 
 
 @torch.no_grad()

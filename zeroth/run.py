@@ -33,12 +33,11 @@ import yaml
 
 from zeroth import export, memory
 from zeroth.checkpoint import (
-    fsync_path,
-    fsync_tree,
     latest_checkpoint,
     load_checkpoint,
     model_dir,
     save_checkpoint,
+    save_folder,
 )
 from zeroth.config import (
     Config,
@@ -60,7 +59,6 @@ from zeroth.models import (
     n_params,
     pick_device,
     prepare_model,
-    save_model,
     train_tokenizer,
 )
 from zeroth.rewards.resolve import absolute_reference
@@ -298,19 +296,6 @@ def pretrain_stage(r: Runner) -> dict:
     return {**stats, "steps": p.steps, "final_loss": progress.get("loss")}
 
 
-def save_reference(model, tokenizer, target: Path) -> None:
-    """The frozen reference policy for the KL term, written atomically and durably."""
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    save_model(model, tokenizer, tmp)
-    fsync_tree(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    fsync_path(target.parent)
-
-
 def rl_stage(r: Runner) -> dict:
     """GRPO-family RL from the current policy; with beta > 0 the policy at the stage's start is
     the frozen reference (saved to reference/ when the stage starts)."""
@@ -343,7 +328,7 @@ def rl_stage(r: Runner) -> dict:
 def start_stage(r: Runner, kind: str) -> None:
     """Work done once when a stage starts fresh, before its first checkpoint."""
     if kind == "rl" and r.cfg.rl.beta > 0:
-        save_reference(r.model, r.tokenizer, r.dir / "reference")
+        save_folder(r.model, r.tokenizer, r.dir / "reference")  # the frozen reference
 
 
 def rejection_stage(r: Runner) -> dict:
@@ -436,8 +421,7 @@ def _headline(metrics: dict | None) -> dict | None:
 
 def save_final(r: Runner) -> None:
     """The pipeline's final model as a plain Hugging Face folder (LoRA merged): final/."""
-    export.save_final(r.model, r.tokenizer, r.dir / "final")
-    fsync_tree(r.dir / "final")
+    export.save_final(r.model, r.tokenizer, r.dir / "final")  # atomic and fsynced
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -18,17 +18,15 @@ rest of the stage needs in state[<stage id>]; training then checkpoints like SFT
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from random import Random
 
 import torch
 import torch.nn.functional as F
 
-from zeroth.checkpoint import fsync_path, fsync_tree, latest_checkpoint, model_dir
+from zeroth.checkpoint import latest_checkpoint, model_dir, save_folder
 from zeroth.errors import UserError
-from zeroth.models import build_model, load_model, n_params, prepare_model, save_model
+from zeroth.models import build_model, load_model, n_params, prepare_model
 from zeroth.rollout import hash_seed
 from zeroth.stages import pretrain as pt
 from zeroth.stages.rejection import sample_verified, write_jsonl
@@ -89,19 +87,6 @@ def teacher_folder(spec: str) -> tuple[Path, bool]:
             return model_dir(ckpt), True
     raise UserError(f"distill.teacher '{spec}' is neither a model folder (config.json) nor a run "
                     "directory with a final/ model or checkpoints")
-
-
-def persist(model, tokenizer, target: Path) -> None:
-    """A copy of a model folder that a resume can load, written atomically and durably."""
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    save_model(model, tokenizer, tmp)  # self-contained, LoRA included
-    fsync_tree(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    fsync_path(target.parent)
 
 
 def load_teacher(r):
@@ -178,7 +163,7 @@ def start(r):
     student, s_tok = build_student(r, t_tok)
     logits = use_logits(d.logits, t_tok, s_tok)
     if logits and changes:
-        persist(teacher, t_tok, Path(r.dir) / "teacher")
+        save_folder(teacher, t_tok, Path(r.dir) / "teacher")  # a resume finds it
         folder = Path("teacher")  # inside the run directory
     elif folder is not None:
         folder = folder.resolve()
