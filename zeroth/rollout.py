@@ -16,6 +16,7 @@ import inspect
 import torch
 from transformers import DynamicCache
 
+from zeroth import fastlm
 from zeroth.models import end_of_turn
 from zeroth.seeding import stable_hash
 
@@ -43,14 +44,6 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of probs (B, V). A CPU generator driving a GPU model samples on the CPU
-    from the probabilities copied there, so the random stream is the generator's own."""
-    if generator is not None and generator.device != probs.device:
-        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-
-
 @torch.no_grad()
 def _generate_batch(model, prompts, *, max_new_tokens, temperature, generator, eos_ids, pad_id,
                     greedy):
@@ -67,12 +60,7 @@ def _generate_batch(model, prompts, *, max_new_tokens, temperature, generator, e
     tokens = []
     next_pos = positions[:, -1:] + 1  # (B, 1)
     for t in range(max_new_tokens):
-        logits = out.logits[:, -1, :].float()  # (B, V)
-        if greedy:
-            token = logits.argmax(-1)
-        else:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            token = _sample(probs, generator)  # (B,)
+        token = fastlm.sample(out.logits[:, -1, :], temperature, generator, greedy)  # (B,)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         tokens.append(token)
         ended = ~done & torch.isin(token, stops)
@@ -106,8 +94,9 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
     was_training = model.training
     model.eval()
     completions: list[list[int]] = []
+    batch = fastlm.generate if fastlm.supports(model) else _generate_batch
     for start in range(0, len(prompts), batch_size):
-        completions += _generate_batch(
+        completions += batch(
             model, prompts[start:start + batch_size], max_new_tokens=max_new_tokens,
             temperature=temperature, generator=generator, eos_ids=eos_ids, pad_id=pad_id,
             greedy=greedy)

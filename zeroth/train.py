@@ -37,6 +37,7 @@ from random import Random
 
 import torch
 
+from zeroth import fastlm
 from zeroth.algos import ADVANTAGES, ALGORITHMS, kl_k3, policy_loss, token_logprobs
 from zeroth.config import resolve_rl
 from zeroth.evaluate import decode
@@ -148,30 +149,41 @@ def advantages(batch: dict, rl) -> torch.Tensor:
     return adv.masked_fill(failed, 0.0)  # a verifier failure teaches nothing, it is no 0 score
 
 
+def _logprobs(model, prompts, completions, pad_id: int, temperature: float, fast: bool):
+    """(logp, mask) of the completion tokens of one minibatch: the lean path (each group's
+    prompt run once, log-probs on completion positions only; zeroth.fastlm) when the model
+    allows it, else transformers' forward over the packed sequences."""
+    if fast:
+        return fastlm.completion_logprobs(model, prompts, completions, pad_id, temperature)
+    ids, attn, mask = (t.to(_device(model)) for t in pack(prompts, completions, pad_id))
+    return logprobs(model, ids, attn, temperature), mask
+
+
 def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int) -> dict:
     """mu passes of clipped policy-gradient steps over minibatches; returns mean stats."""
-    device = _device(model)
-    ids, attn, mask = (t.to(device) for t in pack(batch["prompts"], batch["completions"], pad_id))
-    advantages = advantages.to(device)
-    n = ids.shape[0]
+    advantages = advantages.to(_device(model))
+    n = len(batch["completions"])
     chunks = [slice(i, i + rl.minibatch_size) for i in range(0, n, rl.minibatch_size)]
+    fast = fastlm.supports(model, grad=True) and (ref_model is None or fastlm.supports(ref_model))
+    parts = [(batch["prompts"][c], batch["completions"][c]) for c in chunks]
     on_policy = rl.mu == 1 and len(chunks) == 1
     totals: dict[str, float] = {}
     kl_ref = None
-    with torch.no_grad():
-        old = None if on_policy and ref_model is None else torch.cat(
-            [logprobs(model, ids[c], attn[c], rl.temperature) for c in chunks])  # (B, T-1)
-        ref = None if ref_model is None else torch.cat(
-            [logprobs(ref_model, ids[c], attn[c], rl.temperature) for c in chunks])
-        if ref is not None:  # KL(policy || ref) on the tokens just sampled from the policy
-            kl_ref = float((kl_k3(old, ref) * mask).sum() / mask.sum().clamp(min=1))
+    with torch.no_grad():  # old log-probs (not needed on-policy: ratio 1) and the reference's
+        old = None if on_policy else [
+            _logprobs(model, *part, pad_id, rl.temperature, fast) for part in parts]
+        ref = None if ref_model is None else [
+            _logprobs(ref_model, *part, pad_id, rl.temperature, fast)[0] for part in parts]
+        if ref is not None and old is not None:  # KL(policy || ref) on the tokens sampled
+            kl_sum = sum(float((kl_k3(o, r) * m).sum()) for (o, m), r in zip(old, ref))
+            kl_ref = kl_sum / max(1.0, sum(float(m.sum()) for _, m in old))
     for _ in range(rl.mu):
-        for c in chunks:
-            logp = logprobs(model, ids[c], attn[c], rl.temperature)  # (b, T-1)
+        for i, (c, part) in enumerate(zip(chunks, parts)):
+            logp, mask = _logprobs(model, *part, pad_id, rl.temperature, fast)
             loss, stats = policy_loss(
-                logp, logp.detach() if on_policy else old[c], advantages[c], mask[c],
+                logp, logp.detach() if on_policy else old[i][0], advantages[c], mask,
                 eps_low=rl.eps_low, eps_high=rl.eps_high, loss_agg=rl.loss_agg,
-                ref_logp=None if ref is None else ref[c], beta=rl.beta,
+                ref_logp=None if ref is None else ref[i], beta=rl.beta,
                 agg_constant=float(rl.max_new_tokens))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -181,9 +193,10 @@ def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int
             stats["loss"] = loss.item()
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value / (rl.mu * len(chunks))
-    totals.pop("kl", None)  # measured after updates, on older samples: biased
-    if kl_ref is not None:
-        totals["kl"] = kl_ref
+    if not on_policy or ref is None:  # after updates, on older samples: biased; or no reference
+        totals.pop("kl", None)
+        if kl_ref is not None:
+            totals["kl"] = kl_ref
     return totals
 
 

@@ -1,0 +1,351 @@
+"""A lean forward pass of Llama-family decoders (Qwen2, Llama) for rollouts and updates.
+
+The same weights and the same arithmetic as transformers' own forward (the layers' Linear and
+RMSNorm modules are called as they are; rotary embedding, attention and the MLP are the same
+formulas), organised around what RL does with a model:
+
+- **A group shares its prompt.** The G samples of a prompt are consecutive rows with identical
+  prompt ids. The prompt runs through the model once per group, in generation (prefill), in the
+  reference pass and in the update alike; its keys and values are shared by the G completions,
+  and in the update the gradients of all G completions flow back into that one prompt pass.
+  Exactly the same loss and gradient as running the G copies; fewer FLOPs.
+- **Decoding is one forward per token and nothing else:** keys and values go into a cache
+  allocated once, positions and masks are updated in place, and rows that have finished leave
+  the batch (their cache rows are dropped), so no FLOP is spent after a row's last token.
+- **Log-probs only where they are used:** the output projection runs on the positions that
+  predict completion tokens, never on the prompt.
+
+Anything else (other architectures, peft/LoRA models, sliding windows, gradient checkpointing)
+takes transformers' generic path (`supports(model)` says which); both paths give the same
+numbers up to float rounding (tests/test_fastlm.py compares them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SUPPORTED = ("qwen2", "llama")
+
+
+def supports(model, grad: bool = False) -> bool:
+    """The lean path applies: a plain transformers Qwen2/Llama causal LM, full attention, SiLU
+    MLP, no peft wrapper; and for a pass with grad, no gradient checkpointing (that pass then
+    takes transformers' path, which recomputes activations)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
+        return False
+    if hasattr(model, "peft_config") or hasattr(model, "get_base_model"):
+        return False
+    if grad and getattr(model, "is_activation_checkpointing", False):
+        return False
+    if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "hidden_act", "silu") != "silu":
+        return False
+    if getattr(cfg, "attention_dropout", 0.0) and model.training:
+        return False
+    body = getattr(model, "model", None)
+    return body is not None and hasattr(body, "layers") and hasattr(body, "rotary_emb")
+
+
+def share_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """(distinct prompts, owner of each row): consecutive identical prompts (a group) share one."""
+    distinct, owner = [], []
+    for p in prompts:
+        if not distinct or distinct[-1] != p:
+            distinct.append(p)
+        owner.append(len(distinct) - 1)
+    return distinct, owner
+
+
+def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """ids (N, L) and a bool mask of real tokens (N, L), padded on the left."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    real = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        real[i, width - len(s):] = True
+    return ids, real
+
+
+def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """ids (N, L) and a bool mask of real tokens (N, L), padded on the right (L >= 1)."""
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    real = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        real[i, : len(s)] = True
+    return ids, real
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary position embedding of x (N, heads, T, d) with cos/sin (N, 1, T, d)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def _heads(model) -> tuple[int, int, int]:
+    cfg = model.config
+    heads, kv = cfg.num_attention_heads, getattr(cfg, "num_key_value_heads", None)
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return heads, kv or heads, dim
+
+
+def _qkv(attn, x: Tensor, cos: Tensor, sin: Tensor, heads: tuple[int, int, int]):
+    """Rotated queries (N, H, T, d), keys and values (N, KV, T, d) of x (N, T, hidden)."""
+    n, t, _ = x.shape
+    h, kv, d = heads
+    q = attn.q_proj(x).view(n, t, h, d).transpose(1, 2)
+    k = attn.k_proj(x).view(n, t, kv, d).transpose(1, 2)
+    v = attn.v_proj(x).view(n, t, kv, d).transpose(1, 2)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, attn) -> Tensor:
+    """softmax(q k^T * scale + mask) v, heads merged back: (N, T, H * d)."""
+    n, h, t, d = q.shape
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling,
+                                         enable_gqa=k.shape[1] != h)  # (N, H, T, d)
+    return out.transpose(1, 2).reshape(n, t, h * d)
+
+
+def _mlp(layer, x: Tensor) -> Tensor:
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def _rope(model, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    cos, sin = model.model.rotary_emb(x, positions)  # (N, T, d) each
+    return cos.unsqueeze(1), sin.unsqueeze(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts and completions in one pass: the reference pass and the update.
+# ---------------------------------------------------------------------------------------------
+
+
+def _prompt_mask(real: Tensor) -> Tensor:
+    """(P, 1, L, L) causal attention among a left-padded prompt's real tokens; a pad position
+    attends to itself only (its output is never read), so no row is all masked."""
+    width = real.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & real[:, None, :]  # (P, L, L)
+    allowed |= torch.eye(width, dtype=torch.bool)
+    return allowed[:, None]
+
+
+def _completion_mask(prompt_real: Tensor, owner: Tensor, width: int) -> Tensor:
+    """(B, 1, C, Lp + C): a completion token sees its prompt's real tokens and the completion
+    tokens up to itself (right padding sits after every real token, so causality hides it)."""
+    causal = torch.ones(width, width, dtype=torch.bool).tril()  # (C, C)
+    prompt = prompt_real[owner][:, None, :].expand(-1, width, -1)  # (B, C, Lp)
+    return torch.cat([prompt, causal.expand(len(owner), -1, -1)], dim=-1)[:, None]
+
+
+class _Packed:
+    """The completions' tokens packed into one (N, ...) batch for everything that works token
+    by token (projections, MLP, norms: no FLOP on padding), and the map to the padded (B, C)
+    grid that attention needs."""
+
+    def __init__(self, completions: list[list[int]], owner: list[int], prompt_len: Tensor):
+        device = prompt_len.device
+        lengths = [len(c) for c in completions]
+        self.rows, self.width = len(completions), max(1, max(lengths))
+        row = torch.tensor([i for i, n in enumerate(lengths) for _ in range(n)], device=device)
+        col = torch.tensor([j for n in lengths for j in range(n)], device=device)
+        self.ids = torch.tensor([t for c in completions for t in c], device=device)  # (N,)
+        self.grid = row * self.width + col  # (N,) index into the flattened (B, C) grid
+        self.positions = prompt_len[torch.tensor(owner, device=device)][row] + col  # (N,)
+        first = torch.tensor(owner, device=device)[row]  # token 0 is predicted by the prompt
+        offset = len(prompt_len) + torch.arange(len(row), device=device) - 1
+        self.source = torch.where(col == 0, first, offset)  # (N,) into cat(prompt ends, tokens)
+
+    def to_grid(self, x: Tensor) -> Tensor:
+        """(N, heads, d) -> (B, heads, C, d), zeros on padding."""
+        grid = x.new_zeros((self.rows * self.width, *x.shape[1:])).index_copy(0, self.grid, x)
+        return grid.view(self.rows, self.width, *x.shape[1:]).transpose(1, 2)
+
+    def from_grid(self, x: Tensor) -> Tensor:
+        """(B, C, ...) -> (N, ...): the real tokens' rows."""
+        return x.reshape(self.rows * self.width, *x.shape[2:]).index_select(0, self.grid)
+
+
+def completion_logprobs(model, prompts: list[list[int]], completions: list[list[int]],
+                        pad_id: int, temperature: float) -> tuple[Tensor, Tensor]:
+    """(logp (B, C), mask (B, C)): log-probs of each completion token under `model` at the
+    sampling temperature, with the group's prompt run once and the completion tokens packed;
+    with grad when grad is enabled. Every completion must have at least one token."""
+    from zeroth.algos import token_logprobs
+
+    device = next(model.parameters()).device
+    distinct, owner_list = share_prompts(prompts)
+    owner = torch.tensor(owner_list, device=device)
+    p_ids, p_real = (t.to(device) for t in _left_pad(distinct, pad_id))  # (P, Lp)
+    pack = _Packed(completions, owner_list, p_real.sum(-1))
+    h, kv, d = heads = _heads(model)
+    embed = model.get_input_embeddings()
+    xp, xc = embed(p_ids), embed(pack.ids)  # (P, Lp, hidden), (N, hidden)
+    rope_p = _rope(model, xp, (p_real.long().cumsum(-1) - 1).clamp(min=0))
+    cos, sin = model.model.rotary_emb(xc[None], pack.positions[None])  # (1, N, d)
+    rope_c = cos[0, :, None], sin[0, :, None]  # (N, 1, d)
+    mask_p = _prompt_mask(p_real.cpu()).to(device)
+    mask_c = _completion_mask(p_real.cpu(), owner.cpu(), pack.width).to(device)
+    n = len(pack.ids)
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        qp, kp, vp = _qkv(attn, layer.input_layernorm(xp), *rope_p, heads)
+        hc = layer.input_layernorm(xc)
+        qc = _rotate(attn.q_proj(hc).view(n, h, d), *rope_c)
+        kc = _rotate(attn.k_proj(hc).view(n, kv, d), *rope_c)
+        vc = attn.v_proj(hc).view(n, kv, d)
+        keys = torch.cat([kp[owner], pack.to_grid(kc)], dim=2)  # (B, KV, Lp + C, d)
+        values = torch.cat([vp[owner], pack.to_grid(vc)], dim=2)
+        xp = _mlp(layer, xp + attn.o_proj(_attend(qp, kp, vp, mask_p, attn)))
+        o = _attend(pack.to_grid(qc), keys, values, mask_c, attn)  # (B, C, H * d)
+        xc = _mlp(layer, xc + attn.o_proj(pack.from_grid(o)))
+    hidden = model.model.norm(torch.cat([xp[:, -1], xc]))  # (P + N, hidden)
+    logits = model.lm_head(hidden.index_select(0, pack.source))  # (N, V)
+    logp = token_logprobs(logits[None], pack.ids[None], temperature)[0]  # (N,)
+    grid = logp.new_zeros(pack.rows * pack.width).index_copy(0, pack.grid, logp)
+    real = torch.zeros(pack.rows * pack.width, device=device).index_fill(0, pack.grid, 1.0)
+    return grid.view(pack.rows, pack.width), real.view(pack.rows, pack.width)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation: prefill each distinct prompt once, then one forward per token.
+# ---------------------------------------------------------------------------------------------
+
+
+def _prefill(model, p_ids: Tensor, p_real: Tensor, heads) -> tuple[Tensor, list, list]:
+    """(last hidden (P, hidden), keys and values per layer (P, KV, Lp, d)) of the prompts."""
+    x = model.get_input_embeddings()(p_ids)
+    pos = (p_real.long().cumsum(-1) - 1).clamp(min=0)
+    rope = _rope(model, x, pos)
+    mask = _prompt_mask(p_real.cpu()).to(x.device)
+    keys, values = [], []
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        q, k, v = _qkv(attn, layer.input_layernorm(x), *rope, heads)
+        keys.append(k)
+        values.append(v)
+        x = _mlp(layer, x + attn.o_proj(_attend(q, k, v, mask, attn)))
+    return model.model.norm(x[:, -1]), keys, values
+
+
+def sample(logits: Tensor, temperature: float, generator, greedy: bool,
+           rows: Tensor | None = None, batch: int | None = None) -> Tensor:
+    """One token per row of logits (a, V): the argmax, or a sample by inverting the CDF of
+    softmax(logits / temperature) at a uniform draw. Each step draws `batch` uniforms (one per
+    row of the whole batch, a CPU generator on the CPU) and row i of logits uses draw rows[i],
+    so a row's samples do not depend on which other rows are still generating."""
+    if greedy:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    cdf = probs.cumsum(-1)  # (a, V)
+    where = cdf.device if generator is None else generator.device
+    u = torch.rand((batch or len(cdf), 1), generator=generator, device=where).to(cdf.device)
+    if rows is not None:
+        u = u[rows]
+    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+    return token.clamp(max=cdf.shape[-1] - 1)
+
+
+def _fused(layer) -> tuple:
+    """One weight (and bias) for q, k and v, and one for the MLP's gate and up projections: two
+    wide matmuls per layer and token instead of five narrow ones (decoding only, no grad)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+    qkv_bias = None if qkv[0].bias is None else torch.cat([m.bias for m in qkv])
+    gate_up = [mlp.gate_proj, mlp.up_proj]
+    gu_bias = None if gate_up[0].bias is None else torch.cat([m.bias for m in gate_up])
+    return (torch.cat([m.weight for m in qkv]), qkv_bias,
+            torch.cat([m.weight for m in gate_up]), gu_bias)
+
+
+def _norm(module, x: Tensor) -> Tensor:
+    """The layer's RMSNorm as one fused call (the same formula as transformers' module)."""
+    return F.rms_norm(x, (x.shape[-1],), module.weight, module.variance_epsilon)
+
+
+def _decode_layer(layer, fused, x: Tensor, rope, heads, keys: Tensor, values: Tensor, col: int,
+                  bias: Tensor) -> Tensor:
+    """One layer for one new token per row: x (a, hidden); writes the token's key and value at
+    column `col` of the layer's cache (a, KV, S, d) and attends over columns [0, col] with the
+    additive mask `bias` (a, 1, 1, col + 1). Few, fused operations: decoding pays per call."""
+    a = x.shape[0]
+    h, kv, d = heads
+    attn, mlp = layer.self_attn, layer.mlp
+    w_qkv, b_qkv, w_gu, b_gu = fused
+    qkv = F.linear(_norm(layer.input_layernorm, x), w_qkv, b_qkv).view(a, h + 2 * kv, 1, d)
+    qk = _rotate(qkv[:, : h + kv], *rope)  # queries and keys rotated together
+    keys[:, :, col] = qk[:, h:, 0]
+    values[:, :, col] = qkv[:, h + kv:, 0]
+    q = (qk[:, :h] * attn.scaling).view(a, kv, h // kv, d)  # query heads sharing a key head
+    scores = q @ keys[:, :, : col + 1].transpose(-1, -2)  # (a, KV, g, col + 1)
+    scores += bias
+    o = torch.softmax(scores, dim=-1) @ values[:, :, : col + 1]  # (a, KV, g, d)
+    x = x + attn.o_proj(o.view(a, h * d))
+    gate, up = F.linear(_norm(layer.post_attention_layernorm, x), w_gu, b_gu).chunk(2, dim=-1)
+    return x + mlp.down_proj(F.silu(gate) * up)
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
+             generator, eos_ids: set[int], pad_id: int, greedy: bool) -> list[list[int]]:
+    """Completion ids of each prompt (ending with the stop token when the row stopped)."""
+    device = next(model.parameters()).device
+    heads = _heads(model)
+    distinct, owner_list = share_prompts(prompts)
+    owner = torch.tensor(owner_list, device=device)
+    p_ids, p_real = (t.to(device) for t in _left_pad(distinct, pad_id))
+    last, keys, values = _prefill(model, p_ids, p_real, heads)
+    width, n = p_ids.shape[1], len(prompts)
+    cache_k, cache_v = [], []  # per layer (n, KV, width + max_new_tokens, d)
+    for k, v in zip(keys, values):
+        shape = (n, k.shape[1], width + max_new_tokens, k.shape[3])
+        cache_k.append(k.new_empty(shape))
+        cache_v.append(v.new_empty(shape))
+        cache_k[-1][:, :, :width], cache_v[-1][:, :, :width] = k[owner], v[owner]
+    bias = torch.full((n, 1, 1, width + max_new_tokens), float("-inf"), device=device,
+                      dtype=last.dtype)  # 0 on the keys each row may attend to
+    bias[:, 0, 0, :width].masked_fill_(p_real[owner], 0.0)
+    pos = p_real.sum(-1)[owner]  # (n,) position of the next token
+    table = _rope(model, last[:1, None], torch.arange(width + max_new_tokens,
+                                                      device=device)[None])  # (1, 1, S, d)
+    logits = model.lm_head(last)[owner]  # (n, V)
+    stops = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+    rows = torch.arange(n, device=device)  # the original row of each row still in the batch
+    live = torch.ones(n, dtype=torch.bool, device=device)
+    out = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    lengths = torch.full((n,), max_new_tokens, dtype=torch.long, device=device)
+    fused = [_fused(layer) for layer in model.model.layers]
+    embed = model.get_input_embeddings()
+    for t in range(max_new_tokens):
+        token = sample(logits, temperature, generator, greedy, rows, n)  # (a,)
+        ended = live & torch.isin(token, stops)
+        out[rows[live], t] = token[live]
+        if bool(ended.any()):
+            lengths[rows[ended]] = t + 1
+            live &= ~ended
+            if not bool(live.any()):
+                break
+            if 8 * int((~live).sum()) >= len(live):  # drop finished rows from the batch
+                rows, token, pos, bias = rows[live], token[live], pos[live], bias[live]
+                cache_k = [c[live] for c in cache_k]
+                cache_v = [c[live] for c in cache_v]
+                live = live[live]
+        if t + 1 == max_new_tokens:
+            break
+        col = width + t
+        bias[:, :, :, col] = 0.0
+        x = embed(token)  # (a, hidden)
+        rope = tuple(c[0, 0, pos][:, None, None] for c in table)  # (a, 1, 1, d)
+        for i, layer in enumerate(model.model.layers):
+            x = _decode_layer(layer, fused[i], x, rope, heads, cache_k[i], cache_v[i], col,
+                              bias[..., : col + 1])
+        logits = model.lm_head(_norm(model.model.norm, x))
+        pos = pos + 1
+    result = out.tolist()
+    return [row[: int(m)] for row, m in zip(result, lengths.tolist())]
