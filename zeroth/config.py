@@ -114,6 +114,7 @@ class RLConfig:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 10
     reward_weights: dict[str, float] | None = None  # name -> weight; None -> the task's own
+    engine: str = "torch"  # generation engine, a key of zeroth.rollout.ENGINES
 
 
 @dataclass
@@ -368,6 +369,12 @@ def _one_of(*options: str) -> tuple:
     return (lambda v, c: v in options), msg
 
 
+def _engines() -> list[str]:
+    from zeroth.rollout import ENGINES  # torch and transformers load only when this is checked
+
+    return list(ENGINES)
+
+
 FILE_TASKS = ("jsonl", "gsm8k", "math", "mbpp", "datasets")  # tasks that need task.path
 
 
@@ -526,6 +533,8 @@ _RULES: list[tuple] = [
     ("rl.eps_high", *_ge(0)),
     ("rl.beta", *_ge(0)),
     ("rl.algorithm", *_one_of("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp")),
+    ("rl.engine", lambda v, c: v in _engines(),
+     "config key '{key}' must name a generation engine (zeroth.rollout.ENGINES), got {v}"),
     ("rl.advantage", *_one_of("grpo", "dr_grpo", "rloo", "reinforce_pp")),
     ("rl.max_sample_rounds", *_ge(1)),
     ("rl.overlong_cache", *_ge(1)),

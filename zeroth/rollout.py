@@ -1,17 +1,22 @@
-"""The generation engine: sample completions for batches of prompts.
+"""Generation engines: sample completions for batches of prompts.
 
-One small interface, `generate(model, prompts, ...) -> list[list[int]]`, so a faster engine
-(vLLM, SGLang) can stand in on a GPU. This implementation is plain PyTorch over a Hugging Face
-causal LM with a KV cache: prompts are left-padded, each step samples one token per row from
-softmax(logits / temperature) with an explicit `torch.Generator` (so a run is a function of its
-seed and resumes exactly), and a row stops at its end-of-sequence token. Tensors live on the
-model's device; a CPU generator samples on the CPU even for a GPU model (so CPU runs are
-unchanged), and results come back as Python lists.
+The RL loop talks to one small interface, `Engine` (below): `generate(prompts, ...)` returns
+completion token ids, and `sync(model)` is called after every optimiser step so the engine
+samples from the current policy. A GPU engine (vLLM, SGLang) is a class with these two methods,
+registered in `ENGINES` and chosen with `rl.engine`; the loop does not change.
+
+The built-in engine, "torch", generates in this process from the policy model itself (so `sync`
+costs nothing): through zeroth.fastlm's lean decoder for Qwen2/Llama models (each group's prompt
+prefilled once, a preallocated KV cache, finished rows dropped from the batch), else through
+transformers' forward with a KV cache. Both sample with `fastlm.sample` from an explicit
+`torch.Generator` (so a run is a function of its seed and resumes exactly) and give the same
+tokens. A CPU generator samples on the CPU even for a GPU model; results come back as lists.
 """
 
 from __future__ import annotations
 
 import inspect
+from typing import Protocol
 
 import torch
 from transformers import DynamicCache
@@ -102,3 +107,38 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
             greedy=greedy)
     model.train(was_training)
     return completions
+
+
+class Engine(Protocol):
+    """What the RL loop needs from a generation engine."""
+
+    def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
+                 generator: torch.Generator | None, eos_id: int | set[int], pad_id: int,
+                 batch_size: int = 256, greedy: bool = False) -> list[list[int]]:
+        """Completion ids per prompt, as `generate` below."""
+
+    def sync(self, model) -> None:
+        """The policy changed (an optimiser step): sample from `model` from now on."""
+
+
+class TorchEngine:
+    """Generation in this process, from the policy model's own weights."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def generate(self, prompts, **kwargs) -> list[list[int]]:
+        return generate(self.model, prompts, **kwargs)
+
+    def sync(self, model) -> None:
+        self.model = model  # the same tensors: nothing to copy
+
+
+ENGINES = {"torch": TorchEngine}  # rl.engine -> class(model)
+
+
+def make_engine(name: str, model) -> Engine:
+    """The engine `rl.engine` names, over the policy `model`."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}: one of {', '.join(ENGINES)}")
+    return ENGINES[name](model)

@@ -3,11 +3,12 @@ turn scores into group-relative advantages, take clipped policy-gradient steps, 
 
     for step in steps:
         rows        = task.train_rows(...)                   # P prompts, never held-out ones
-        completions = generate(policy, prompts x G)          # gen
+        completions = engine.generate(prompts x G)           # gen (rl.engine; zeroth.rollout)
         rewards     = combine(reward fns, weights)           # reward  (each component kept)
         (dapo) drop groups of all-equal rewards, sample more prompts, up to max_sample_rounds
         advantages  = ADVANTAGES[name](rewards, G, scale)    # adv
         for _ in range(mu): for minibatch: policy_loss(...)  # update
+        engine.sync(policy)                                  # the engine samples the new policy
         ledger.log_rollouts / log_metrics; checkpoint         # ledger
 
 `rl.algorithm` (zeroth.algos.ALGORITHMS) fills every rl field left null. Departures from the
@@ -43,7 +44,7 @@ from zeroth.config import resolve_rl
 from zeroth.evaluate import decode
 from zeroth.models import prompt_ids
 from zeroth.rewards import combine, overlong
-from zeroth.rollout import generate, hash_seed, stop_ids
+from zeroth.rollout import TorchEngine, hash_seed, make_engine, stop_ids
 
 
 def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
@@ -81,18 +82,20 @@ def step_weights(rl, task) -> dict[str, float]:
 
 
 def sample_rollouts(model, tokenizer, task, rl, seed: int, step: int, phase: str = "rl",
-                    round_: int = 0) -> dict:
-    """Generate, decode and score G completions for each of P prompts drawn for `step`; round
-    r > 0 of dynamic sampling draws other prompts and samples from its own stream."""
+                    round_: int = 0, engine=None) -> dict:
+    """Generate (with `engine`, else in this process from `model`), decode and score G
+    completions for each of P prompts drawn for `step`; round r > 0 of dynamic sampling draws
+    other prompts and samples from its own stream."""
     suffix = f"-r{round_}" if round_ else ""
     rows = task.train_rows(Random(f"{seed}-{phase}-{step}{suffix}"), rl.prompts_per_step)
     rows = [r for r in rows for _ in range(rl.group_size)]  # (P*G,) groups are consecutive
     prompts = prompt_ids(tokenizer, [r["prompt"] for r in rows])
     stops = stop_ids(model, tokenizer)
     gen = torch.Generator().manual_seed(hash_seed(f"{phase}-{seed}-{step}{suffix}"))  # CPU
-    completions = generate(model, prompts, max_new_tokens=rl.max_new_tokens, generator=gen,
-                           temperature=rl.temperature, eos_id=stops,
-                           pad_id=tokenizer.pad_token_id, batch_size=len(prompts))
+    engine = engine or TorchEngine(model)
+    completions = engine.generate(prompts, max_new_tokens=rl.max_new_tokens, generator=gen,
+                                  temperature=rl.temperature, eos_id=stops,
+                                  pad_id=tokenizer.pad_token_id, batch_size=len(prompts))
     texts = decode(tokenizer, completions, stops)
     n = len(completions)
     totals, parts = combine(texts, rows, {"overlong": overlong, **task.rewards},
@@ -120,7 +123,7 @@ def _concat(batches: list[dict]) -> dict:
             else [x for b in batches for x in b[k]] for k in batches[0]}
 
 
-def gather(model, tokenizer, task, rl, seed: int, step: int, phase: str = "rl"):
+def gather(model, tokenizer, task, rl, seed: int, step: int, phase: str = "rl", engine=None):
     """The step's rollouts and the groups to train on: (sampled batch, kept group indices,
     metrics). Without dynamic sampling that is one round, every group kept. With it, flat
     groups are skipped and rounds of fresh prompts add informative groups until P are kept
@@ -129,7 +132,8 @@ def gather(model, tokenizer, task, rl, seed: int, step: int, phase: str = "rl"):
     rounds, keep, info = [], [], {}
     limit = rl.max_sample_rounds if rl.dynamic_sampling else 1
     while len(rounds) < limit and len(keep) < want:
-        batch = sample_rollouts(model, tokenizer, task, rl, seed, step, phase, len(rounds))
+        batch = sample_rollouts(model, tokenizer, task, rl, seed, step, phase, len(rounds),
+                                engine)
         flat = _flat(batch["rewards"], size).tolist()
         if not rounds:
             info["groups_flat"] = sum(flat) / len(flat)  # share of groups with no signal
@@ -201,13 +205,13 @@ def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int
 
 
 def rl_step(model, optimizer, ref_model, tokenizer, task, rl, seed: int, step: int,
-            phase: str = "rl"):
+            phase: str = "rl", engine=None):
     """One step of the algorithm `rl.algorithm` for pipeline stage `phase`.
     Returns (metrics, ledger rows)."""
     rl = resolve_rl(rl)  # the algorithm's settings for every field left null
     rl = replace(rl, reward_weights=step_weights(rl, task))
     timers, t0 = {}, time.perf_counter()
-    sampled, keep, info = gather(model, tokenizer, task, rl, seed, step, phase)
+    sampled, keep, info = gather(model, tokenizer, task, rl, seed, step, phase, engine)
     timers["time_gen"], t0 = time.perf_counter() - t0, time.perf_counter()
     size = rl.group_size
     kept = [g * size + j for g in keep for j in range(size)]  # completions trained on
@@ -263,9 +267,11 @@ def train(model, optimizer, ref_model, tokenizer, task, cfg, *, start: int, ledg
     rl = cfg.rl
     shown_acc = next((f"reward_{n}" for n in (task.accuracy, "correct")
                       if n in (rl.reward_weights or task.weights)), None)
+    engine = make_engine(rl.engine, model)
     for step in range(start, rl.steps):
         metrics, rows = rl_step(model, optimizer, ref_model, tokenizer, task, rl,
-                                cfg.run.seed, step, phase)
+                                cfg.run.seed, step, phase, engine)
+        engine.sync(model)
         ledger.log_rollouts(phase, step + 1, rows)
         ledger.log_metrics(phase, step + 1, metrics)
         shown = {"reward": metrics["reward"], "acc": metrics.get(shown_acc, 0.0),
