@@ -1,0 +1,286 @@
+"""zeroth.fastlm against transformers' own path: the same tokens, log-probs, gradients, updates.
+
+Tiny Qwen2 (q/k/v biases, tied embeddings) and Llama (grouped-query attention, untied) models
+are built from configs here; token ids are plain integers, no tokenizer is needed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+
+from zeroth import fastlm, train
+from zeroth.config import ModelConfig, RLConfig, resolve_rl
+from zeroth.models import prepare_model
+from zeroth.rollout import _generate_batch, generate
+
+VOCAB, PAD = 96, 0
+PROMPTS = [[5, 6, 7], [5, 6, 7], [5, 6, 7], [9, 10], [9, 10], [11, 12, 13, 14, 15, 16], [3],
+           [3], [9, 10]]  # groups of 3, 2, 1, 2 and a repeat of an earlier prompt
+
+
+def _model(arch: str, seed: int = 0, **kw):
+    common = dict(vocab_size=VOCAB, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2,
+                  pad_token_id=PAD, **kw)
+    if arch == "qwen2":
+        config = Qwen2Config(hidden_size=32, tie_word_embeddings=True, **common)
+    else:
+        config = LlamaConfig(hidden_size=48, tie_word_embeddings=False, **common)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+@pytest.fixture(params=["qwen2", "llama"])
+def model(request):
+    return _model(request.param)
+
+
+def _gen(fn, model, prompts, seed, stops, greedy, max_new_tokens=10, temperature=1.0):
+    return fn(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+              generator=torch.Generator().manual_seed(seed), eos_ids=stops, pad_id=PAD,
+              greedy=greedy)
+
+
+def _stop_set(rows: list[list[int]], max_new_tokens: int) -> set[int]:
+    """Stop tokens that end rows at different steps before max_new_tokens while at least two
+    rows run to the end: at step s >= 1, the token of a row not cut yet, three tokens at most."""
+    stops: set[int] = set()
+    for step in range(1, max_new_tokens - 1):
+        for row in rows:
+            candidate = stops | {row[step]}
+            if not stops & set(row) and sum(not candidate & set(r) for r in rows) >= 2:
+                stops = candidate
+                break
+        if len(stops) == 3:
+            break
+    return stops
+
+
+# --- supports, share_prompts ------------------------------------------------------------------
+
+
+def test_supports_qwen2_llama_not_lora_gpt2_nor_checkpointed_grad():
+    qwen, llama = _model("qwen2"), _model("llama")
+    assert qwen.model.layers[0].self_attn.q_proj.bias is not None  # q/k/v biases
+    assert llama.config.num_key_value_heads < llama.config.num_attention_heads  # GQA
+    assert fastlm.supports(qwen) and fastlm.supports(llama)
+    assert fastlm.supports(qwen, grad=True) and fastlm.supports(llama, grad=True)
+    torch.manual_seed(0)
+    lora = prepare_model(_model("qwen2"), ModelConfig(lora_r=4), "cpu")
+    assert not fastlm.supports(lora) and not fastlm.supports(lora, grad=True)
+    gpt2 = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1,
+                                                       n_head=2, n_positions=64))
+    assert not fastlm.supports(gpt2)
+    ckpt = prepare_model(_model("llama"), ModelConfig(gradient_checkpointing=True), "cpu")
+    assert fastlm.supports(ckpt) and not fastlm.supports(ckpt, grad=True)
+    window = _model("qwen2", use_sliding_window=True, sliding_window=4)
+    assert not fastlm.supports(window)
+
+
+def test_share_prompts_groups_consecutive_identical_prompts_only():
+    distinct, owner = fastlm.share_prompts([[1, 2], [1, 2], [3], [1, 2], [1, 2], [1], [3]])
+    assert distinct == [[1, 2], [3], [1, 2], [1], [3]]
+    assert owner == [0, 0, 1, 2, 2, 3, 4]
+    assert fastlm.share_prompts([[4]]) == ([[4]], [0])
+
+
+# --- sample -----------------------------------------------------------------------------------
+
+
+def test_sample_greedy_is_argmax():
+    logits = torch.randn(6, VOCAB, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    assert torch.equal(fastlm.sample(logits, 0.7, gen, True), logits.argmax(-1))
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(1).get_state())  # no draw
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_sample_frequencies_match_softmax(temperature):
+    logits = torch.randn(8, generator=torch.Generator().manual_seed(2)) * 2  # (V,) V = 8
+    draws = 20000
+    tokens = fastlm.sample(logits.expand(draws, -1), temperature,
+                           torch.Generator().manual_seed(3), False)
+    freq = torch.bincount(tokens, minlength=8).float() / draws
+    expected = torch.softmax(logits / temperature, -1)
+    assert (freq - expected).abs().max() < 0.02
+    assert tokens.min() >= 0 and tokens.max() < 8
+
+
+def test_sample_rows_batch_invariance():
+    logits = torch.randn(7, VOCAB, generator=torch.Generator().manual_seed(4))
+    gen_all, gen_sub = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    idx = torch.tensor([0, 3, 6])
+    for _ in range(4):  # the streams stay aligned step after step
+        full = fastlm.sample(logits, 1.0, gen_all, False)
+        sub = fastlm.sample(logits[idx], 1.0, gen_sub, False, rows=idx, batch=7)
+        assert torch.equal(sub, full[idx])
+        logits = logits.roll(1, dims=-1)
+    assert len(set(full.tolist())) > 1  # really sampled, not a constant
+
+
+# --- generate ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("greedy", [False, True])
+def test_generate_matches_transformers_token_for_token(model, seed, greedy):
+    prompts = PROMPTS if not greedy else [[seed + 3, 8]] + PROMPTS  # greedy groups: equal rows
+    temp = (1.0, 0.7, 1.3)[seed]
+    free = _gen(fastlm.generate, model, prompts, seed, set(), greedy, temperature=temp)
+    assert free == _gen(_generate_batch, model, prompts, seed, set(), greedy, temperature=temp)
+    assert all(len(r) == 10 for r in free)
+    stops = _stop_set(free, 10)
+    fast = _gen(fastlm.generate, model, prompts, seed, stops, greedy, temperature=temp)
+    assert fast == _gen(_generate_batch, model, prompts, seed, stops, greedy, temperature=temp)
+    lengths = [len(r) for r in fast]
+    assert min(lengths) < 10 and max(lengths) == 10 and len(set(lengths)) > 2
+    for row, whole in zip(fast, free):  # a stop only cuts a row: others' draws are unchanged
+        assert row == whole[: len(row)]
+        assert not stops & set(row[:-1]) and (len(row) == 10 or row[-1] in stops)
+
+
+def test_generate_dispatches_to_fastlm_and_back(model, monkeypatch):
+    calls = []
+    real = fastlm.generate
+    monkeypatch.setattr(fastlm, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kw = {"max_new_tokens": 6, "eos_id": {4, 5}, "pad_id": PAD}
+    fast = generate(model, PROMPTS, generator=torch.Generator().manual_seed(0), batch_size=4,
+                    **kw)
+    assert len(calls) == 3  # 9 prompts in batches of 4
+    monkeypatch.setattr(fastlm, "supports", lambda *a, **k: False)
+    assert generate(model, PROMPTS, generator=torch.Generator().manual_seed(0), batch_size=4,
+                    **kw) == fast
+    assert len(calls) == 3
+
+
+def test_generate_one_token_and_all_rows_stopping(model):
+    for n in (1, 3):
+        fast = _gen(fastlm.generate, model, PROMPTS, 0, set(), False, max_new_tokens=n)
+        assert fast == _gen(_generate_batch, model, PROMPTS, 0, set(), False, max_new_tokens=n)
+        assert all(len(r) == n for r in fast)
+    every = set(range(VOCAB))  # every row stops at its first token
+    fast = _gen(fastlm.generate, model, PROMPTS, 0, every, False)
+    assert fast == _gen(_generate_batch, model, PROMPTS, 0, every, False)
+    assert all(len(r) == 1 for r in fast)
+
+
+# --- completion_logprobs ----------------------------------------------------------------------
+
+
+def _completions(seed: int, n: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 9, (n,), generator=gen).tolist()
+    return [torch.randint(1, VOCAB, (k,), generator=gen).tolist() for k in lengths]
+
+
+def _transformers_logprobs(model, prompts, completions, temperature):
+    ids, attn, mask = train.pack(prompts, completions, PAD)
+    return train.logprobs(model, ids, attn, temperature), mask
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_completion_logprobs_and_gradients_match_transformers(model, temperature):
+    completions = _completions(7, len(PROMPTS))
+    completions[1] = [PAD, 4]  # a completion token equal to the pad id is a real token
+    fast, fmask = fastlm.completion_logprobs(model, PROMPTS, completions, PAD, temperature)
+    slow, smask = _transformers_logprobs(model, PROMPTS, completions, temperature)
+    assert fmask.sum(-1).tolist() == [len(c) for c in completions]
+    assert fast.shape == (len(PROMPTS), max(len(c) for c in completions))
+    assert torch.equal(fast[fmask == 0], torch.zeros(int((fmask == 0).sum())))
+    a, b = fast[fmask == 1], slow[smask == 1]  # row by row, token by token
+    assert torch.allclose(a, b, atol=1e-5, rtol=0)
+    weights = torch.randn(len(a), generator=torch.Generator().manual_seed(8))
+    grads = []
+    for logp in (a, b):
+        model.zero_grad(set_to_none=True)
+        (weights * logp).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys() == dict(model.named_parameters()).keys()
+    for name, g in grads[1].items():  # relative to the tensor's scale: float32 rounding only
+        diff = grads[0][name] - g
+        assert diff.norm() <= 1e-4 * g.norm(), name
+        assert diff.abs().max() <= 1e-5 * g.abs().max(), name
+    assert all(g.abs().sum() > 0 for g in grads[0].values())
+
+
+def test_completion_logprobs_no_grad_equals_grad(model):
+    completions = _completions(9, len(PROMPTS))
+    with_grad, mask = fastlm.completion_logprobs(model, PROMPTS, completions, PAD, 1.0)
+    assert with_grad.requires_grad
+    with torch.no_grad():
+        without, mask2 = fastlm.completion_logprobs(model, PROMPTS, completions, PAD, 1.0)
+    assert not without.requires_grad
+    assert torch.equal(mask, mask2) and torch.allclose(with_grad, without, atol=1e-6)
+
+
+def test_llama_with_biases_wide_heads_and_scaled_rope_matches_transformers():
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8}
+    model = _model("llama", attention_bias=True, mlp_bias=True, head_dim=16,
+                   rope_parameters=rope)  # 4 heads x 16 != hidden 48
+    assert model.model.rotary_emb.rope_type == "llama3" and fastlm.supports(model)
+    free = _gen(fastlm.generate, model, PROMPTS, 3, set(), False, max_new_tokens=12)
+    stops = _stop_set(free, 12)
+    assert _gen(fastlm.generate, model, PROMPTS, 3, stops, False, max_new_tokens=12) == \
+        _gen(_generate_batch, model, PROMPTS, 3, stops, False, max_new_tokens=12)
+    completions = _completions(5, len(PROMPTS))
+    fast, fmask = fastlm.completion_logprobs(model, PROMPTS, completions, PAD, 0.7)
+    slow, smask = _transformers_logprobs(model, PROMPTS, completions, 0.7)
+    assert torch.allclose(fast[fmask == 1], slow[smask == 1], atol=1e-5, rtol=0)
+
+
+# --- train.update -----------------------------------------------------------------------------
+
+
+def _update(model, ref, rl, batch, adv):
+    """One train.update with a fresh AdamW. Adam divides a step by |grad|, so on an entry whose
+    gradient is near 0 float rounding alone would move it by up to lr: eps=1e-3 bounds that
+    to lr * |rounding| / eps, far below the tolerance, and leaves larger entries Adam-like."""
+    opt = torch.optim.AdamW(model.parameters(), lr=rl.lr, eps=1e-3)
+    return train.update(model, opt, ref, batch, adv, rl, PAD)
+
+
+@pytest.mark.parametrize(("case", "use_ref"), [
+    ({"mu": 1, "minibatch_size": 9, "beta": 0.04}, True),  # on-policy, one minibatch
+    ({"mu": 2, "minibatch_size": 5, "beta": 0.04}, True),  # old log-probs, two minibatches
+    ({"mu": 2, "minibatch_size": 5, "algorithm": "dapo"}, False),  # token loss, no reference
+])
+def test_update_fast_equals_transformers_path(model, monkeypatch, case, use_ref):
+    rl = resolve_rl(RLConfig(lr=1e-3, temperature=0.7, max_new_tokens=10, group_size=3,
+                             **case))
+    assert rl.eps_low is not None and (rl.beta > 0) == use_ref
+    ref = None
+    if use_ref:
+        ref = copy.deepcopy(model)
+        with torch.no_grad():
+            for i, p in enumerate(ref.parameters()):  # a reference away from the policy
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
+    batch = {"prompts": PROMPTS, "completions": _completions(11, len(PROMPTS))}
+    adv = torch.randn(len(PROMPTS), generator=torch.Generator().manual_seed(12))
+    slow_model, before = copy.deepcopy(model), copy.deepcopy(model)
+    calls = []
+    real = fastlm.completion_logprobs
+    monkeypatch.setattr(fastlm, "completion_logprobs",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast_stats = _update(model, ref, rl, batch, adv)
+    chunks = -(-len(PROMPTS) // rl.minibatch_size)
+    on_policy = rl.mu == 1 and chunks == 1
+    assert len(calls) == (rl.mu + (not on_policy) + use_ref) * chunks  # the lean path ran
+    monkeypatch.setattr(train.fastlm, "supports", lambda *a, **k: False)
+    slow_stats = _update(slow_model, ref, rl, batch, adv)
+    assert len(calls) == (rl.mu + (not on_policy) + use_ref) * chunks  # transformers' only
+    assert fast_stats.keys() == slow_stats.keys()
+    assert {"loss", "clip_frac", "grad_norm", "ratio_mean"} <= fast_stats.keys()
+    assert ("kl" in fast_stats) == use_ref
+    for key in fast_stats:
+        assert fast_stats[key] == pytest.approx(slow_stats[key], rel=1e-4, abs=1e-6), key
+    for (name, p), q, p0 in zip(model.named_parameters(), slow_model.parameters(),
+                                before.parameters()):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0), name
+        assert not torch.equal(p, p0), name  # every weight took the step
+    if not on_policy:  # the second pass sees a moved policy: ratios away from 1
+        assert fast_stats["ratio_mean"] != pytest.approx(1.0, abs=1e-6)
