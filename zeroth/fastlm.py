@@ -153,9 +153,12 @@ class _Packed:
         device = prompt_len.device
         lengths = [len(c) for c in completions]
         self.rows, self.width = len(completions), max(1, max(lengths))
-        row = torch.tensor([i for i, n in enumerate(lengths) for _ in range(n)], device=device)
-        col = torch.tensor([j for n in lengths for j in range(n)], device=device)
-        self.ids = torch.tensor([t for c in completions for t in c], device=device)  # (N,)
+        def longs(values):
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        row = longs([i for i, n in enumerate(lengths) for _ in range(n)])
+        col = longs([j for n in lengths for j in range(n)])
+        self.ids = longs([t for c in completions for t in c])  # (N,)
         self.grid = row * self.width + col  # (N,) index into the flattened (B, C) grid
         self.positions = prompt_len[torch.tensor(owner, device=device)][row] + col  # (N,)
         first = torch.tensor(owner, device=device)[row]  # token 0 is predicted by the prompt
