@@ -362,6 +362,19 @@ def test_memory_counts_parameters_from_config_only(tiny_cfg, tiny_model, qwen_di
     assert ref["reference"] == ref["weights"]
 
 
+def test_memory_counts_the_lean_decoders_weight_copy(tiny_cfg, qwen_dir):
+    """Generation through zeroth.fastlm copies the decoder layers' weights (fused, input-major);
+    the estimate counts that copy beside the KV cache, and not for LoRA models (generic path)."""
+    model, _ = load_model(qwen_dir)
+    est = memory.estimate(_cfg(tiny_cfg, path=str(qwen_dir)))
+    layers = sum(p.numel() * p.element_size() for p in model.model.layers.parameters())
+    assert est["decode"] == layers > 0
+    assert est["total"] - est["weights"] - est["grads"] - est["optimizer"] - est["reference"] \
+        == max(est["activations"], est["kv_cache"] + layers)
+    assert memory.estimate(_cfg(tiny_cfg, path=str(qwen_dir), lora_r=4))["decode"] == 0
+    assert "decoding weights" in memory.check(_cfg(tiny_cfg, path=str(qwen_dir)))
+
+
 def _saved_bytes(model, ids):
     """(bytes autograd keeps for the backward pass, parameters excluded, plus the logits'
     gradient; the part kept by the first decoder layer alone)."""

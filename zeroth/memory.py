@@ -17,9 +17,13 @@ weight is read. Terms, in bytes:
                  their batch_size); T: prompt tokens + max_new_tokens.
     kv_cache     the largest generation: rows x T x layers x 2 x kv_heads x head_dim x bytes
                  (rl: prompts_per_step x group_size rows; eval and rejection: their batch_size)
+    decode       zeroth.fastlm's decoding copy of the decoder layers' weights (fused, input-
+                 major), made for each generation when the lean path applies (Qwen2/Llama,
+                 no LoRA)
 
-The peak is weights + grads + optimizer + reference + max(activations, kv_cache): gradients
-stay allocated while the next batch is generated, activations and the KV cache never coexist.
+The peak is weights + grads + optimizer + reference + max(activations, kv_cache + decode):
+gradients stay allocated while the next batch is generated, activations and generation never
+coexist.
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ import torch
 
 from zeroth.config import Config, pipeline, resolve_rl, stage_config
 from zeroth.errors import UserError
+from zeroth.fastlm import SUPPORTED
 from zeroth.models import TAGS, as_dtype, hf_config, lora_config, pick_device
 
 PROMPT_TOKENS = 128  # a prompt's length in tokens when the caller does not know it
 PARTS = [("weights", "weights"), ("grads", "grads"), ("optimizer", "AdamW"),
          ("reference", "reference"), ("activations", "activations"), ("kv_cache", "KV cache"),
-         ("distill", "distill stage")]
+         ("decode", "decoding weights"), ("distill", "distill stage")]
 
 
 def model_shape(model_cfg) -> dict:
@@ -68,7 +73,10 @@ def model_shape(model_cfg) -> dict:
             adapters = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     text = config.get_text_config()
     heads = text.num_attention_heads
+    body = getattr(model, "model", None)
+    lean = lora is None and getattr(config, "model_type", None) in SUPPORTED and body is not None
     return {"params": params, "lora": adapters, "layers": text.num_hidden_layers,
+            "decode": sum(p.numel() for p in body.layers.parameters()) if lean else 0,
             "hidden": text.hidden_size,
             "intermediate": getattr(text, "intermediate_size", None) or 4 * text.hidden_size,
             "vocab": text.vocab_size,
@@ -153,9 +161,10 @@ def estimate(cfg: Config, model_cfg=None, prompt_tokens: int | None = None) -> d
                    for i, (_, kind, _) in enumerate(pipeline(cfg)))
     out = {"params": shape["params"], "trainable": trainable, "weights": weights,
            "grads": trainable * step, "optimizer": 2 * trainable * step,
-           "reference": weights if uses_ref else 0, "activations": acts, "kv_cache": kv}
+           "reference": weights if uses_ref else 0, "activations": acts, "kv_cache": kv,
+           "decode": shape["decode"] * size}
     out["total"] = (sum(out[k] for k in ("weights", "grads", "optimizer", "reference"))
-                    + max(acts, kv))
+                    + max(acts, kv + out["decode"]))
     out["distill"] = 0
     if model_cfg is None:  # the policy; a distill stage holds its teacher and a student instead
         out["distill"] = max((_distill_bytes(cfg, i, weights, prompt_tokens)
