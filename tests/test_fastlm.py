@@ -207,6 +207,31 @@ def test_completion_logprobs_and_gradients_match_transformers(model, temperature
     assert all(g.abs().sum() > 0 for g in grads[0].values())
 
 
+def test_large_logits_go_chunk_by_chunk_with_the_same_values_and_gradients(model, monkeypatch):
+    """Past LOGIT_CHUNK values the LM head runs chunk by chunk (recomputed in the backward pass
+    under grad); log-probs and gradients are those of the one-shot computation."""
+    completions = _completions(11, len(PROMPTS))
+    weights = torch.randn(sum(map(len, completions)), generator=torch.Generator().manual_seed(2))
+    results = []
+    for chunk in (10 ** 9, 3 * VOCAB):  # one shot, then 3 tokens per chunk
+        monkeypatch.setattr(fastlm, "LOGIT_CHUNK", chunk)
+        calls = []
+        hook = model.lm_head.register_forward_hook(
+            lambda m, i, o, calls=calls: calls.append(len(i[0])))
+        logp, mask = fastlm.completion_logprobs(model, PROMPTS, completions, PAD, 0.8)
+        model.zero_grad(set_to_none=True)
+        (weights * logp[mask == 1]).sum().backward()
+        hook.remove()
+        results.append((logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()},
+                        calls))
+    (one, g1, calls1), (chunked, g2, calls2) = results
+    assert calls1 == [len(weights)] and max(calls2) == 3 and sum(calls2) == 2 * len(weights)
+    assert torch.allclose(one, chunked, atol=1e-6, rtol=0)
+    for name, g in g1.items():  # float32 summation order only
+        diff = g2[name] - g
+        assert diff.norm() <= 1e-5 * g.norm() and diff.abs().max() <= 1e-5 * g.abs().max(), name
+
+
 def test_completion_logprobs_no_grad_equals_grad(model):
     completions = _completions(9, len(PROMPTS))
     with_grad, mask = fastlm.completion_logprobs(model, PROMPTS, completions, PAD, 1.0)

@@ -175,13 +175,35 @@ class _Packed:
         return x.reshape(self.rows * self.width, *x.shape[2:]).index_select(0, self.grid)
 
 
+LOGIT_CHUNK = 2 ** 26  # logits per chunk (256 MiB in float32) when a batch's would be more
+
+
+def _head_logprobs(model, hidden: Tensor, ids: Tensor, temperature: float) -> Tensor:
+    """(N,) log-probs of ids (N,) from the final hidden states (N, hidden). When the (N, V)
+    logits would pass LOGIT_CHUNK values (a real vocabulary of 150k and more than a few hundred
+    tokens), the LM head runs chunk by chunk and, with grad, each chunk's logits are recomputed
+    in the backward pass instead of kept: memory of one chunk, one more LM-head forward."""
+    from torch.utils.checkpoint import checkpoint
+
+    from zeroth.algos import token_logprobs
+
+    def piece(h: Tensor, t: Tensor) -> Tensor:
+        return token_logprobs(model.lm_head(h)[None], t[None], temperature)[0]
+
+    rows = max(1, LOGIT_CHUNK // model.lm_head.weight.shape[0])
+    if len(ids) <= rows:
+        return piece(hidden, ids)
+    grad = torch.is_grad_enabled()
+    return torch.cat([checkpoint(piece, hidden[i:i + rows], ids[i:i + rows], use_reentrant=False)
+                      if grad else piece(hidden[i:i + rows], ids[i:i + rows])
+                      for i in range(0, len(ids), rows)])
+
+
 def completion_logprobs(model, prompts: list[list[int]], completions: list[list[int]],
                         pad_id: int, temperature: float) -> tuple[Tensor, Tensor]:
     """(logp (B, C), mask (B, C)): log-probs of each completion token under `model` at the
     sampling temperature, with the group's prompt run once and the completion tokens packed;
     with grad when grad is enabled. Every completion must have at least one token."""
-    from zeroth.algos import token_logprobs
-
     device = next(model.parameters()).device
     distinct, owner_list = share_prompts(prompts)
     owner = torch.tensor(owner_list, device=device)
@@ -209,8 +231,7 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
         o = _attend(pack.to_grid(qc), keys, values, mask_c, attn)  # (B, C, H * d)
         xc = _mlp(layer, xc + attn.o_proj(pack.from_grid(o)))
     hidden = model.model.norm(torch.cat([xp[:, -1], xc]))  # (P + N, hidden)
-    logits = model.lm_head(hidden.index_select(0, pack.source))  # (N, V)
-    logp = token_logprobs(logits[None], pack.ids[None], temperature)[0]  # (N,)
+    logp = _head_logprobs(model, hidden.index_select(0, pack.source), pack.ids, temperature)
     grid = logp.new_zeros(pack.rows * pack.width).index_copy(0, pack.grid, logp)
     real = torch.zeros(pack.rows * pack.width, device=device).index_fill(0, pack.grid, 1.0)
     return grid.view(pack.rows, pack.width), real.view(pack.rows, pack.width)
