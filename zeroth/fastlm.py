@@ -58,7 +58,7 @@ def share_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]
     return distinct, owner
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """ids (N, L) and a bool mask of real tokens (N, L), padded on the left."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -66,17 +66,6 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     for i, s in enumerate(seqs):
         ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
         real[i, width - len(s):] = True
-    return ids, real
-
-
-def _right_pad(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """ids (N, L) and a bool mask of real tokens (N, L), padded on the right (L >= 1)."""
-    width = max(1, max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    real = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        real[i, : len(s)] = True
     return ids, real
 
 
@@ -207,7 +196,7 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
     device = next(model.parameters()).device
     distinct, owner_list = share_prompts(prompts)
     owner = torch.tensor(owner_list, device=device)
-    p_ids, p_real = (t.to(device) for t in _left_pad(distinct, pad_id))  # (P, Lp)
+    p_ids, p_real = (t.to(device) for t in left_pad(distinct, pad_id))  # (P, Lp)
     pack = _Packed(completions, owner_list, p_real.sum(-1))
     h, kv, d = heads = _heads(model)
     embed = model.get_input_embeddings()
@@ -334,7 +323,7 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
     heads = _heads(model)
     distinct, owner_list = share_prompts(prompts)
     owner = torch.tensor(owner_list, device=device)
-    p_ids, p_real = (t.to(device) for t in _left_pad(distinct, pad_id))
+    p_ids, p_real = (t.to(device) for t in left_pad(distinct, pad_id))
     last, keys, values = _prefill(model, p_ids, p_real, heads)
     width, n = p_ids.shape[1], len(prompts)
     cache_k, cache_v = [], []  # per layer (n, KV, width + max_new_tokens, d)

@@ -39,21 +39,12 @@ def hash_seed(tag: str) -> int:
     return stable_hash(tag) >> 1
 
 
-def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (B, P)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (B, P)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def _generate_batch(model, prompts, *, max_new_tokens, temperature, generator, eos_ids, pad_id,
                     greedy):
     device = next(model.parameters()).device
-    ids, mask = (t.to(device) for t in _left_pad(prompts, pad_id))
+    ids, real = (t.to(device) for t in fastlm.left_pad(prompts, pad_id))
+    mask = real.long()  # (B, P)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
     cache = {_cache_kwarg(model): DynamicCache()}
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
