@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from zeroth import ledger as _ledger
 from zeroth.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def test_rollouts_round_trip(ledger):
     got = ledger.rollouts("rl", 1)
     assert len(got) == 2
     for want, have in zip(rows, got, strict=True):
-        assert have == {"phase": "rl", "step": 1, **want}
+        assert have == {"phase": "rl", "step": 1, "task": None, "difficulty": None, **want}
     assert got[1]["advantage"] is None and got[1]["extra"] is None and got[1]["answer"] is None
     assert got[0]["rewards"]["length"] is None  # JSON null survives
     assert ledger.rollouts("rl", 2)[0]["rewards"] == {"correct": None, "format": None}
@@ -215,3 +216,31 @@ def test_sigkill_mid_logging_leaves_whole_calls(tmp_path):
     led.log_metrics("rl", n_steps, {"a": 3.0})  # still writable after the crash
     assert led.metrics("rl")[-1]["a"] == 3.0
     led.close()
+
+
+def test_task_and_difficulty_columns_and_old_ledgers_gain_them(tmp_path):
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)  # a ledger written before the task/difficulty columns existed
+    old.executescript(_ledger._SCHEMA.replace("    extra TEXT,\n    task TEXT,\n    difficulty TEXT\n",
+                                              "    extra TEXT\n"))
+    assert "task" not in {r[1] for r in old.execute("PRAGMA table_info(rollouts)")}
+    old.close()
+    ledger = Ledger(path)
+    ledger.log_rollouts("rl", 1, [{**_rollout(0, 0), "task": "countdown", "difficulty": 3}])
+    row = ledger.rollouts("rl")[0]
+    assert row["task"] == "countdown" and row["difficulty"] == "3"
+
+
+def test_readonly_ledger_reads_a_live_run_and_refuses_writes(tmp_path):
+    path = tmp_path / "l.sqlite"
+    with pytest.raises(FileNotFoundError):
+        Ledger(path, readonly=True)
+    writer = Ledger(path)
+    writer.log_metrics("rl", 1, {"reward": 0.5})
+    reader = Ledger(path, readonly=True)
+    assert reader.metrics("rl") == [{"phase": "rl", "step": 1, "reward": 0.5}]
+    writer.log_metrics("rl", 2, {"reward": 0.75})  # the run goes on writing
+    assert [m["step"] for m in reader.metrics("rl")] == [1, 2]
+    with pytest.raises(sqlite3.OperationalError):
+        reader.log_metrics("rl", 3, {"reward": 1.0})
+    assert [m["step"] for m in writer.metrics("rl")] == [1, 2]

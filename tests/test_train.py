@@ -119,3 +119,28 @@ def test_rl_step_of_each_algorithm_moves_the_weights(tiny_cfg, tiny_task, tiny_m
     assert ("kl" in metrics) == (ref is not None)
     assert ("reward_overlong" in metrics) == (algorithm == "dapo")
     assert len(rows) == rl.prompts_per_step * rl.group_size
+
+
+def test_step_reports_entropy_lr_reflection_and_rows_name_their_task(tiny_cfg, tiny_task,
+                                                                      tiny_model):
+    from zeroth.config import resolve_rl
+    from zeroth.train import _logprobs, sample_rollouts, update
+
+    model, tok = tiny_model
+    task = replace(tiny_task, rewards={**tiny_task.rewards, "shape": _shape_reward})
+    rl = resolve_rl(replace(tiny_cfg.rl, reward_weights={"shape": 1.0, "correct": 1.0}))
+    batch = sample_rollouts(model, tok, task, rl, seed=0, step=0)
+    with torch.no_grad():  # the sampled tokens' mean surprisal under the sampling policy
+        logp, mask = _logprobs(model, batch["prompts"], batch["completions"], tok.pad_token_id,
+                               rl.temperature, fast=False)
+    want = float(-(logp * mask).sum() / mask.sum())
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the update leaves the policy
+    stats = update(model, opt, None, batch, torch.linspace(-1, 1, len(batch["texts"])), rl,
+                   tok.pad_token_id)
+    assert stats["entropy"] == pytest.approx(want, rel=1e-4) and stats["entropy"] > 0
+    assert stats["lr"] == 0.0
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    metrics, rows = rl_step(model, opt, None, tok, task, rl, seed=0, step=0)
+    assert metrics["lr"] == 3e-4 and 0.0 <= metrics["reflect_rate"] <= 1.0
+    assert {r["task"] for r in rows} == {task.name}
+    assert all(r["difficulty"] is None or isinstance(r["difficulty"], str) for r in rows)

@@ -46,9 +46,14 @@ CREATE TABLE IF NOT EXISTS rollouts (
     reward REAL,
     advantage REAL,
     answer TEXT,
-    extra TEXT
+    extra TEXT,
+    task TEXT,
+    difficulty TEXT
 );
 CREATE INDEX IF NOT EXISTS rollouts_phase_step ON rollouts (phase, step);
+CREATE INDEX IF NOT EXISTS rollouts_phase_group ON rollouts (phase, step, prompt_idx, sample_idx);
+CREATE INDEX IF NOT EXISTS rollouts_phase_reward ON rollouts (phase, reward);
+CREATE INDEX IF NOT EXISTS rollouts_phase_len ON rollouts (phase, n_tokens);
 CREATE TABLE IF NOT EXISTS evals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     phase TEXT NOT NULL,
@@ -69,8 +74,10 @@ CREATE TABLE IF NOT EXISTS meta (
 
 _ROLLOUT_COLUMNS = (
     "phase, step, prompt_idx, sample_idx, prompt, completion, n_tokens, "
-    "rewards, reward, advantage, answer, extra"
+    "rewards, reward, advantage, answer, extra, task, difficulty"
 )
+# Columns added after the first release: ledgers written before get them on open.
+_ADDED_COLUMNS = {"rollouts": ("task TEXT", "difficulty TEXT")}
 _EVAL_COLUMNS = "phase, problem_idx, sample_idx, prompt, completion, n_tokens, correct, answer"
 
 
@@ -97,15 +104,29 @@ def _number(value: Any) -> float | None:
 class Ledger:
     """A connection to one run's ledger database. Every method commits before returning."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """Open (creating it when needed) the ledger at `path`. `readonly=True` opens an existing
+        ledger for reading only, as the viewers do, even while its run is writing; it raises
+        FileNotFoundError when there is none."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
         self._closed = False
+        if readonly:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"no ledger at {self.path}")
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            self._connect().executescript(_SCHEMA)
+            conn = self._connect()
+            conn.executescript(_SCHEMA)
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for column in columns:
+                    if column.split()[0] not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     # -- connection -------------------------------------------------------------------------
 
@@ -115,6 +136,11 @@ class Ledger:
             raise sqlite3.ProgrammingError(f"ledger {self.path} is closed")
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
+        if self.readonly:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                   timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._conn, self._pid = conn, os.getpid()
+            return conn
         conn = sqlite3.connect(
             str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
         )
@@ -173,10 +199,12 @@ class Ledger:
                 _number(r.get("advantage")),
                 r.get("answer"),
                 None if r.get("extra") is None else _dumps(r["extra"]),
+                r.get("task"),
+                None if r.get("difficulty") is None else str(r["difficulty"]),
             )
             for r in rows
         ]
-        sql = f"INSERT INTO rollouts ({_ROLLOUT_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+        sql = f"INSERT INTO rollouts ({_ROLLOUT_COLUMNS}) VALUES ({', '.join('?' * 14)})"
         self._write([(sql, params)])
 
     def log_eval(self, phase: str, rows: list[dict]) -> None:

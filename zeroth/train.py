@@ -41,10 +41,11 @@ import torch
 from zeroth import fastlm
 from zeroth.algos import ADVANTAGES, ALGORITHMS, kl_k3, policy_loss, token_logprobs
 from zeroth.config import resolve_rl
-from zeroth.evaluate import decode
+from zeroth.evaluate import decode, difficulty_of
 from zeroth.models import prompt_ids
 from zeroth.rewards import combine, overlong
 from zeroth.rollout import TorchEngine, hash_seed, make_engine, stop_ids
+from zeroth.thoughts import reflect_rate
 
 
 def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
@@ -173,6 +174,7 @@ def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int
     on_policy = rl.mu == 1 and len(chunks) == 1
     totals: dict[str, float] = {}
     kl_ref = None
+    neg_logp, n_tokens = 0.0, 0.0  # first pass: mean -log p of the sampled tokens = entropy
     with torch.no_grad():  # old log-probs (not needed on-policy: ratio 1) and the reference's
         old = None if on_policy else [
             _logprobs(model, *part, pad_id, rl.temperature, fast) for part in parts]
@@ -181,9 +183,12 @@ def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int
         if ref is not None and old is not None:  # KL(policy || ref) on the tokens sampled
             kl_sum = sum(float((kl_k3(o, r) * m).sum()) for (o, m), r in zip(old, ref))
             kl_ref = kl_sum / max(1.0, sum(float(m.sum()) for _, m in old))
-    for _ in range(rl.mu):
+    for epoch in range(rl.mu):
         for i, (c, part) in enumerate(zip(chunks, parts)):
             logp, mask = _logprobs(model, *part, pad_id, rl.temperature, fast)
+            if epoch == 0:
+                neg_logp -= float((logp.detach() * mask).sum())
+                n_tokens += float(mask.sum())
             loss, stats = policy_loss(
                 logp, logp.detach() if on_policy else old[i][0], advantages[c], mask,
                 eps_low=rl.eps_low, eps_high=rl.eps_high, loss_agg=rl.loss_agg,
@@ -197,6 +202,10 @@ def update(model, optimizer, ref_model, batch: dict, advantages, rl, pad_id: int
             stats["loss"] = loss.item()
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value / (rl.mu * len(chunks))
+    # The policy's per-token entropy, estimated without bias by the sampled tokens' mean
+    # surprisal (they were drawn from this policy at this temperature); costs no extra pass.
+    totals["entropy"] = neg_logp / max(1.0, n_tokens)
+    totals["lr"] = float(optimizer.param_groups[0]["lr"])
     if not on_policy or ref is None:  # after updates, on older samples: biased; or no reference
         totals.pop("kl", None)
         if kl_ref is not None:
@@ -224,10 +233,11 @@ def rl_step(model, optimizer, ref_model, tokenizer, task, rl, seed: int, step: i
                        tokenizer.pad_token_id)
     timers["time_update"] = time.perf_counter() - t0
     metrics = {**_reward_stats(sampled, rl), **info, **stats, **timers}
-    return metrics, _ledger_rows(sampled, adv, set(keep), rl)
+    return metrics, _ledger_rows(sampled, adv, set(keep), rl, task.name)
 
 
-def _ledger_rows(sampled: dict, adv: torch.Tensor, keep: set[int], rl) -> list[dict]:
+def _ledger_rows(sampled: dict, adv: torch.Tensor, keep: set[int], rl, task_name: str
+                 ) -> list[dict]:
     """One ledger row per sampled completion; with dynamic sampling `extra` holds its round and
     why it was dropped (flat group, or an informative one beyond the P kept)."""
     rows, size = [], rl.group_size
@@ -243,7 +253,8 @@ def _ledger_rows(sampled: dict, adv: torch.Tensor, keep: set[int], rl) -> list[d
         rows.append({"prompt_idx": i // size, "sample_idx": i % size, "prompt": row["prompt"],
                      "completion": text, "n_tokens": len(comp), "rewards": part,
                      "reward": float(r), "advantage": float(a), "answer": row["answer"],
-                     "extra": extra})
+                     "extra": extra, "task": row.get("task") or task_name,
+                     "difficulty": difficulty_of(row)})
     return rows
 
 
@@ -253,7 +264,8 @@ def _reward_stats(batch: dict, rl) -> dict:
     n = len(batch["texts"])
     out = {"reward": float(batch["rewards"].mean()),
            "mean_len": sum(len(c) for c in batch["completions"]) / n,
-           "think_rate": sum("<think>" in t for t in batch["texts"]) / n}
+           "think_rate": sum("<think>" in t for t in batch["texts"]) / n,
+           "reflect_rate": reflect_rate(batch["texts"])}
     for name in rl.reward_weights:
         values = [p[name] for p in batch["parts"] if p.get(name) is not None]
         out[f"reward_{name}"] = sum(values) / len(values) if values else float("nan")
