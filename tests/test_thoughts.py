@@ -12,6 +12,8 @@ from zeroth.thoughts import reflect_rate, reflection_count, split_reasoning
     ("<think>still going", ("still going", "")),  # cut off by the length limit
     ("<think>a</think><answer>1</answer><answer>2</answer>", ("a", "2")),  # the last answer
     ("<think>a</think><think>b</think><answer>x", ("a\nb", "x")),
+    ("2+3 is 5, wait, yes</think><answer>5</answer>", ("2+3 is 5, wait, yes", "5")),  # R1 prompt
+    ("<think>sum it<answer>5</answer>", ("sum it", "5")),  # unclosed think, then the answer
 ])
 def test_split_reasoning(text, want):
     assert split_reasoning(text) == want

@@ -20,7 +20,7 @@ REFLECTION_PHRASES = (
 )
 _REFLECTION = re.compile(r"\b(?:" + "|".join(re.escape(p) for p in REFLECTION_PHRASES) + r")\b",
                          re.IGNORECASE)
-_THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+_THINK = re.compile(r"<think>(.*?)(?=</think>|<answer>|$)", re.DOTALL)  # unclosed: to the answer
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
 
 
@@ -29,7 +29,12 @@ def split_reasoning(completion: str) -> tuple[str, str]:
 
     The reasoning is the text of the think block (an unclosed block runs to the end); the answer
     is the text of the last answer block. A completion without tags is all answer; one with a
-    think block and no answer block has an empty answer. Both parts are stripped."""
+    think block and no answer block has an empty answer. When the prompt opened the think block
+    (R1-style templates end the prompt with `<think>`), the text before the first `</think>` is
+    the reasoning. Both parts are stripped."""
+    head, closes, _ = completion.partition("</think>")
+    if closes and "<think>" not in head:  # the prompt opened the think block (R1 templates)
+        completion = "<think>" + completion
     thinks = _THINK.findall(completion)
     answers = _ANSWER.findall(completion)
     if not thinks and not answers:
