@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,3 +34,17 @@ def tiny_model(tiny_cfg, tiny_task):
     from zeroth.run import init_model
 
     return init_model(tiny_cfg, tiny_task)
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory) -> Path:
+    """runs/t of a finished `zeroth run tiny` (pretrain, then 4 RL steps x 4 prompts x 4 samples,
+    a checkpoint after every RL step), made once per test session and shared by every test
+    module that reads a real run. Read it only: copy it (shutil.copytree) before changing it."""
+    base = tmp_path_factory.mktemp("finished-tiny-run")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "zeroth.cli", "run", "tiny", "run.name=t",
+                           "rl.checkpoint_every=1", "eval.max_new_tokens=16", "--quiet"],
+                          cwd=base, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base / "runs" / "t"

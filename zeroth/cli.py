@@ -5,6 +5,10 @@
     zeroth pretrain|sft|rl|rejection|distill [RECIPE] [section.field=value ...]   (one stage)
     zeroth eval MODEL|runs/<name> [RECIPE] [section.field=value ...] [--k N] [--out FILE] [--force]
     zeroth export runs/<name>|CHECKPOINT|MODEL OUT [--force]
+    zeroth view [runs/<name> ...] [--port N]       (a local web app over the ledgers)
+    zeroth chat runs/<name>|MODEL                  (talk to a checkpoint in the terminal)
+    zeroth plot runs/<name> [--out DIR]            (PNG curves)
+    zeroth metrics runs/<name> --tensorboard DIR | --wandb PROJECT | --csv FILE
 
 Mistakes a user can fix print one line (`zeroth: error: ...`) and exit with code 2.
 """
@@ -51,7 +55,17 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("source", help="runs/<name>, a checkpoint directory or a model folder")
     export.add_argument("out", help="the folder to write")
     export.add_argument("--force", action="store_true", help="replace an existing folder")
+    for module in _command_modules().values():
+        module.add_parser(sub)
     return ap
+
+
+def _command_modules() -> dict:
+    """The commands that live in their own module: each has `add_parser(subparsers)` and
+    `run(ns) -> int`, and imports its heavy libraries only inside `run`."""
+    from zeroth import chat, plot, tracking, view
+
+    return {"view": view, "chat": chat, "plot": plot, "metrics": tracking}
 
 
 def cmd_export(ns) -> int:
@@ -119,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         from zeroth.evalcmd import cmd_eval
 
         commands = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export,
-                    **dict.fromkeys(STAGE_HELP, cmd_run)}
+                    **dict.fromkeys(STAGE_HELP, cmd_run),
+                    **{name: module.run for name, module in _command_modules().items()}}
         return commands[ns.command](ns)
     except UserError as exc:
         print(f"zeroth: error: {exc}", file=sys.stderr)

@@ -127,6 +127,9 @@ class Ledger:
                 for column in columns:
                     if column.split()[0] not in have:
                         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            # after the columns exist (a ledger from before them gains them just above)
+            conn.execute("CREATE INDEX IF NOT EXISTS rollouts_phase_task ON rollouts "
+                         "(phase, task, step)")
 
     # -- connection -------------------------------------------------------------------------
 

@@ -1,0 +1,629 @@
+"""`zeroth chat`: talk to a run's model (or any checkpoint or model folder) in the terminal.
+
+    zeroth chat runs/<name> [--checkpoint TAG] [--max-new-tokens N] [--temperature T]
+                [--top-p P] [--seed S] [--system TEXT] [--history] [--raw]
+
+Each line read from stdin is a question. The reply streams as it is sampled: the reasoning inside
+<think>…</think> dim and italic under a "thinking" label, the rest under an "answer" label (plain
+`[thinking]` / `[answer]` labels when stdout is not a terminal; --raw prints the completion as
+written, tags and all). Questions are rendered with the chat template the model was trained with
+(the one saved with its tokenizer) through `zeroth.models.prompt_ids`, so a question looks to the
+model exactly like a training prompt. zeroth's models learn from single-turn prompts, so by default
+each question is asked on its own and earlier turns are not sent; --history (or /history on) keeps
+the conversation instead, for models that handle several turns. Sampling and stop tokens are those
+of the rollouts (`fastlm.sample`, `rollout.stop_ids`), so with the same seed a reply is the
+completion `rollout.generate` samples, cut after `</answer>`.
+
+Commands: /history on|off, /reset (forget the conversation), /temp T, /top_p P, /max N, /help,
+/exit (or EOF). Ctrl-C stops a reply; at the prompt it quits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from zeroth.errors import UserError
+
+STOP_TEXT = "</answer>"  # a reply ends with its answer block
+TAG_KINDS = {"<think>": "thinking", "</think>": "answer", "<answer>": "answer",
+             "</answer>": "answer"}  # the kind of text after each tag
+DEFAULTS = {"temperature": 0.7, "max_new_tokens": 512, "top_p": 1.0}  # for a bare model folder
+STYLES = {"thinking": "dim italic", "answer": ""}  # of the reply's text on a terminal
+HELP = ("/history on|off keeps or drops the conversation, /reset clears it, /temp T, /top_p P, "
+        "/max N change sampling, /exit (or Ctrl-D) quits")
+SINGLE_TURN = ("(single-turn: each question is asked on its own, like a training prompt; "
+               "--history or /history on keeps the conversation)")
+MULTI_TURN = ("(multi-turn: earlier questions and replies are sent with each question; "
+              "/history off asks each on its own, as the model was trained)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reasoning apart from the answer, as the text streams.
+# ---------------------------------------------------------------------------------------------
+
+
+class ReasoningSplitter:
+    """Cuts streamed text into ("thinking" | "answer", text) pieces: text inside <think>…</think>
+    is thinking, the rest is answer; the tags themselves are dropped. A tag may arrive split
+    across pieces, so a trailing "<…" that could still become a tag is held back until it is
+    one or cannot be one; `flush()` gives what is left at the end (an unclosed think block stays
+    thinking). Start with `thinking=True` when the prompt itself opened the think block."""
+
+    def __init__(self, thinking: bool = False):
+        self.kind = "thinking" if thinking else "answer"
+        self.held = ""
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        rest = self.held + text
+        while rest:
+            cut = rest.find("<")
+            if cut < 0:
+                out.append((self.kind, rest))
+                rest = ""
+                break
+            out.append((self.kind, rest[:cut]))
+            rest = rest[cut:]
+            tag = next((t for t in TAG_KINDS if rest.startswith(t)), None)
+            if tag is not None:
+                self.kind, rest = TAG_KINDS[tag], rest[len(tag):]
+            elif any(t.startswith(rest) for t in TAG_KINDS):
+                break  # "<thi" may still become "<think>": wait for more text
+            else:
+                out.append((self.kind, "<"))
+                rest = rest[1:]
+        self.held = rest
+        return _merge(out)
+
+    def flush(self) -> list[tuple[str, str]]:
+        out, self.held = [(self.kind, self.held)], ""
+        return _merge(out)
+
+
+def _merge(pieces: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Consecutive pieces of one kind joined, empty ones dropped."""
+    out: list[tuple[str, str]] = []
+    for kind, text in pieces:
+        if not text:
+            continue
+        if out and out[-1][0] == kind:
+            out[-1] = (kind, out[-1][1] + text)
+        else:
+            out.append((kind, text))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts and streamed generation.
+# ---------------------------------------------------------------------------------------------
+
+
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation ready for the assistant's turn. A lone question goes through
+    `zeroth.models.prompt_ids`, the very function that renders training prompts."""
+    from zeroth.models import prompt_ids
+
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return prompt_ids(tokenizer, [messages[0]["content"]])[0]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                         return_dict=False)
+
+
+def supports_history(tokenizer) -> bool:
+    """Does the chat template render a conversation of several turns?"""
+    turns = [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"},
+             {"role": "user", "content": "3"}]
+    try:
+        text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+    except Exception:  # noqa: BLE001 — a template that refuses history means single turns
+        return False
+    return all(t["content"] in text for t in turns)
+
+
+def opens_thinking(tokenizer, ids: list[int]) -> bool:
+    """Does the prompt end inside an open think block (templates that start the reasoning)?"""
+    tail = tokenizer.decode(ids[-8:], skip_special_tokens=False).rstrip()
+    return tail.endswith("<think>")
+
+
+def _pick(logits, temperature: float, top_p: float, generator):
+    """One token from logits (1, V): greedy at temperature 0, else `fastlm.sample` (the rollouts'
+    sampler) over the top-p nucleus."""
+    import torch
+
+    from zeroth.fastlm import sample
+
+    if temperature <= 0:
+        return sample(logits, 1.0, generator, greedy=True)
+    if top_p < 1.0:
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the first always stays
+        drop = torch.zeros_like(outside).scatter(-1, order, outside)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return sample(logits, temperature, generator, greedy=False)
+
+
+def sample_tokens(model, prompt: list[int], *, max_new_tokens: int, temperature: float = 1.0,
+                  top_p: float = 1.0, generator=None, stops: Iterable[int] = ()) -> Iterator[int]:
+    """Token ids as they are sampled, one forward pass each over a KV cache; a stop token is
+    yielded last. Closing the iterator early stops the generation."""
+    import torch
+    from transformers import DynamicCache
+
+    from zeroth.models import model_device
+    from zeroth.rollout import _cache_kwarg
+
+    stops = set(stops)
+    cache = {_cache_kwarg(model): DynamicCache()}
+    ids = torch.tensor([prompt], dtype=torch.long, device=model_device(model))
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=True, logits_to_keep=1, **cache).logits
+        token = _pick(logits[:, -1, :], temperature, top_p, generator)
+        yield int(token)
+        if int(token) in stops:
+            return
+        ids = token.view(1, 1)
+
+
+def stream_text(tokenizer, tokens: Iterable[int], stops: Iterable[int] = (),
+                stop_text: str = STOP_TEXT, sampled: list[int] | None = None) -> Iterator[str]:
+    """The text of streamed token ids, piece by piece: stops at a stop token (left out) or after
+    `stop_text`; a piece ending inside a multi-byte character waits for the rest of it. The
+    pieces join to `reply_text` of the same ids. `sampled` (a list) collects the ids used.
+
+    Incremental: each token decodes only a short window, the tokens of the piece shown last
+    (context for decoders that merge across tokens) and those not shown yet, so a reply costs
+    linear time. Pending tokens that still end in a broken character after MAX_PENDING tokens
+    (invalid bytes, not a character being spelled out) are shown as they decode."""
+    stops, ids = set(stops), []
+    window = _Window(stop_text)
+    for token in tokens:
+        if sampled is not None:
+            sampled.append(token)
+        if token in stops:
+            break
+        ids.append(token)
+        piece = window.next_piece(tokenizer, ids)
+        end = window.stop_at(piece)
+        if end >= 0:
+            yield from _nonempty(piece[:end])
+            return
+        if piece.endswith("\ufffd") and len(ids) - window.read < MAX_PENDING:
+            continue
+        window.advance(ids, piece)
+        yield from _nonempty(piece)
+    piece = window.next_piece(tokenizer, ids)
+    end = window.stop_at(piece)
+    yield from _nonempty(piece if end < 0 else piece[:end])
+
+
+MAX_PENDING = 8  # tokens a broken character may wait for (UTF-8 needs at most 4 bytes)
+
+
+class _Window:
+    """Where streamed decoding stands: ids[prefix:read] made the piece shown last, ids[read:]
+    are not shown yet; `tail` is the end of the text shown, to find a stop text split across
+    pieces."""
+
+    def __init__(self, stop_text: str):
+        self.stop_text = stop_text
+        self.prefix = self.read = 0
+        self.tail = ""
+
+    def next_piece(self, tokenizer, ids: list[int]) -> str:
+        """The text the ids after `read` add to what is shown."""
+        if self.read >= len(ids):
+            return ""
+        shown = tokenizer.decode(ids[self.prefix:self.read], skip_special_tokens=False)
+        text = tokenizer.decode(ids[self.prefix:], skip_special_tokens=False)
+        return text[len(shown):]
+
+    def stop_at(self, piece: str) -> int:
+        """Where `piece` must be cut to end right after the first stop text; -1: none in it."""
+        found = (self.tail + piece).find(self.stop_text) if self.stop_text else -1
+        return -1 if found < 0 else found + len(self.stop_text) - len(self.tail)
+
+    def advance(self, ids: list[int], piece: str) -> None:
+        """`piece` (the text of every id so far) is shown."""
+        self.prefix, self.read = self.read, len(ids)
+        shown = self.tail + piece  # a stop text may start in what is shown: keep its length
+        self.tail = shown[max(len(shown) - len(self.stop_text) + 1, 0):]
+
+
+def _nonempty(piece: str) -> Iterator[str]:
+    if piece:
+        yield piece
+
+
+def reply_text(tokenizer, ids: list[int], stops: Iterable[int] = (),
+               stop_text: str = STOP_TEXT) -> str:
+    """The reply of completion `ids` as a whole: decoded up to its stop token (special tokens
+    kept, as evaluation decodes), cut after the first `stop_text`."""
+    stops = set(stops)
+    ids = list(ids)
+    for i, token in enumerate(ids):
+        if token in stops:
+            ids = ids[:i]
+            break
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    end = text.find(stop_text)
+    return text if end < 0 else text[:end + len(stop_text)]
+
+
+def stream_reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int,
+                 temperature: float = 1.0, top_p: float = 1.0, generator=None,
+                 stops: Iterable[int] | None = None,
+                 sampled: list[int] | None = None) -> Iterator[str]:
+    """The assistant's reply to `messages`, streamed as text pieces while it is generated."""
+    from zeroth.rollout import stop_ids
+
+    stops = stop_ids(model, tokenizer) if stops is None else set(stops)
+    tokens = sample_tokens(model, chat_ids(tokenizer, messages), max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_p=top_p, generator=generator,
+                           stops=stops)
+    return stream_text(tokenizer, tokens, stops, sampled=sampled)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: labels and styles on a terminal, plain labelled text otherwise.
+# ---------------------------------------------------------------------------------------------
+
+
+class Renderer:
+    """Prints streamed replies. On a terminal (rich): a dim "thinking" label with the reasoning
+    dim and italic, then a bold "answer" label; elsewhere `[thinking]` / `[answer]` lines and
+    plain text. `raw` prints the completion as written, without labels."""
+
+    def __init__(self, out=None, raw: bool = False, styled: bool | None = None):
+        from rich.console import Console
+
+        self.out = out if out is not None else sys.stdout
+        self.console = Console(file=self.out, highlight=False, soft_wrap=True,
+                               force_terminal=styled)
+        self.styled = self.console.is_terminal
+        self.raw = raw
+        self.kind, self.col0, self.shown = None, True, False
+        self.splitter = ReasoningSplitter()
+
+    def write(self, text: str, style: str = "") -> None:
+        if not text:
+            return
+        if self.styled:
+            self.console.print(text, style=style or None, end="", markup=False, emoji=False)
+        else:
+            self.out.write(text)
+        self.col0 = text.endswith("\n")
+        self.out.flush()
+
+    def line(self, text: str, style: str = "dim") -> None:
+        """A line of its own (notes, stats)."""
+        if not self.col0:
+            self.write("\n")
+        self.write(text + "\n", style)
+
+    def start(self, thinking: bool = False) -> None:
+        """A new reply; `thinking`: its prompt opened a think block."""
+        self.kind, self.shown = None, False
+        self.splitter = ReasoningSplitter(thinking)
+
+    def feed(self, text: str) -> None:
+        """The next streamed piece of the reply."""
+        if self.raw:
+            self.write(text)
+            self.shown = self.shown or bool(text)
+            return
+        for kind, part in self.splitter.feed(text):
+            self.piece(kind, part)
+
+    def piece(self, kind: str, text: str) -> None:
+        if kind != self.kind:
+            text = text.lstrip()  # a section starts at its first visible character
+            if not text:
+                return
+            label = f"[{kind}]" if not self.styled else kind
+            self.line(label, "bold" if kind == "answer" else "dim bold")
+            self.kind = kind
+        self.write(text, STYLES[kind] if self.styled else "")
+        self.shown = True
+
+    def end(self, n_tokens: int, seconds: float, interrupted: bool = False) -> None:
+        """The reply is over: what the splitter held back, then the token count and rate."""
+        for kind, part in self.splitter.flush():
+            self.piece(kind, part)
+        rate = n_tokens / seconds if seconds > 0 else 0.0
+        note = " — interrupted" if interrupted else ""
+        if not self.shown:
+            self.line("(empty reply)")
+        self.line(f"[{n_tokens} tokens, {rate:.1f} tokens/s{note}]")
+
+
+# ---------------------------------------------------------------------------------------------
+# The conversation.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    max_new_tokens: int
+    temperature: float
+    top_p: float = 1.0
+    system: str | None = None
+
+
+class Chat:
+    """A conversation with one model: its sampling settings and random stream, and its history
+    when `history` is on (off by default: each question alone, as in training)."""
+
+    def __init__(self, model, tokenizer, settings: Settings, generator=None,
+                 history: bool = False):
+        from zeroth.rollout import stop_ids
+
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.generator, self.history = generator, False
+        self.stops = stop_ids(model, tokenizer)
+        self.context = getattr(model.config, "max_position_embeddings", None)
+        self.turns: list[dict] = []
+        self.set_history(history)
+
+    def set_history(self, on: bool) -> None:
+        """Keep the conversation (on) or ask each question alone (off: history forgotten)."""
+        if on and not supports_history(self.tokenizer):
+            raise UserError("this model's chat template holds one turn only, so questions "
+                            "cannot carry history — chat without --history")
+        self.history = on
+        if not on:
+            self.turns = []
+
+    def messages(self, question: str) -> list[dict]:
+        """The conversation to send for `question` (history and system prompt included)."""
+        system = [{"role": "system", "content": self.settings.system}] \
+            if self.settings.system else []
+        earlier = self.turns if self.history else []
+        return system + earlier + [{"role": "user", "content": question}]
+
+    def prompt(self, question: str, renderer: Renderer) -> list[int]:
+        """Prompt ids for `question`; the oldest exchanges are dropped while the prompt and the
+        reply would not fit the model's context (a single question is asked whatever its length:
+        training prompts may pass the context too)."""
+        ids = chat_ids(self.tokenizer, self.messages(question))
+        while self.context and self.turns and \
+                len(ids) + self.settings.max_new_tokens > self.context:
+            self.turns = self.turns[2:]
+            renderer.line("(oldest exchange dropped to fit the model's context of "
+                          f"{self.context} tokens)")
+            ids = chat_ids(self.tokenizer, self.messages(question))
+        return ids
+
+    def ask(self, question: str, renderer: Renderer) -> str:
+        """Stream the reply to `question` into `renderer`; returns the reply text. Ctrl-C stops
+        the reply (it is then left out of the history)."""
+        ids = self.prompt(question, renderer)
+        tokens = sample_tokens(self.model, ids, max_new_tokens=self.settings.max_new_tokens,
+                               temperature=self.settings.temperature, top_p=self.settings.top_p,
+                               generator=self.generator, stops=self.stops)
+        sampled: list[int] = []
+        renderer.start(thinking=opens_thinking(self.tokenizer, ids))
+        t0, parts, interrupted = time.perf_counter(), [], False
+        try:
+            for piece in stream_text(self.tokenizer, tokens, self.stops, sampled=sampled):
+                parts.append(piece)
+                renderer.feed(piece)
+        except KeyboardInterrupt:
+            interrupted = True
+        renderer.end(len(sampled), time.perf_counter() - t0, interrupted)
+        reply = "".join(parts)
+        if self.history and not interrupted:
+            self.turns += [{"role": "user", "content": question},
+                           {"role": "assistant", "content": reply}]
+        return reply
+
+    def reset(self) -> None:
+        self.turns = []
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and loading the model; the command.
+# ---------------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("chat", help="talk to a run's model (or a model folder) in the "
+                              "terminal, reasoning shown apart from the answer")
+    p.add_argument("source", help="runs/<name>, a checkpoint or a model folder")
+    p.add_argument("--checkpoint", metavar="TAG", help="a run's checkpoints/TAG instead of its "
+                   "final model (e.g. rl-000004)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="reply length limit "
+                   "(default: the run's eval.max_new_tokens, else 512)")
+    p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature, 0 = "
+                   "greedy (default: the run's eval.temperature, else 0.7)")
+    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling (default 1.0)")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of the sampling (default: random)")
+    p.add_argument("--system", metavar="TEXT", help="a system message before the conversation")
+    p.add_argument("--history", action="store_true", help="send the conversation so far with each "
+                   "question (default: each question alone, formatted like a training prompt)")
+    p.add_argument("--raw", action="store_true", help="print completions as written (tags "
+                   "included), without thinking/answer labels")
+    return p
+
+
+def run_dir_of(path: Path) -> Path | None:
+    """The run directory `path` belongs to: a run itself, its final/ model, one of its
+    checkpoints or a checkpoint's model/; None for a model folder outside a run."""
+    path = path.resolve()
+    candidates = [path]
+    if path.name == "final":
+        candidates.append(path.parent)
+    if path.parent.name == "checkpoints":
+        candidates.append(path.parent.parent)
+    if path.name == "model" and path.parent.parent.name == "checkpoints":
+        candidates.append(path.parent.parent.parent)
+    return next((c for c in candidates if (c / "config.yaml").is_file()), None)
+
+
+def model_folder(source: str, tag: str | None) -> Path:
+    """The model folder behind SOURCE (and --checkpoint TAG)."""
+    from zeroth.checkpoint import model_dir
+    from zeroth.export import resolve_source
+
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        raise UserError(f"chat source '{source}' does not exist — give runs/<name>, a checkpoint "
+                        "or a model folder")
+    if tag is None:
+        return resolve_source(path)
+    root = path / "checkpoints"
+    if not root.is_dir():
+        raise UserError(f"--checkpoint needs a run directory, and '{source}' has no checkpoints/")
+    tags = sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / "state.json").is_file())
+    if tag not in tags:
+        known = ", ".join(tags) if tags else "none yet"
+        raise UserError(f"run '{source}' has no checkpoint {tag!r} — available: {known}")
+    return model_dir(root / tag)
+
+
+def settings_for(ns, folder: Path) -> Settings:
+    """Command-line values, else the run's eval section, else DEFAULTS."""
+    base = dict(DEFAULTS)
+    run_dir = run_dir_of(folder)
+    if run_dir is not None:
+        from zeroth.run import load_run_config
+
+        cfg = load_run_config(run_dir)
+        base.update(temperature=cfg.eval.temperature, max_new_tokens=cfg.eval.max_new_tokens)
+    chosen = {"temperature": ns.temperature, "max_new_tokens": ns.max_new_tokens,
+              "top_p": ns.top_p}
+    base.update({k: v for k, v in chosen.items() if v is not None})
+    settings = Settings(system=ns.system, **base)
+    check_settings(settings)
+    return settings
+
+
+OPTIONS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
+           "top_p": "--top-p"}  # the name of each setting in messages
+COMMANDS = {"max_new_tokens": "the reply length", "temperature": "the temperature",
+            "top_p": "top-p"}  # in messages of the in-session commands
+
+
+def check_settings(s: Settings, names: dict[str, str] = OPTIONS) -> None:
+    """UserError for a setting out of range; `names` says how each is called in the message."""
+    if s.max_new_tokens < 1:
+        raise UserError(f"{names['max_new_tokens']} must be at least 1, got {s.max_new_tokens}")
+    if not (math.isfinite(s.temperature) and s.temperature >= 0):
+        raise UserError(f"{names['temperature']} must be a finite number >= 0 (0 = greedy), "
+                        f"got {s.temperature}")
+    if not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
+        raise UserError(f"{names['top_p']} must be in (0, 1], got {s.top_p}")
+
+
+def open_chat(ns, renderer: Renderer) -> Chat:
+    import torch
+
+    from zeroth import models
+
+    folder = model_folder(ns.source, ns.checkpoint)
+    settings = settings_for(ns, folder)
+    # template "auto": the tokenizer saved with a run's model carries the template it trained with
+    model, tokenizer = models.load_model(folder, dtype="auto", template="auto")
+    model = model.to(models.pick_device("auto")).eval()
+    generator = torch.Generator()
+    if ns.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(ns.seed)
+    chat = Chat(model, tokenizer, settings, generator, history=ns.history)
+    renderer.line(f"chatting with {folder} (temperature {settings.temperature}, top-p "
+                  f"{settings.top_p}, at most {settings.max_new_tokens} new tokens) — {HELP}")
+    renderer.line(MULTI_TURN if chat.history else SINGLE_TURN)
+    return chat
+
+
+def command(line: str, chat: Chat, renderer: Renderer) -> bool:
+    """Run a /command; False means quit."""
+    name, _, arg = line.partition(" ")
+    fields = {"/temp": ("temperature", float), "/top_p": ("top_p", float),
+              "/max": ("max_new_tokens", int)}
+    if name in ("/exit", "/quit"):
+        return False
+    if name == "/reset":
+        chat.reset()
+        renderer.line("(conversation cleared)")
+    elif name == "/history":
+        history_command(arg.strip(), chat, renderer)
+    elif name in fields:
+        key, kind = fields[name]
+        old = getattr(chat.settings, key)
+        try:
+            setattr(chat.settings, key, kind(arg))
+            check_settings(chat.settings, COMMANDS)
+            renderer.line(f"({key} = {getattr(chat.settings, key)})")
+        except (ValueError, UserError) as exc:
+            setattr(chat.settings, key, old)
+            renderer.line(f"({name} {arg}: {exc})")
+    else:
+        renderer.line(HELP)
+    return True
+
+
+def history_command(arg: str, chat: Chat, renderer: Renderer) -> None:
+    """/history on|off (bare: say which mode is on)."""
+    if arg not in ("", "on", "off"):
+        renderer.line(f"(/history {arg}: say /history on or /history off)")
+        return
+    if arg:
+        try:
+            chat.set_history(arg == "on")
+        except UserError as exc:
+            renderer.line(f"(/history on: {exc})")
+            return
+    renderer.line(MULTI_TURN if chat.history else SINGLE_TURN)
+
+
+def read_line(stdin, renderer: Renderer) -> str | None:
+    """The next line, None at end of input; a prompt is shown on a terminal."""
+    if stdin.isatty() and stdin is sys.stdin:
+        try:
+            return input("\nyou> ")
+        except EOFError:
+            return None
+    line = stdin.readline()
+    return line if line else None
+
+
+def loop(chat: Chat, renderer: Renderer, stdin=None) -> int:
+    stdin = stdin if stdin is not None else sys.stdin
+    while True:
+        try:
+            line = read_line(stdin, renderer)
+        except KeyboardInterrupt:
+            renderer.line("")
+            return 0
+        if line is None:
+            return 0
+        line = line.strip()
+        if line.startswith("/"):
+            if not command(line, chat, renderer):
+                return 0
+        elif line:
+            try:
+                chat.ask(line, renderer)
+            except KeyboardInterrupt:  # before the first token: nothing was said
+                renderer.line("(interrupted)")
+
+
+def run(ns) -> int:
+    renderer = Renderer(raw=ns.raw)
+    try:
+        chat = open_chat(ns, renderer)
+    except KeyboardInterrupt:
+        print("zeroth: interrupted while loading the model", file=sys.stderr)
+        return 130
+    return loop(chat, renderer)
