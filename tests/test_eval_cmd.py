@@ -4,6 +4,7 @@ command on a model folder and on a run directory, and its one-line errors."""
 import argparse
 import json
 import random
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from zeroth.checkpoint import save_checkpoint
 from zeroth.config import dump_config, load_config
 from zeroth.errors import UserError
-from zeroth.evalcmd import add_parser, cmd_eval, resolve_target
+from zeroth.evalcmd import add_parser, checkpoint_tags, cmd_eval, resolve_target
 from zeroth.evaluate import (
     accuracy,
     by_difficulty,
@@ -26,9 +27,12 @@ from zeroth.types import Task
 
 
 def _ns(*argv):
+    """The parsed command line, options and KEY=VALUE overrides interleaved as cli.main allows."""
     ap = argparse.ArgumentParser(prog="zeroth")
     add_parser(ap.add_subparsers(dest="command"))
-    return ap.parse_args(["eval", *map(str, argv)])
+    ns, extra = ap.parse_known_args(["eval", *map(str, argv)])
+    ns.args = [*ns.args, *extra]
+    return ns
 
 
 def _save(model, tokenizer, folder):
@@ -170,9 +174,12 @@ def test_run_dir_uses_final_then_latest_checkpoint_and_its_config(tmp_path, tiny
                                                        "eval.k": 3, "eval.max_new_tokens": 16})
     assert resolve_target(run) == (ckpt / "model", run)
     assert cmd_eval(_ns(run, "--quiet")) == 0
-    data = json.loads((run / "eval-linear.json").read_text())
+    # results of a run's model go to <run>/evals/<checkpoint tag, or final>-<task>.json
+    data = json.loads((run / "evals" / "rl-000002-linear.json").read_text())
     assert (data["task"], data["k"], data["seed"]) == ("linear", 3, 7)  # the run's own config
     assert data["model"] == str((ckpt / "model").resolve())
+    assert data["checkpoint"] == {"tag": "rl-000002", "stage": "rl", "stage_index": None,
+                                  "step": 2}  # state.json was empty: the step from the tag
     model, tokenizer = tiny_model
     task = load_task(cfg)
     metrics, _ = evaluate(model, tokenizer, task, task.eval_rows(8, 7), cfg.eval, 7)
@@ -180,13 +187,14 @@ def test_run_dir_uses_final_then_latest_checkpoint_and_its_config(tmp_path, tiny
     assert data["metrics"] == pytest.approx(metrics)  # what the run's own evaluation reports
 
     assert cmd_eval(_ns(run, "eval.k=2", "--quiet", "--force")) == 0  # run config + override
-    data = json.loads((run / "eval-linear.json").read_text())
+    data = json.loads((run / "evals" / "rl-000002-linear.json").read_text())
     assert (data["task"], data["k"]) == ("linear", 2)
     # a task.* override leaves the run's config for the recipe's (here the embedded default)
     assert cmd_eval(_ns(run, "task.eval_problems=2", "eval.k=1", "eval.max_new_tokens=4",
                         "--quiet")) == 0
-    data = json.loads((run / "eval-addition.json").read_text())
+    data = json.loads((run / "evals" / "rl-000002-addition.json").read_text())
     assert (data["task"], data["seed"], data["problems"]) == ("addition", 0, 2)
+    assert not list(run.glob("eval-*.json"))  # the old place (still read by `zeroth view`)
 
     final = _save(*tiny_model, run / "final")
     assert resolve_target(run) == (final, run)
@@ -215,3 +223,85 @@ def test_existing_out_is_kept_unless_force(model_folder, tmp_path):
     assert cmd_eval(_ns(model_folder, "tiny", "eval.max_new_tokens=8", "--out", out,
                                 "--force", "--quiet")) == 0
     assert json.loads(out.read_text())["task"] == "addition"
+
+
+# -- scoring a run's checkpoints -----------------------------------------------------------------
+
+FAST = ("eval.k=1", "eval.max_new_tokens=8")
+
+
+@pytest.fixture()
+def tiny_run(finished_tiny_run, tmp_path):
+    """A writable copy of the session's finished tiny run (checkpoints rl-000003, rl-000004
+    and final/); its config: task addition, 8 held-out problems."""
+    return shutil.copytree(finished_tiny_run, tmp_path / "runs" / "t")
+
+
+def _results(run):
+    return {p.name: json.loads(p.read_text()) for p in sorted((run / "evals").glob("*.json"))}
+
+
+def test_checkpoint_tag_scores_that_checkpoint_with_the_runs_config(tiny_run, capsys):
+    assert checkpoint_tags(tiny_run) == ["rl-000003", "rl-000004"]
+    assert cmd_eval(_ns(tiny_run, "--checkpoint", "rl-000003", *FAST, "--quiet")) == 0
+    assert "results: " in capsys.readouterr().out
+    data = _results(tiny_run)["rl-000003-addition.json"]
+    folder = tiny_run / "checkpoints" / "rl-000003" / "model"
+    assert data["source"] == "zeroth eval" and data["model"] == str(folder.resolve())
+    assert data["checkpoint"] == {"tag": "rl-000003", "stage": "rl", "stage_index": 1, "step": 3}
+    assert (data["task"], data["k"], data["problems"]) == ("addition", 1, 8)
+    assert data["eval"]["max_new_tokens"] == 8
+    # the very numbers of that checkpoint's model, scored by hand with the run's config
+    cfg = load_config(tiny_run / "config.yaml", list(FAST))
+    model, tokenizer = load_model(folder)
+    task = load_task(cfg)
+    metrics, _ = evaluate(model.eval(), tokenizer, task, task.eval_rows(8, cfg.run.seed),
+                          cfg.eval, cfg.run.seed)
+    assert data["by_difficulty"] == metrics.pop("by_difficulty", None)  # addition: no levels
+    assert data["metrics"] == pytest.approx(metrics)
+
+    assert cmd_eval(_ns(tiny_run, "--checkpoint", "final", *FAST, "--quiet")) == 0
+    final = _results(tiny_run)["final-addition.json"]
+    assert final["checkpoint"]["tag"] == "final" and final["model"].endswith("final")
+
+
+def test_unknown_checkpoint_lists_the_tags_and_writes_nothing(tiny_run, model_folder):
+    with pytest.raises(UserError) as exc:
+        cmd_eval(_ns(tiny_run, "--checkpoint", "rl-000001", *FAST, "--quiet"))
+    msg = str(exc.value)
+    assert "'rl-000001'" in msg and "rl-000003, rl-000004, final" in msg and "\n" not in msg
+    assert not (tiny_run / "evals").exists()
+    with pytest.raises(UserError) as exc:  # a model folder has no checkpoints
+        cmd_eval(_ns(model_folder, "tiny", "--checkpoint", "all", "--quiet"))
+    assert "needs a run directory" in str(exc.value)
+    with pytest.raises(UserError) as exc:  # one --out file cannot hold several results
+        cmd_eval(_ns(tiny_run, "--checkpoint", "all", "--out", "x.json", "--quiet"))
+    assert "--out" in str(exc.value) and not (tiny_run / "evals").exists()
+
+
+def test_checkpoint_all_scores_each_once_in_order(tiny_run, capsys):
+    assert cmd_eval(_ns(tiny_run, "--checkpoint", "all", *FAST, "--quiet")) == 0
+    out = capsys.readouterr().out
+    assert out.index("rl-000003") < out.index("rl-000004")  # training order
+    first = _results(tiny_run)
+    assert list(first) == ["rl-000003-addition.json", "rl-000004-addition.json"]
+    assert [d["checkpoint"]["step"] for d in first.values()] == [3, 4]
+
+    assert cmd_eval(_ns(tiny_run, "--checkpoint", "all", *FAST, "--quiet")) == 0  # all done
+    assert "skipping 2 checkpoint(s)" in capsys.readouterr().out.replace("\n", " ")
+    assert _results(tiny_run) == first  # untouched (timestamps included)
+
+    # other settings: the old results are kept unless --force replaces them
+    with pytest.raises(UserError) as exc:
+        cmd_eval(_ns(tiny_run, "--checkpoint", "all", "eval.k=2", "eval.max_new_tokens=8",
+                     "--quiet"))
+    assert "--force" in str(exc.value) and _results(tiny_run) == first
+    assert cmd_eval(_ns(tiny_run, "--checkpoint", "all", "eval.k=2", "eval.max_new_tokens=8",
+                        "--force", "--quiet")) == 0
+    assert [d["k"] for d in _results(tiny_run).values()] == [2, 2]
+
+    (tiny_run / "evals" / "rl-000003-addition.json").unlink()  # only the missing one is scored
+    assert cmd_eval(_ns(tiny_run, "--checkpoint", "all", "eval.k=2", "eval.max_new_tokens=8",
+                        "--quiet")) == 0
+    assert "skipping 1 checkpoint(s)" in capsys.readouterr().out.replace("\n", " ")
+    assert list(_results(tiny_run)) == ["rl-000003-addition.json", "rl-000004-addition.json"]

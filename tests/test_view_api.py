@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import threading
@@ -209,6 +210,58 @@ def test_evals_in_run_order_with_labels(srv, tiny_runs):
     assert [e["label"] for e in big] == ["start", "after rl"]
     assert big[0]["by_difficulty"] == {"1": {"pass@1": 0.5}} and big[0]["samples"] == 12
     assert queries.eval_label("eval_distill_before") == "before distill"
+
+
+@pytest.fixture(scope="module")
+def scored(finished_tiny_run, tmp_path_factory) -> Path:
+    """A copy of the tiny run after `zeroth eval --checkpoint all` on countdown (which has
+    difficulty levels), `zeroth eval` of its final model, a results file in the old place and
+    format (eval-<task>.json, no "checkpoint"), and two files that are not results."""
+    run = shutil.copytree(finished_tiny_run, tmp_path_factory.mktemp("scored") / "t")
+    fast = ["eval.k=2", "eval.max_new_tokens=8", "--quiet"]
+    assert cli.main(["eval", str(run), "tiny", "task.name=countdown", "--checkpoint", "all",
+                     *fast]) == 0
+    assert cli.main(["eval", str(run), *fast]) == 0  # final/, on the run's own task
+    old = json.loads((run / "evals" / "rl-000004-countdown.json").read_text())
+    del old["checkpoint"]
+    (run / "eval-countdown.json").write_text(json.dumps(old))
+    (run / "evals" / "broken.json").write_text('{"metrics": {"pass@1": 0.')
+    (run / "evals" / "list.json").write_text("[1, 2]")
+    return run
+
+
+def test_saved_evaluations_follow_the_runs_own(scored):
+    s = server.start_in_thread([scored])
+    try:
+        evals = get(s, "/api/evals", run="t")["evals"]
+        runs = get(s, "/api/runs")["runs"]
+    finally:
+        s.shutdown()
+        s.server_close()
+    assert [(e["phase"], e["source"]) for e in evals[:2]] == [("eval_pretrain", "run"),
+                                                             ("eval_rl", "run")]
+    saved = evals[2:]
+    assert all(e["source"] == "zeroth eval" and e["phase"] is None for e in saved)
+    assert [(e["label"], e["task"], e["file"]) for e in saved] == [
+        ("checkpoint rl-000003 (rl step 3)", "countdown", "evals/rl-000003-countdown.json"),
+        ("checkpoint rl-000004 (rl step 4)", "countdown", "eval-countdown.json"),  # old file
+        ("checkpoint rl-000004 (rl step 4)", "countdown", "evals/rl-000004-countdown.json"),
+        ("final model", "addition", "evals/final-addition.json"),
+        ("evals/broken.json", None, "evals/broken.json"),
+        ("evals/list.json", None, "evals/list.json")]
+    for e in saved[:4]:
+        data = json.loads((scored / e["file"]).read_text())
+        assert e["metrics"] == data["metrics"] and e["by_difficulty"] == data["by_difficulty"]
+        assert e["samples"] == data["problems"] * 3 and "error" not in e
+    assert saved[0]["checkpoint"] == {"tag": "rl-000003", "stage": "rl", "stage_index": 1,
+                                      "step": 3}
+    assert saved[1]["checkpoint"] == saved[2]["checkpoint"]  # read off the old file's model path
+    assert saved[0]["by_difficulty"] and {"pass@1", "greedy"} <= set(saved[0]["metrics"])
+    assert saved[3]["by_difficulty"] is None  # addition has no levels
+    assert saved[4]["error"].startswith("cannot read evals/broken.json: ")
+    assert "not a zeroth eval result" in saved[5]["error"]
+    newest = max(p.stat().st_mtime for p in (scored / "evals").iterdir())
+    assert runs[0]["evals_updated"] >= newest  # the page re-reads /api/evals when it changes
 
 
 def test_eval_samples_filters(srv):

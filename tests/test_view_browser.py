@@ -11,6 +11,7 @@ screenshots of the page there.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -66,7 +67,27 @@ def _synthetic_run(path: Path) -> Path:
         ledger.log_rollouts("rl", step, rows)
     ledger.log_rollouts("rejection", 3, [_rollout(3, 1, s) for s in range(2)])
     ledger.close()
+    _saved_evals(path)
     return path
+
+
+SAVED = {1: (0.25, 0.5), 2: (0.5, 0.75)}  # checkpoint step: (pass@1, greedy)
+
+
+def _saved_evals(run: Path) -> None:
+    """What `zeroth eval --checkpoint all` writes for checkpoints rl-000001 and rl-000002 (the
+    second with difficulty levels), and a results file cut short."""
+    (run / "evals").mkdir()
+    for step, (pass1, greedy) in SAVED.items():
+        tag = f"rl-{step:06d}"
+        levels = {"1": {"problems": 2, "pass@1": 1.0}, "2": {"problems": 2, "pass@1": 0.0}}
+        data = {"source": "zeroth eval", "task": "addition", "k": 2, "problems": 4,
+                "checkpoint": {"tag": tag, "stage": "rl", "stage_index": 0, "step": step},
+                "metrics": {"pass1": pass1, "pass@1": pass1, "pass@2": pass1, "maj@2": pass1,
+                            "greedy": greedy, "mean_len": 12.0, "problems": 4, "k": 2},
+                "by_difficulty": levels if step == 2 else None}
+        (run / "evals" / f"{tag}-addition.json").write_text(json.dumps(data))
+    (run / "evals" / "rl-000003-addition.json").write_text('{"metrics": ')
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +259,38 @@ def test_evals_by_difficulty(page):
     table.wait_for()
     assert table.locator("tbody tr").count() == 2
     assert "37.5%" in table.inner_text()  # level 2 of eval_rl: pass@1 0.75 / 2
+
+
+def test_checkpoint_evaluations_in_the_table_and_a_chart(page):
+    p = page("runs=synth")
+    block = p.tab.locator("#evals .eval-run[data-run=synth]")
+    rows = block.locator("tr.saved")
+    rows.first.wait_for()
+    assert rows.evaluate_all("els => els.map(e => e.dataset.tag || null)") == [
+        "rl-000001", "rl-000002", None]
+    label = rows.nth(0).locator("td.label").inner_text()  # task named: synth has no config.yaml
+    assert label == "checkpoint rl-000001 (rl step 1) · addition"
+    assert "25.0%" in rows.nth(0).inner_text() and "75.0%" in rows.nth(1).inner_text()
+    assert "cannot read evals/rl-000003-addition.json" in rows.nth(2).locator("td.bad").inner_text()
+    assert block.locator("tr.change").count() == 1  # the run's own first -> last only
+    levels = block.locator("table.difficulty[data-file='evals/rl-000002-addition.json']")
+    assert "checkpoint rl-000002" in levels.locator("caption").inner_text()
+    assert levels.locator("tbody tr").count() == 2
+    chart = block.locator('svg[data-metric="eval-pass@1"]')
+    assert chart.count() == 1
+    for key in ("pass@1", "greedy"):
+        assert _points(chart.locator(f"path[data-key='{key}']").get_attribute("d")) == 2
+    phases = p.tab.eval_on_selector_all("#e-phase option", "els => els.map(e => e.value)")
+    assert phases == ["eval_start", "eval_rl"]  # saved results have no samples to browse
+    p.shot("checkpoint-evals", "#sec-evals")
+    assert p.errors == []
+
+
+def test_no_checkpoint_chart_without_two_checkpoint_evaluations(page):
+    p = page()
+    p.tab.locator("#evals tr.eval").first.wait_for()
+    assert p.tab.locator("#evals tr.saved").count() == 0
+    assert p.tab.locator('svg[data-metric="eval-pass@1"]').count() == 0
 
 
 def test_rollout_count_step_filter_and_paging(page):

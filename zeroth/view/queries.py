@@ -3,6 +3,7 @@
 Each function takes an open read-only connection (`connect`) to one run's ledger and returns
 plain JSON-able data. User input only ever reaches SQL as `?` parameters; the few names put
 into SQL text (column expressions, ORDER BY clauses) come from fixed tables in this module.
+`saved_evals` reads the other evaluations of a run: the JSON files `zeroth eval` writes.
 """
 
 from __future__ import annotations
@@ -157,9 +158,110 @@ def evals(conn: sqlite3.Connection) -> list[dict]:
         meta = conn.execute("SELECT value FROM meta WHERE key = ?", (f"{phase}_by_difficulty",))
         row = meta.fetchone()
         count = conn.execute("SELECT COUNT(*) FROM evals WHERE phase = ?", (phase,)).fetchone()[0]
-        out.append({"phase": phase, "label": eval_label(phase), "metrics": numbers,
-                    "by_difficulty": _loads(row[0]) if row else None, "samples": count})
+        out.append({"phase": phase, "label": eval_label(phase), "source": "run",
+                    "metrics": numbers, "by_difficulty": _loads(row[0]) if row else None,
+                    "samples": count})
     return out
+
+
+# -- evaluations saved by `zeroth eval` ---------------------------------------------------------
+
+SAVED_SOURCE = "zeroth eval"
+SAVED_MAX_BYTES = 5_000_000  # a results file is a few KB: anything this big is not one
+
+
+def saved_eval_files(run_dir: Path) -> list[Path]:
+    """runs/<name>/evals/*.json (zeroth eval's home for them) and the older eval-*.json."""
+    return sorted((run_dir / "evals").glob("*.json")) + sorted(run_dir.glob("eval-*.json"))
+
+
+def saved_evals_updated(run_dir: Path) -> float:
+    """The newest change among the saved evaluations (0 when there are none)."""
+    paths = [run_dir / "evals", *saved_eval_files(run_dir)]
+    times = []
+    for path in paths:
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:
+            continue
+    return max(times, default=0.0)
+
+
+def saved_evals(run_dir: Path) -> list[dict]:
+    """The run's `zeroth eval` results in training order (stage, step; final models last;
+    unreadable files last, each with an "error")."""
+    return sorted((saved_eval(run_dir, f) for f in saved_eval_files(run_dir)), key=_saved_order)
+
+
+def saved_eval(run_dir: Path, path: Path) -> dict:
+    """One results file as an /api/evals entry; `error` says why one cannot be shown."""
+    name = path.relative_to(run_dir).as_posix()
+    entry = {"phase": None, "label": name, "source": SAVED_SOURCE, "file": name, "task": None,
+             "checkpoint": None, "metrics": {}, "by_difficulty": None, "samples": None}
+    try:
+        if path.stat().st_size > SAVED_MAX_BYTES:
+            return {**entry, "error": f"{name} is too big to be a zeroth eval result"}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        return {**entry, "error": f"cannot read {name}: {reason}"}
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+        return {**entry, "error": f"{name} is not a zeroth eval result (no metrics)"}
+    ckpt = _saved_checkpoint(run_dir, data)
+    levels = data.get("by_difficulty")
+    k, problems = data.get("k"), data.get("problems")
+    return {**entry, "label": saved_label(ckpt), "task": data.get("task"), "checkpoint": ckpt,
+            "metrics": {key: v for key, v in data["metrics"].items() if _numeric(v) or v is None},
+            "by_difficulty": levels if isinstance(levels, dict) and levels else None,
+            "samples": problems * (k + 1) if _count(k) and _count(problems) else None,
+            "k": k if _count(k) else None, "timestamp": data.get("timestamp")}
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _saved_checkpoint(run_dir: Path, data: dict) -> dict | None:
+    """{"tag", "stage", "stage_index", "step"} of the model a results file scored: as recorded,
+    or (files written before `zeroth eval` recorded it) read off the model's path."""
+    ckpt = data.get("checkpoint")
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("tag"), str):
+        return {key: ckpt.get(key) for key in ("tag", "stage", "stage_index", "step")}
+    model = Path(str(data.get("model") or ""))
+    if model.name == "final":
+        return {"tag": "final", "stage": None, "stage_index": None, "step": None}
+    if model.name != "model" or model.parent.parent.name != "checkpoints":
+        return None
+    tag = model.parent.name
+    named = re.fullmatch(r"(.+)-(\d+)", tag)
+    index = None
+    try:
+        index = json.loads((run_dir / "checkpoints" / tag / "state.json").read_text())["index"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return {"tag": tag, "stage": named[1] if named else None,
+            "stage_index": index if isinstance(index, int) else None,
+            "step": int(named[2]) if named else None}
+
+
+def saved_label(ckpt: dict | None) -> str:
+    """"checkpoint rl-000030 (rl step 30)", "final model", or "model" when unknown."""
+    if ckpt is None:
+        return "model"
+    if ckpt["tag"] == "final":
+        return "final model"
+    where = f"{ckpt['stage']} step {ckpt['step']}" if ckpt["stage"] and ckpt["step"] is not None \
+        else None
+    return f"checkpoint {ckpt['tag']}" + (f" ({where})" if where else "")
+
+
+def _saved_order(entry: dict) -> tuple:
+    """Checkpoints by (stage index, step), then final models, then unknown ones, then errors."""
+    ckpt, big = entry["checkpoint"] or {}, float("inf")
+    index, step = ckpt.get("stage_index"), ckpt.get("step")
+    rank = 3 if "error" in entry else 0 if step is not None else 1 if ckpt.get("tag") else 2
+    return (rank, index if _numeric(index) else big, step if _numeric(step) else big,
+            str(ckpt.get("tag")), str(entry["task"]), entry["file"])
 
 
 # -- filtered, paged rows -----------------------------------------------------------------------

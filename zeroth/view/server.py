@@ -170,7 +170,8 @@ def run_entry(run_id: str, run_dir: Path) -> dict:
              "algorithm": _section(cfg, "rl").get("algorithm"),
              "model": os.path.basename(str(model).rstrip("/")) if model else
              ("scratch" if cfg else None),
-             "phases": [], "updated": last, "summary": summary}
+             "phases": [], "updated": last, "summary": summary,
+             "evals_updated": queries.saved_evals_updated(run_dir)}
     try:
         with closing(queries.connect(run_dir / LEDGER)) as conn:
             entry["phases"] = queries.phase_summary(conn)
@@ -257,9 +258,12 @@ def api_metrics(server, p: Params) -> dict:
 
 
 def api_evals(server, p: Params) -> dict:
+    """The run's own evaluations (ledger eval phases, in run order), then those `zeroth eval`
+    saved in the run directory (checkpoint by checkpoint, in training order)."""
     run_id, conn = server.open_run(p)
     with closing(conn):
-        return {"run": run_id, "evals": queries.evals(conn)}
+        found = queries.evals(conn)
+    return {"run": run_id, "evals": found + queries.saved_evals(server.run_dir(run_id))}
 
 
 # Each route reads and checks its parameters before it opens the ledger.
@@ -402,12 +406,15 @@ class ViewServer(ThreadingHTTPServer):
         allowed = {f"{n}:{self.port}" for n in names} | (set(names) if self.port == 80 else set())
         return (host or "").strip().lower() in allowed
 
-    def open_run(self, p: Params) -> tuple[str, sqlite3.Connection]:
-        run_id = p.str("run", required=True)
+    def run_dir(self, run_id: str) -> Path:
         run_dir = find_runs(self.roots).get(run_id)
         if run_dir is None:
             raise HttpError(404, f"no run '{run_id}' — GET /api/runs lists them")
-        return run_id, queries.connect(run_dir / LEDGER)
+        return run_dir
+
+    def open_run(self, p: Params) -> tuple[str, sqlite3.Connection]:
+        run_id = p.str("run", required=True)
+        return run_id, queries.connect(self.run_dir(run_id) / LEDGER)
 
 
 def make_server(paths: list, host: str = "127.0.0.1", port: int = 8766) -> ViewServer:

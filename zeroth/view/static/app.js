@@ -309,9 +309,11 @@ async function fetchPerRun(cache, path, ids) {
     ids.map(async (id) => {
       const run = runById(id);
       const have = cache.get(id);
-      if (have && run && have.updated === run.updated && have.status === run.status) return;
+      // evals_updated: results files of `zeroth eval`, written beside a finished run too
+      const sig = run ? [run.updated, run.status, run.evals_updated].join("|") : null;
+      if (have && run && have.sig === sig) return;
       const data = await api(path, { run: id });
-      cache.set(id, { updated: run ? run.updated : null, status: run ? run.status : null, data });
+      cache.set(id, { sig, data });
     }),
   );
 }
@@ -680,6 +682,9 @@ function evalColumns(rows) {
   );
 }
 
+// Evaluations `zeroth eval` saved in the run directory (not in the ledger: no samples to browse).
+const isSaved = (e) => e.source === "zeroth eval";
+
 function renderEvals(ids) {
   const blocks = ids.map((id) => {
     const evals = state.evals.get(id)?.data?.evals || [];
@@ -695,7 +700,8 @@ function renderEvals(ids) {
       "div",
       { class: "eval-run", "data-run": id },
       head,
-      evalTable(evals),
+      evalTable(evals, runById(id)?.task),
+      checkpointCharts(evals),
       difficultyTables(evals),
     );
   });
@@ -704,7 +710,9 @@ function renderEvals(ids) {
   );
 }
 
-function evalTable(evals) {
+function evalTable(evals, runTask) {
+  const own = evals.filter((e) => !isSaved(e));
+  const saved = evals.filter(isSaved);
   const cols = evalColumns(evals.map((e) => e.metrics));
   const head = el(
     "tr",
@@ -713,7 +721,7 @@ function evalTable(evals) {
     ...cols.map((c) => el("th", { text: c })),
     el("th", { text: "samples" }),
   );
-  const rows = evals.map((e) =>
+  const rows = own.map((e) =>
     el(
       "tr",
       { class: "eval", "data-phase": e.phase },
@@ -722,8 +730,132 @@ function evalTable(evals) {
       el("td", { class: "num", text: fmt(e.samples) }),
     ),
   );
-  if (evals.length > 1) rows.push(changeRow(evals, cols));
+  if (own.length > 1) rows.push(changeRow(own, cols));
+  if (saved.length) {
+    rows.push(
+      el(
+        "tr",
+        { class: "saved-head" },
+        el("td", { colspan: cols.length + 2, text: "scored afterwards by zeroth eval" }),
+      ),
+    );
+    rows.push(...saved.map((e) => savedRow(e, cols, runTask)));
+  }
   return el("table", { class: "evals" }, el("thead", {}, head), el("tbody", {}, ...rows));
+}
+
+function savedLabel(e, runTask) {
+  // The task is named when it is not the run's own.
+  return e.task && e.task !== runTask ? `${e.label} · ${e.task}` : e.label;
+}
+
+function savedRow(e, cols, runTask) {
+  const attrs = {
+    class: `eval saved${e.error ? " broken" : ""}`,
+    "data-source": e.source,
+    "data-file": e.file,
+    "data-tag": e.checkpoint?.tag,
+    "data-step": e.checkpoint?.step,
+  };
+  const label = el("td", { class: "label", title: e.file, text: savedLabel(e, runTask) });
+  if (e.error) {
+    const why = el("td", { class: "bad", colspan: cols.length + 1, text: e.error });
+    return el("tr", attrs, label, why);
+  }
+  return el(
+    "tr",
+    attrs,
+    label,
+    ...cols.map((c) => el("td", { class: "num", text: evalValue(c, e.metrics?.[c]) })),
+    el("td", { class: "num", text: fmt(e.samples) }),
+  );
+}
+
+/* Checkpoint evaluations: pass@1 and greedy against the step, one chart per task and stage. */
+
+const EVAL_LINES = [
+  ["pass@1", "#2f6fdf", ""],
+  ["greedy", "#e4572e", "4 3"],
+];
+
+function checkpointCharts(evals) {
+  const groups = new Map();
+  for (const e of evals) {
+    const c = e.checkpoint;
+    if (!isSaved(e) || e.error || !c || !isNum(c.step) || c.tag === "final") continue;
+    const key = JSON.stringify([e.task, c.stage]);
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key).push(e);
+  }
+  const charts = [...groups.values()]
+    .filter((g) => g.length >= 2)
+    .map((g) => evalChart(g.sort((a, b) => a.checkpoint.step - b.checkpoint.step)));
+  return charts.length ? el("div", { class: "chart-grid eval-charts" }, ...charts) : null;
+}
+
+function evalRate(e, key) {
+  const m = e.metrics || {};
+  return key === "pass@1" && !isNum(m[key]) ? m.pass1 : m[key];
+}
+
+function evalChart(entries) {
+  const task = entries[0].task;
+  const stage = entries[0].checkpoint.stage;
+  const steps = entries.map((e) => e.checkpoint.step);
+  const values = entries.flatMap((e) => EVAL_LINES.map(([k]) => evalRate(e, k))).filter(isNum);
+  const xa = axis(least(steps), -least(steps.map((x) => -x)), true);
+  const ya = axis(0, values.length ? -least(values.map((y) => -y)) : 0, false);
+  const sx = (x) => CH.l + ((x - xa.lo) / (xa.hi - xa.lo)) * (CH.w - CH.l - CH.r);
+  const sy = (y) => CH.t + (1 - (y - ya.lo) / (ya.hi - ya.lo)) * (CH.h - CH.t - CH.b);
+  const root = svg("svg", {
+    width: CH.w,
+    height: CH.h,
+    viewBox: `0 0 ${CH.w} ${CH.h}`,
+    "data-metric": "eval-pass@1",
+    "data-task": task,
+    "data-stage": stage,
+    class: "chart-svg eval-chart",
+  });
+  drawAxes(root, xa, ya, sx, sy);
+  for (const [key, colour, dash] of EVAL_LINES) {
+    const pts = entries.filter((e) => isNum(evalRate(e, key)));
+    if (!pts.length) continue;
+    const xy = (e) => [sx(e.checkpoint.step), sy(evalRate(e, key))];
+    const d = pts.map((e, i) => `${i ? "L" : "M"}${xy(e)[0].toFixed(1)},${xy(e)[1].toFixed(1)}`);
+    root.append(
+      svg("path", {
+        class: "series",
+        d: d.join(""),
+        stroke: colour,
+        "stroke-dasharray": dash || null,
+        "data-key": key,
+        "data-points": pts.length,
+      }),
+    );
+    for (const e of pts) {
+      const [cx, cy] = xy(e);
+      const dot = svg("circle", { class: "pt", cx, cy, r: 2.8, fill: colour });
+      const tip = svg("title");
+      tip.textContent = `${e.checkpoint.tag} · ${key} ${evalValue(key, evalRate(e, key))}`;
+      dot.append(tip);
+      root.append(dot);
+    }
+  }
+  const legend = EVAL_LINES.map(([key, colour]) =>
+    el(
+      "span",
+      { class: "legend" },
+      el("span", { class: "swatch", style: `background:${colour}` }),
+      key,
+    ),
+  );
+  const title = el(
+    "figcaption",
+    {},
+    el("span", { class: "chart-name", text: `checkpoints · ${stage || "?"} · ${task || "?"}` }),
+    ...legend,
+  );
+  return el("figure", { class: "chart" }, title, root);
 }
 
 function changeRow(evals, cols) {
@@ -743,6 +875,10 @@ function changeRow(evals, cols) {
   );
 }
 
+function difficultyLabel(e) {
+  return isSaved(e) && e.task ? `${e.label} · ${e.task}` : e.label || e.phase;
+}
+
 function difficultyTables(evals) {
   const withLevels = evals.filter((e) => e.by_difficulty && Object.keys(e.by_difficulty).length);
   if (!withLevels.length) return null;
@@ -754,8 +890,8 @@ function difficultyTables(evals) {
       const cols = evalColumns(levels.map(([, m]) => m));
       return el(
         "table",
-        { class: "evals difficulty", "data-phase": e.phase },
-        el("caption", { text: `by difficulty · ${e.label || e.phase}` }),
+        { class: "evals difficulty", "data-phase": e.phase, "data-file": e.file },
+        el("caption", { text: `by difficulty · ${difficultyLabel(e)}` }),
         el(
           "thead",
           {},
@@ -1205,7 +1341,9 @@ function syncEvalPhases() {
   const id = $("#e-run").value;
   const evals = state.evals.get(id)?.data?.evals;
   if (!evals) return false;
-  const options = evals.map((e) => [e.phase, `${e.label || e.phase} (${e.samples})`]);
+  const options = evals
+    .filter((e) => !isSaved(e))
+    .map((e) => [e.phase, `${e.label || e.phase} (${e.samples})`]);
   return fillSelect($("#e-phase"), options, options.length ? options[options.length - 1][0] : "");
 }
 
