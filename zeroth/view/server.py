@@ -5,6 +5,20 @@ follows runs that are still writing and runs started after the server.
 
     server = start_in_thread(["runs"], port=0)   # tests and notebooks
     print(server.url); ...; server.shutdown(); server.server_close()
+
+The JSON API the page uses (GET; errors are `{"error": "one line"}` with 400/403/404/500; NaN
+and infinities are null, or the strings "nan"/"inf" in reward components):
+    /api/runs                          every run: status, task, phases, last write, summary
+    /api/metrics?run=ID                per phase: steps and one series per logged metric
+    /api/evals?run=ID                  the run's evaluations, then `zeroth eval` results saved
+                                       in runs/<name>/evals/ (per checkpoint), per difficulty
+    /api/eval_samples?run=ID&phase=P   [&problem=I&correct=0|1&q=TEXT&offset=&limit=]
+    /api/rollouts?run=ID               [&phase=&step=&step_min=&step_max=&task=&difficulty=
+                                       &reward_min=&reward_max=&len_min=&len_max=&q=TEXT
+                                       &order=step|-step|reward|-reward|len|-len&offset=&limit=]
+                                       a page of rows (snippets) and the filtered total
+    /api/group?run=ID&phase=P&step=N&prompt=I    one prompt's G samples, full text
+    /api/steps?run=ID[&phase=P]        ranges for the filter widgets
 """
 
 from __future__ import annotations
