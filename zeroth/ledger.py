@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -50,7 +51,6 @@ CREATE TABLE IF NOT EXISTS rollouts (
     task TEXT,
     difficulty TEXT
 );
-CREATE INDEX IF NOT EXISTS rollouts_phase_step ON rollouts (phase, step);
 CREATE INDEX IF NOT EXISTS rollouts_phase_group ON rollouts (phase, step, prompt_idx, sample_idx);
 CREATE INDEX IF NOT EXISTS rollouts_phase_reward ON rollouts (phase, reward);
 CREATE INDEX IF NOT EXISTS rollouts_phase_len ON rollouts (phase, n_tokens);
@@ -79,6 +79,33 @@ _ROLLOUT_COLUMNS = (
 # Columns added after the first release: ledgers written before get them on open.
 _ADDED_COLUMNS = {"rollouts": ("task TEXT", "difficulty TEXT")}
 _EVAL_COLUMNS = "phase, problem_idx, sample_idx, prompt, completion, n_tokens, correct, answer"
+
+
+def connect_readonly(path: str | Path, timeout: float = 30.0) -> sqlite3.Connection:
+    """A read-only connection to an existing ledger file, safe while its run writes (WAL)."""
+    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
+                           check_same_thread=False)
+
+
+def merge_metrics(rows: list[tuple[int, str, int, dict]]) -> list[dict]:
+    """`[{"phase", "step", **metrics}]` from metrics rows (id, phase, step, data): phases in the
+    order they were first logged, steps ascending, calls for one step merged (a later id wins)."""
+    first: dict[str, int] = {}
+    for i, phase, _, _ in rows:
+        first[phase] = min(first.get(phase, i), i)
+    merged: dict[tuple[str, int], dict] = {}
+    for _, phase, step, data in sorted(rows, key=lambda r: (first[r[1]], r[2], r[0])):
+        merged.setdefault((phase, step), {"phase": phase, "step": step}).update(data)
+    return list(merged.values())
+
+
+EVAL_PREFIX = "eval_"  # a held-out evaluation's phase is eval_<stage id>: eval_start, eval_rl
+
+
+def phase_kind(phase: str) -> str:
+    """The stage kind of a phase: `rl2` -> `rl`, `sft1` -> `sft`, `eval_rl` -> `eval`."""
+    return "eval" if phase.startswith(EVAL_PREFIX) else re.sub(r"\d+$", "", phase)
 
 
 def _plain(value: Any) -> Any:
@@ -140,10 +167,8 @@ class Ledger:
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
         if self.readonly:
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
-                                   timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._conn, self._pid = conn, os.getpid()
-            return conn
+            self._conn, self._pid = connect_readonly(self.path), os.getpid()
+            return self._conn
         conn = sqlite3.connect(
             str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
         )
@@ -259,18 +284,9 @@ class Ledger:
         Phases come in the order they were first logged, steps ascending within a phase; calls
         logged for the same step are merged (a later value of a key wins).
         """
-        sql = (
-            "SELECT m.phase, m.step, m.data FROM metrics m "
-            "JOIN (SELECT phase, MIN(id) AS first FROM metrics GROUP BY phase) p "
-            "ON m.phase = p.phase"
-        )
-        params: tuple = ()
-        if phase is not None:
-            sql, params = sql + " WHERE m.phase = ?", (phase,)
-        merged: dict[tuple[str, int], dict] = {}
-        for ph, step, data in self._read(sql + " ORDER BY p.first, m.step, m.id", params):
-            merged.setdefault((ph, step), {"phase": ph, "step": step}).update(json.loads(data))
-        return list(merged.values())
+        where, params = _where(phase=phase)
+        rows = self._read(f"SELECT id, phase, step, data FROM metrics{where}", params)
+        return merge_metrics([(i, ph, step, json.loads(data)) for i, ph, step, data in rows])
 
     def rollouts(self, phase: str | None = None, step: int | None = None) -> list[dict]:
         """Logged rollouts (optionally of one phase and/or step) in logging order, decoded."""

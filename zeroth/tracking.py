@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 
 from zeroth.errors import UserError
+from zeroth.ledger import EVAL_PREFIX, connect_readonly, phase_kind
+from zeroth.ledger import merge_metrics as merge
 
 MARKER = ".zeroth-export"  # marks a TensorBoard folder this command wrote (safe to replace)
 
@@ -85,7 +87,7 @@ def read_raw(path: Path, after: int = 0) -> list[tuple[int, str, int, dict]]:
     file = Path(path) / "ledger.sqlite"
     if not file.is_file():
         return []
-    conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    conn = connect_readonly(file)
     try:
         rows = conn.execute("SELECT id, phase, step, data FROM metrics WHERE id > ? ORDER BY id",
                             (int(after),)).fetchall()
@@ -100,36 +102,18 @@ def read_raw(path: Path, after: int = 0) -> list[tuple[int, str, int, dict]]:
     return [(i, phase, step, json.loads(data)) for i, phase, step, data in rows]
 
 
-def merge(raw: list[tuple[int, str, int, dict]]) -> list[dict]:
-    """Per-step dicts `{"phase", "step", ...}` of raw rows, as Ledger.metrics makes them: phases
-    in the order they were first logged, steps ascending, calls for one step merged (a later
-    value of a key wins)."""
-    first: dict[str, int] = {}
-    for i, phase, _, _ in raw:
-        first[phase] = min(first.get(phase, i), i)
-    merged: dict[tuple[str, int], dict] = {}
-    for _, phase, step, data in sorted(raw, key=lambda r: (first[r[1]], r[2], r[0])):
-        merged.setdefault((phase, step), {"phase": phase, "step": step}).update(data)
-    return list(merged.values())
-
-
 def read_metrics(path: Path) -> list[dict]:
     """The run's merged per-step metrics (`[]` when it has no ledger yet), read-only."""
     return merge(read_raw(path))
 
 
 def is_eval(phase: str) -> bool:
-    return phase.startswith("eval_")
+    return phase.startswith(EVAL_PREFIX)
 
 
 def eval_stage(phase: str) -> str:
     """`eval_start` -> `start`, `eval_rl` -> `rl`."""
-    return phase[len("eval_"):] if is_eval(phase) else phase
-
-
-def phase_kind(phase: str) -> str:
-    """The stage kind of a phase: `rl2` -> `rl`, `sft1` -> `sft`, `eval_rl` -> `eval`."""
-    return "eval" if is_eval(phase) else re.sub(r"\d+$", "", phase)
+    return phase[len(EVAL_PREFIX):] if is_eval(phase) else phase
 
 
 def number(value) -> float | None:
@@ -185,7 +169,7 @@ def sample_rollouts(path: Path, phase: str, step: int, n: int) -> list[dict]:
     file = Path(path) / "ledger.sqlite"
     if n <= 0 or not file.is_file():
         return []
-    conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    conn = connect_readonly(file)
     try:
         rows = conn.execute("SELECT id, prompt, completion, reward, answer FROM rollouts WHERE "
                             "phase = ? AND step = ? ORDER BY id LIMIT ?",

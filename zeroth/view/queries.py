@@ -14,6 +14,7 @@ import re
 import sqlite3
 from pathlib import Path
 
+from zeroth.ledger import EVAL_PREFIX, connect_readonly, merge_metrics, phase_kind
 from zeroth.thoughts import reflection_count, split_reasoning
 
 # ORDER BY clauses of /api/rollouts, each following an index on (phase, <column>) so a page
@@ -27,15 +28,13 @@ ORDERS = {
     "len": "n_tokens, id",
     "-len": "n_tokens DESC, id DESC",
 }
-EVAL_PREFIX = "eval_"
 SNIPPET_CHARS = 300  # of reasoning and answer in a /api/rollouts row; /api/group has it all
 
 
 def connect(ledger: Path) -> sqlite3.Connection:
     """A read-only connection to a ledger; safe while its run writes (WAL). It has `pylower`,
     Python's lower-casing, which (unlike SQLite's lower and LIKE) folds non-ASCII letters."""
-    uri = f"{Path(ledger).resolve().as_uri()}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None)
+    conn = connect_readonly(ledger, timeout=10.0)
     conn.create_function("pylower", 1, _lower, deterministic=True)
     return conn
 
@@ -105,19 +104,15 @@ def phase_summary(conn: sqlite3.Connection) -> list[dict]:
 
 def merged_metrics(conn: sqlite3.Connection) -> dict[str, dict[int, dict]]:
     """{phase: {step: merged metrics}}, phases in logging order, steps ascending."""
-    out: dict[str, dict[int, dict]] = {phase: {} for phase in phase_order(conn)}
-    for phase, step, data in conn.execute("SELECT phase, step, data FROM metrics ORDER BY id"):
-        out[phase].setdefault(step, {}).update(json.loads(data))
-    return {phase: dict(sorted(steps.items())) for phase, steps in out.items() if steps}
+    rows = conn.execute("SELECT id, phase, step, data FROM metrics").fetchall()
+    out: dict[str, dict[int, dict]] = {}
+    for m in merge_metrics([(i, phase, step, json.loads(d)) for i, phase, step, d in rows]):
+        out.setdefault(m.pop("phase"), {})[m.pop("step")] = m
+    return out
 
 
 def _numeric(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def phase_kind(phase: str) -> str:
-    """`rl`, `sft`, `pretrain`, ... from a phase id (`sft2` -> `sft`); `eval` for evaluations."""
-    return "eval" if phase.startswith(EVAL_PREFIX) else re.sub(r"\d+$", "", phase)
 
 
 def metrics(conn: sqlite3.Connection) -> list[dict]:

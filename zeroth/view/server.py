@@ -39,6 +39,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from zeroth.errors import UserError
+from zeroth.thoughts import REFLECTION_PHRASES
 from zeroth.view import queries
 
 STATIC = Path(__file__).with_name("static")
@@ -262,7 +263,8 @@ def rollout_filters(p: Params) -> dict:
 
 def api_runs(server, p: Params) -> dict:
     runs = [run_entry(i, d) for i, d in find_runs(server.roots).items()]
-    return {"runs": sorted(runs, key=lambda r: -r["updated"])}
+    return {"runs": sorted(runs, key=lambda r: -r["updated"]),
+            "reflection_phrases": list(REFLECTION_PHRASES)}  # the page highlights them
 
 
 def api_metrics(server, p: Params) -> dict:

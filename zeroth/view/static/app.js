@@ -21,32 +21,13 @@ const PALETTE = [
   "#8d6e63",
   "#00838f",
 ];
-// Kept in step with zeroth/thoughts.py REFLECTION_PHRASES (matched as whole words).
-const REFLECTION_PHRASES = [
-  "wait",
-  "let me check",
-  "let me verify",
-  "let me re-check",
-  "let me recheck",
-  "double-check",
-  "double check",
-  "verify",
-  "verifying",
-  "re-evaluate",
-  "reconsider",
-  "on second thought",
-  "hmm",
-  "actually",
-  "i made a mistake",
-  "that's wrong",
-  "check again",
-];
-const REFLECTION_RE = new RegExp(
-  "\\b(?:" +
-    REFLECTION_PHRASES.map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|") +
-    ")\\b",
-  "gi",
-);
+// Reflection phrases come from the server (zeroth/thoughts.py), matched as whole words.
+let REFLECTION_RE = null;
+
+function reflectionPattern(phrases) {
+  const escaped = phrases.map((p) => p.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+  return new RegExp("\\b(?:" + escaped.join("|") + ")\\b", "gi");
+}
 
 // Curves drawn first, in this order, for every training phase that logged them.
 const MAIN_METRICS = [
@@ -285,6 +266,7 @@ function chooseInitialRuns() {
 async function refreshRuns() {
   const data = await api("runs");
   state.runs = data.runs || [];
+  if (!REFLECTION_RE && data.reflection_phrases) REFLECTION_RE = reflectionPattern(data.reflection_phrases);
   state.runs.forEach((r) => colourOf(r.id));
   for (const id of [...state.selected]) if (!readable(runById(id))) state.selected.delete(id);
   if (state.firstLoad || (!state.selected.size && state.runs.some(readable))) {
@@ -469,27 +451,34 @@ function tickLabel(v, step) {
   return v.toFixed(decimals);
 }
 
+function most(values) {
+  return -least(values.map((v) => -v));
+}
+
+function frame(xs, yLo, yHi, attrs) {
+  // An empty chart: the axes of steps `xs` against [yLo, yHi], and the scales into the SVG.
+  const xa = axis(least(xs), most(xs), true);
+  const ya = axis(yLo, yHi, false);
+  const sx = (x) => CH.l + ((x - xa.lo) / (xa.hi - xa.lo)) * (CH.w - CH.l - CH.r);
+  const sy = (y) => CH.t + (1 - (y - ya.lo) / (ya.hi - ya.lo)) * (CH.h - CH.t - CH.b);
+  const root = svg("svg", { width: CH.w, height: CH.h, viewBox: `0 0 ${CH.w} ${CH.h}`, ...attrs });
+  drawAxes(root, xa, ya, sx, sy);
+  return { root, xa, ya, sx, sy };
+}
+
 function chart(phase, name, key) {
   const series = phase.runs.map((r) => ({ id: r.id, steps: r.steps, values: r.series[key] || [] }));
   const points = series
     .flatMap((s) => s.steps.map((x, i) => [x, s.values[i]]))
     .filter((p) => isNum(p[1]) && isNum(p[0]));
   const steps = series.flatMap((s) => s.steps).filter(isNum); // one x range for the whole phase
-  const xa = axis(least(steps), -least(steps.map((x) => -x)), true);
   const values = points.map((p) => p[1]);
-  const ya = axis(least(values), -least(values.map((y) => -y)), false);
-  const sx = (x) => CH.l + ((x - xa.lo) / (xa.hi - xa.lo)) * (CH.w - CH.l - CH.r);
-  const sy = (y) => CH.t + (1 - (y - ya.lo) / (ya.hi - ya.lo)) * (CH.h - CH.t - CH.b);
-  const root = svg("svg", {
-    width: CH.w,
-    height: CH.h,
-    viewBox: `0 0 ${CH.w} ${CH.h}`,
+  const { root, xa, sx, sy } = frame(steps, least(values), most(values), {
     "data-metric": name,
     "data-phase": phase.phase,
     "data-key": key,
     class: "chart-svg",
   });
-  drawAxes(root, xa, ya, sx, sy);
   for (const s of series) drawSeries(root, s, sx, sy);
   const guide = svg("line", {
     class: "guide",
@@ -803,20 +792,12 @@ function evalChart(entries) {
   const stage = entries[0].checkpoint.stage;
   const steps = entries.map((e) => e.checkpoint.step);
   const values = entries.flatMap((e) => EVAL_LINES.map(([k]) => evalRate(e, k))).filter(isNum);
-  const xa = axis(least(steps), -least(steps.map((x) => -x)), true);
-  const ya = axis(0, values.length ? -least(values.map((y) => -y)) : 0, false);
-  const sx = (x) => CH.l + ((x - xa.lo) / (xa.hi - xa.lo)) * (CH.w - CH.l - CH.r);
-  const sy = (y) => CH.t + (1 - (y - ya.lo) / (ya.hi - ya.lo)) * (CH.h - CH.t - CH.b);
-  const root = svg("svg", {
-    width: CH.w,
-    height: CH.h,
-    viewBox: `0 0 ${CH.w} ${CH.h}`,
+  const { root, sx, sy } = frame(steps, 0, values.length ? most(values) : 0, {
     "data-metric": "eval-pass@1",
     "data-task": task,
     "data-stage": stage,
     class: "chart-svg eval-chart",
   });
-  drawAxes(root, xa, ya, sx, sy);
   for (const [key, colour, dash] of EVAL_LINES) {
     const pts = entries.filter((e) => isNum(evalRate(e, key)));
     if (!pts.length) continue;
@@ -1149,7 +1130,7 @@ function highlighted(text) {
   // The reasoning as text nodes, with each reflection phrase in a <mark>.
   const out = document.createDocumentFragment();
   let at = 0;
-  for (const m of String(text).matchAll(REFLECTION_RE)) {
+  for (const m of REFLECTION_RE ? String(text).matchAll(REFLECTION_RE) : []) {
     out.append(text.slice(at, m.index), el("mark", { class: "reflect", text: m[0] }));
     at = m.index + m[0].length;
   }
