@@ -482,8 +482,9 @@ def model_folder(source: str, tag: str | None) -> Path:
     root = path / "checkpoints"
     if not root.is_dir():
         raise UserError(f"--checkpoint needs a run directory, and '{source}' has no checkpoints/")
-    tags = sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and (p / "state.json").is_file())
+    from zeroth.evalcmd import checkpoint_tags
+
+    tags = checkpoint_tags(path)
     if tag not in tags:
         known = ", ".join(tags) if tags else "none yet"
         raise UserError(f"run '{source}' has no checkpoint {tag!r} — available: {known}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sqlite3
 from pathlib import Path
 
@@ -227,16 +226,9 @@ def _saved_checkpoint(run_dir: Path, data: dict) -> dict | None:
         return {"tag": "final", "stage": None, "stage_index": None, "step": None}
     if model.name != "model" or model.parent.parent.name != "checkpoints":
         return None
-    tag = model.parent.name
-    named = re.fullmatch(r"(.+)-(\d+)", tag)
-    index = None
-    try:
-        index = json.loads((run_dir / "checkpoints" / tag / "state.json").read_text())["index"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return {"tag": tag, "stage": named[1] if named else None,
-            "stage_index": index if isinstance(index, int) else None,
-            "step": int(named[2]) if named else None}
+    from zeroth.evalcmd import checkpoint_info
+
+    return checkpoint_info(run_dir / "checkpoints" / model.parent.name)
 
 
 def saved_label(ckpt: dict | None) -> str:
