@@ -32,30 +32,42 @@ def score(completion: str, gold) -> float | None:
     return math_accuracy([completion], [gold])[0]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("<think>x</think><answer>42</answer>", "42"),
-    ("<answer>1</answer> more <answer>2</answer>", "2"),  # the last block
-    ("<answer>so \\boxed{7} it is</answer>", "7"),  # the box inside the block
-    ("text \\boxed{\\frac{1}{2}} end", "\\frac{1}{2}"),
-    ("\\fbox{5}", "5"),
-    ("\\boxed{\\boxed{4}}", "4"),
-    ("\\boxed{3} then \\boxed{3}", "3"),  # agreeing boxes are one answer
-    ("\\boxed{3} or \\boxed{4}", "3, 4"),  # disagreeing boxes are a list
-    ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),  # escaped braces do not close the box
-    ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "72"),
-    ("the total is 15 apples, then 3/4 of them", "3/4"),  # the final number
-    ("<think>\\boxed{3}</think><answer>4</answer>", "4"),
-    ("<think>the answer is 3</think>", None),  # reasoning never counts
-    ("<think>the answer is 3", None),  # unclosed reasoning: no answer
-    ("reasoning</think> final: 9", "9"),  # R1 distills omit the opening tag
-    ("<answer></answer> 3", None),
-    ("so <answer>3", None),  # an answer block begun and cut off: no falling back to numbers
-    ("so \\boxed{3", None),
-    ("no digits here", None),
-    ("\\boxed{1}" * 30, None),  # more than 20 boxed answers
+@pytest.mark.parametrize("text, strict, marker, last_number", [
+    # (completion, answer read with answer_fallback none / marker / last_number)
+    ("<think>x</think><answer>42</answer>", "42", "42", "42"),
+    ("<answer>2</answer> more <answer>2</answer>", "2", "2", "2"),  # agreeing blocks
+    ("<answer>1</answer> more <answer>2</answer>", None, None, None),  # hedging: no answer
+    ("<answer>so \\boxed{7} it is</answer>", "7", "7", "7"),  # the box inside the block
+    ("text \\boxed{\\frac{1}{2}} end", "\\frac{1}{2}", "\\frac{1}{2}", "\\frac{1}{2}"),
+    ("\\fbox{5}", "5", "5", "5"),
+    ("\\boxed{\\boxed{4}}", "4", "4", "4"),
+    ("\\boxed{3} then \\boxed{3}", "3", "3", "3"),  # agreeing boxes are one answer
+    ("\\boxed{3} or \\boxed{4}", "3, 4", "3, 4", "3, 4"),  # disagreeing boxes are a list
+    ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}", "\\{1, 2\\}", "\\{1, 2\\}"),  # escaped braces
+    ("Natalia sold 48 + 24 = 72 clips.\n#### 72", None, "72", "72"),
+    ("So the answer is 72. Done", None, "72", "72"),
+    ("Final answer: 5!", None, "5!", "5!"),  # a factorial, not an exclamation
+    ("the total is 15 apples, then 3/4 of them", None, None, "3/4"),  # the final number
+    ("<think>\\boxed{3}</think><answer>4</answer>", "4", "4", "4"),
+    ("<think>the answer is 3</think>", None, None, None),  # reasoning never counts
+    ("<think>the answer is 3", None, None, None),  # unclosed reasoning: no answer
+    ("reasoning</think> the answer is 9", None, "9", "9"),  # R1 templates open <think>
+    ("<answer></answer> 3", None, None, None),
+    ("so <answer>3", None, None, None),  # a block begun and cut off: no falling back
+    ("so \\boxed{3", None, None, None),
+    ("```python\n# <answer>7</answer> \\boxed{7}\n```", None, None, None),  # code is no answer
+    ("no digits here", None, None, None),
+    ("\\boxed{1}" * 30, None, None, None),  # more than 20 boxed answers
 ])
-def test_extract_math_answer(text, expected):
-    assert extract_math_answer(text) == expected
+def test_extract_math_answer(text, strict, marker, last_number):
+    assert extract_math_answer(text) == strict
+    assert extract_math_answer(text, "marker") == marker
+    assert extract_math_answer(text, "last_number") == last_number
+
+
+def test_an_unknown_fallback_is_refused():
+    with pytest.raises(ValueError, match="answer fallback"):
+        extract_math_answer("<answer>3</answer>", "loose")
 
 
 @pytest.mark.parametrize("reference, expected", [
@@ -82,6 +94,10 @@ EQUIVALENT = [  # (reference, answer inside <answer>…</answer>)
     ("x^2+2x+1", "(x+1)^2"), ("5", "5 \\text{ cm}"), ("5", "5 cm"), ("3\\pi", "3 \\pi"),
     ("\\infty", "\\infty"), ("x=3", "3"), ("\\text{(B)}", "B"), ("10^{-7}", "0.0000001"),
     ("3", "\\approx 3"), ("3", "3 times"), ("x > 2", "(2, \\infty)"),
+    # postfix operators: factorials, double factorials, primes
+    ("6", "3!"), ("120", "5!"), ("3628800", "10!"), ("6", "3 !"), ("15", "5!!"), ("105", "7!!"),
+    ("\\frac{1}{6}", "\\frac{1}{3!}"), ("\\frac{1}{2004!}", "\\frac{1}{2004!}"),
+    ("2004!", "2004 \\cdot 2003!"), ("\\frac{1}{15}", "\\frac{1}{5!!}"), ("f'(x)", "f'(x)"),
 ]
 NOT_EQUIVALENT = [
     ("3", "4"), ("3", "-3"), ("3", "3.000001"), ("\\frac{1}{3}", "0.333"),
@@ -91,6 +107,9 @@ NOT_EQUIVALENT = [
     ("300", "3\\%"), ("2\\sqrt{3}", "3\\sqrt{2}"), ("\\pi", "3.14"), ("3", "\\text{three}"),
     ("1000", "100"), ("0.5", "5"), ("\\frac{3}{4}", "\\frac{4}{3}"), ("5", "5.5 cm"),
     ("3", "x"), ("72", "72.5"),
+    ("3", "3!"), ("24", "4!!"), ("\\frac{1}{2004!}", "\\frac{1}{2006!}"), ("2004!", "2006!"),
+    ("720", "3!!"), ("\\frac{1}{2^{1000}}", "\\frac{1}{2^{1001}}"), ("f(x)", "f'(x)"),
+    ("f'(x)", "f(x)"), ("f''(x)", "f'(x)"),
 ]
 
 
@@ -105,10 +124,12 @@ def test_different_answers_score_zero(reference, answer):
 
 
 def test_reference_formats_and_missing_references():
-    completions = ["<answer>72</answer>", "\\boxed{0.5}", "#### 18", "<answer>1</answer>",
-                   "<answer>1</answer>"]
+    completions = ["<answer>72</answer>", "\\boxed{0.5}", "<answer>18</answer>",
+                   "<answer>1</answer>", "<answer>1</answer>"]
     references = ["Step 1 ...\n#### 72", "Hence $\\boxed{\\frac{1}{2}}$.", 18, None, ""]
     assert math_accuracy(completions, answer=references) == [1.0, 1.0, 1.0, None, None]
+    assert math_accuracy(["#### 18"], answer=[18]) == [0.0]  # free text: only when allowed
+    assert math_accuracy(["#### 18"], answer=[18], answer_fallback="marker") == [1.0]
 
 
 def test_conversational_completions_use_the_last_message():

@@ -18,7 +18,12 @@ def test_exact_answer_normalises_integers_but_not_loosely():
              "<answer>936.0</answer>", "936", "<answer> 936 </answer>"]
     answers = ["936", "1458", "1458", "936", "936", "936"]
     assert exact_answer(comps, answer=answers) == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    assert extract_answer("<answer>1</answer> then <answer>2</answer>") == "2"
+    assert extract_answer("<answer>1</answer> then <answer>2</answer>") is None  # hedging
+    assert extract_answer("<answer>2</answer> then <answer> 2 </answer>") == "2"
+    assert extract_answer("<think><answer>2</answer></think>") is None  # reasoning only
+    assert extract_answer("<think>x <answer>2</answer>") is None  # still reasoning
+    assert extract_answer("<think>x</think><answer>2</answer>") == "2"
+    assert extract_answer("x</think><answer>2</answer>") == "2"  # the prompt opened <think>
 
 
 def test_tag_count_partial_credit():

@@ -1,7 +1,8 @@
 """Code rewards: run the program in a completion against the row's tests, in the sandbox.
 
-`code_tests` takes the program from the completion — inside <answer>…</answer> first when
-there is one: the last ```python / ```py / ``` fenced block, else the raw text — and scores it
+`code_tests` takes the program from what the completion states after its reasoning (never
+from inside `<think>`) — inside <answer>…</answer> first when there is one: the last
+```python / ```py / ``` fenced block, else the raw text — and scores it
 against whichever tests the row has:
 
 - `test` (+ `entry_point`): HumanEval style, test code defining `check(candidate)`;
@@ -37,7 +38,7 @@ from zeroth.rewards.sandbox import (
     run_cases,
     run_check,
 )
-from zeroth.rewards.shaping import answer_block
+from zeroth.rewards.shaping import after_thinking, answer_block
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON = {"", "python", "py", "python3", "py3"}
@@ -45,15 +46,17 @@ MODES = ("fraction", "all")
 
 
 def extract_program(completion: str) -> str:
-    """The last Python fenced block (of the last answer block when there is one, else of the
-    completion); else the answer block's text; else the whole completion."""
+    """The last Python fenced block (of the answer block when there is one, else of what follows
+    the reasoning); else the answer block's text; else all that follows the reasoning. A
+    program written only inside `<think>` is no answer (empty)."""
+    stated = after_thinking(completion)
     block = answer_block(completion)
-    sources = ([block] if block is not None else []) + [completion]
+    sources = ([block] if block is not None else []) + [stated]
     for source in sources:
         blocks = [body for lang, body in _FENCE.findall(source) if lang.lower() in _PYTHON]
         if blocks:
             return blocks[-1]
-    return block.strip("\n") if block is not None else completion
+    return block.strip("\n") if block is not None else stated
 
 
 def _defines(program: str, name: str) -> bool:

@@ -6,7 +6,7 @@ import re
 
 from zeroth.rewards.shaping import extract_answer
 
-_INTEGER = re.compile(r"[+-]?(\d+|\d{1,3}(,\d{3})+)")
+_INTEGER = re.compile(r"[+-]?(\d+|\d{1,3}(,\d{3})+)", re.ASCII)  # no look-alike digits
 
 
 def normalize(text: str) -> str:
@@ -21,7 +21,8 @@ def normalize(text: str) -> str:
 def exact_answer(completions: list[str], answer: list, **_: object) -> list[float]:
     """1.0 when the extracted answer equals the reference after normalisation, else 0.0.
 
-    A completion without an <answer> block scores 0.0: that is a wrong answer, not a failure.
+    The answer is the `<answer>` block after the reasoning (`extract_answer`); a completion
+    without one, or with several that disagree, scores 0.0: a wrong answer, not a failure.
     """
     scores = []
     for completion, ref in zip(completions, answer):

@@ -1,11 +1,16 @@
-"""Math answer correctness: extract the final answer, decide equivalence with math-verify.
+"""Math answer correctness: extract the stated answer, decide equivalence with math-verify.
 
 `math_accuracy(completions, answer=[...])` scores 1.0 / 0.0 per completion (None when the
-reference is missing). The final answer is taken, in order, from the last `<answer>…</answer>`
-block (its `\\boxed{}` if it has one), else the `\\boxed{}` / `\\fbox{}` answers, else GSM8K's
-`#### n`, else the final number — always after the last `</think>`: reasoning never counts, and
-an unclosed `<think>`, `<answer>` or `\\boxed{` means there is no answer. References may be
-plain numbers, GSM8K solutions (`… #### 72`), MATH solutions (the last `\\boxed{}`) or LaTeX.
+reference is missing). Only an answer the completion *states* can score, read after the
+reasoning (the last `</think>`; an unclosed `<think>` states nothing) with fenced code left out:
+the `<answer>…</answer>` block (its `\\boxed{}` if it has one; several blocks that disagree
+state no answer), else the `\\boxed{}` / `\\fbox{}` answers. An unclosed `<answer>` or
+`\\boxed{` states nothing. Free text is read only when the task allows it
+(`answer_fallback`, task.options.answer_fallback of the math tasks): "marker" takes the line
+after a final `####` or "the answer is" / "final answer:", "last_number" then the last number
+of the text. The default, "none", gives noise no credit: `?x7 bq` does not score against 7.
+References may be plain numbers, GSM8K solutions (`… #### 72`), MATH solutions (the last
+`\\boxed{}`) or LaTeX.
 
 What counts (the tests hold a table of cases):
 
@@ -20,7 +25,10 @@ What counts (the tests hold a table of cases):
   two plain decimals compare exactly; numbers must agree to 1e-5 relative before math-verify
   is asked, which rejects its known false positives on tiny values (`\\frac{1}{2^{99}}` vs
   `\\frac{1}{2^{98}}`, `0` vs `10^{-7}`); irrational expressions closer than math-verify's
-  15-digit check (`\\sqrt2 + 10^{-20}` vs `\\sqrt2`) still pass.
+  15-digit check (`\\sqrt2 + 10^{-20}` vs `\\sqrt2`) still pass;
+* postfix operators are read as such: `3!` is 6 (a `!` is never dropped as punctuation), `5!!`
+  is the double factorial 15, `\\frac{1}{2004!}` is not `\\frac{1}{2006!}` (numbers are compared
+  at sympy's precision, whatever their exponent); primes count: `f'(x)` is not `f(x)`.
 
 What does not: several candidate values (`3 or 4`, `3, 4, 5`, disagreeing `\\boxed{}`s, `\\pm 3`,
 a set or interval) unless the reference is itself such a set; `x > 2`; `\\infty`, `nan`, `1/0`;
@@ -46,6 +54,7 @@ from fractions import Fraction
 from functools import lru_cache
 
 from zeroth.rewards.pool import CheckPool
+from zeroth.rewards.shaping import after_thinking
 
 MAX_ANSWER_CHARS = 1000
 MAX_NESTING = 20
@@ -54,14 +63,6 @@ MAX_DIGITS = 100_000
 _REL_TOL = 1e-5
 
 # ---------------------------------------------------------------- extraction (parent process)
-
-
-def _visible(text: str) -> str:
-    """The text after the last </think>; empty while a <think> is left open."""
-    end = text.rfind("</think>")
-    if end >= 0:
-        return text[end + len("</think>"):]
-    return "" if "<think>" in text else text
 
 
 _BRACE = re.compile(r"\\?[{}]")
@@ -116,31 +117,54 @@ def _one_answer(boxes: list[str]) -> str | None:
 
 
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*(?:\s*/\s*\d+)?(?:\s*%)?")  # \d: look-alikes too
+_CODE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)  # fenced code, to its end if left open
+_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_MARKER = re.compile(r"####|\b(?:the\s+)?(?:final\s+)?answer(?:\s+is\b|\s*:)", re.IGNORECASE)
+FALLBACKS = ("none", "marker", "last_number")  # how far extraction looks past tags and boxes
 
 
 def _nonempty(answer: str | None) -> str | None:
     return answer.strip() or None if answer else None
 
 
-def extract_math_answer(text: str) -> str | None:
-    """The completion's final answer as a string, or None when it gives none (see module doc)."""
-    text = _visible(text or "")
-    close = text.rfind("</answer>")
-    start = text.rfind("<answer>", 0, close) if close >= 0 else -1
-    if start >= 0:
-        block = text[start + len("<answer>"):close]
-        boxes = boxed_contents(block)
-        return _nonempty(_one_answer(boxes) if boxes else block)
+def _block_answer(block: str) -> str | None:
+    boxes = boxed_contents(block)
+    return _nonempty(_one_answer(boxes) if boxes else block)
+
+
+def _after_marker(text: str) -> str | None:
+    """The rest of the line after the last `####` or "the answer is" / "final answer:",
+    up to the end of its sentence."""
+    found = list(_MARKER.finditer(text))
+    if not found:
+        return None
+    line = text[found[-1].end():].split("\n", 1)[0]
+    return _nonempty(re.split(r"[.?;](?:\s|$)", line, maxsplit=1)[0])  # `5!` is 120
+
+
+def extract_math_answer(text: str, fallback: str = "none") -> str | None:
+    """The answer the completion states, or None when it states none (see the module doc).
+
+    Read after the reasoning, with fenced code left out: the `<answer>` block (its `\\boxed{}`
+    when it has one; several blocks that disagree state no answer), else the `\\boxed{}`
+    answers. Free text counts only when `fallback` allows it: "marker" also reads the line after
+    a final `####` or "the answer is", "last_number" (after that) the text's last number."""
+    if fallback not in FALLBACKS:
+        raise ValueError(f"answer fallback must be one of {', '.join(FALLBACKS)}, got "
+                         f"{fallback!r}")
+    text = _CODE.sub(" ", after_thinking(text or ""))
+    blocks = _BLOCK.findall(text)
+    if blocks:
+        answers = {_block_answer(block) for block in blocks}
+        return answers.pop() if len(answers) == 1 else None
     boxes = boxed_contents(text)
     if boxes:
         return _nonempty(_one_answer(boxes))
-    if "<answer>" in text or _BOX.search(text):
-        return None  # an answer block or box begun but never closed (e.g. cut off)
-    hashes = text.rfind("####")
-    if hashes >= 0:
-        line = text[hashes + 4:].split("\n", 1)[0].strip()
-        if line:
-            return line
+    if "<answer>" in text or _BOX.search(text) or fallback == "none":
+        return None  # nothing stated, or an answer block or box begun and cut off
+    marked = _after_marker(text)
+    if marked or fallback == "marker":
+        return marked
     numbers = _NUMBER.findall(text)
     return numbers[-1] if numbers else None
 
@@ -193,7 +217,7 @@ def _clean(text: str) -> str:
             if len(text) > len(left) + len(right) and text.startswith(left) and \
                     text.endswith(right):
                 text = text[len(left):-len(right)].strip()
-        text = _LEAD.sub("", text).rstrip(".;,!: ").strip()
+        text = _LEAD.sub("", text).rstrip(".;,: ").strip()  # `!` is a factorial, not punctuation
         text = _strip_outer_braces(text)
     if not text.endswith("$"):
         text = _CURRENCY.sub("", text)
@@ -259,10 +283,23 @@ def _parse(latex: str):
         _NORMALIZATION = NormalizationConfig(basic_latex=True, units=True,
                                              malformed_operators=True, nits=True, boxed="all")
     text = normalize_latex(latex, _NORMALIZATION).strip()
+    if "!!" in text:
+        text = _DOUBLE_FACTORIAL.sub(_double_factorial, text)
+        if "!!" in text:
+            return None, text  # (2n)!!, 5!!!: the parser would read (n!)!; compare as text
     try:
         return parse_latex_cached(text), text
     except Exception:  # noqa: BLE001 — unparseable: only an identical string can match it
         return None, text
+
+
+_DOUBLE_FACTORIAL = re.compile(r"(?<![\d.])(\d{1,4})\s*!!(?!!)")
+_PRIME = re.compile(r"'|\\prime\b")
+
+
+def _double_factorial(match: re.Match) -> str:
+    """`7!!` as its value 7·5·3·1 = 105 (math-verify's parser reads it as (7!)!)."""
+    return str(math.prod(range(int(match.group(1)), 0, -2)))
 
 
 _parse_gold = lru_cache(maxsize=4096)(_parse)  # a group's completions share one reference
@@ -332,16 +369,18 @@ def _close(gold, pred) -> bool:
     if gold.free_symbols or pred.free_symbols or gold.has(sympy.UnevaluatedExpr) or \
             pred.has(sympy.UnevaluatedExpr):
         return True  # symbolic, or a percentage (math-verify compares 50% with 50 and 0.5)
-    try:
-        g, p = complex(sympy.N(gold, 30)), complex(sympy.N(pred, 30))
-    except (TypeError, ValueError, OverflowError):
-        return True
-    return g == p or abs(g - p) <= _REL_TOL * max(abs(g), abs(p))
+    try:  # sympy's floats keep any exponent: 1/2004! and 1/2006! are not both 0.0
+        g, p = sympy.N(gold, 30), sympy.N(pred, 30)
+        return bool(abs(g - p) <= _REL_TOL * sympy.Max(abs(g), abs(p)))
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return True  # not two finite numbers (infinity, nan): left to math-verify
 
 
 def _equivalent(gold: str, pred: str) -> bool:
     from math_verify import verify
 
+    if len(_PRIME.findall(gold)) != len(_PRIME.findall(pred)):
+        return False  # f'(x) is not f(x): math-verify's normalisation drops primes
     (gold_expr, gold_text), (pred_expr, pred_text) = _parse_gold(gold), _parse(pred)
     if gold_expr is None or pred_expr is None:
         return bool(gold_text) and gold_text == pred_text
@@ -432,9 +471,12 @@ def _text(completion) -> str:
     return completion if isinstance(completion, str) else ""
 
 
-def math_accuracy(completions: list[str], answer: list, **_: object) -> list[float | None]:
-    """1.0 when the completion's final answer is equivalent to the reference, else 0.0; None
-    when the reference is missing. Raises RuntimeError when the check workers cannot run."""
+def math_accuracy(completions: list[str], answer: list, answer_fallback: str = "none",
+                  **_: object) -> list[float | None]:
+    """1.0 when the answer the completion states is equivalent to the reference, else 0.0 (also
+    when it states none); None when the reference is missing. `answer_fallback` ("none",
+    "marker", "last_number") says whether free text may state it: see `extract_math_answer`.
+    Raises RuntimeError when the check workers cannot run."""
     scores: list[float | None] = []
     pending: list[tuple[int, tuple[str, str]]] = []
     for i, (completion, reference) in enumerate(zip(completions, answer, strict=True)):
@@ -442,7 +484,7 @@ def math_accuracy(completions: list[str], answer: list, **_: object) -> list[flo
         if gold is None:
             scores.append(None)
             continue
-        pred = extract_math_answer(_text(completion))
+        pred = extract_math_answer(_text(completion), answer_fallback)
         pred = _clean(pred) if pred is not None else None
         quick = 0.0 if not pred else _quick(gold, pred)
         scores.append(quick)

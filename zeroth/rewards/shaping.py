@@ -1,4 +1,5 @@
-"""Format rewards: the R1-Zero layout `<think> reasoning </think><answer> result </answer>`.
+"""Format rewards: the R1-Zero layout `<think> reasoning </think><answer> result </answer>`,
+and the one reading of a stated answer that every exact verifier shares (`extract_answer`).
 
 The think block is optional (a direct answer is well formed); anything outside the two blocks,
 a second answer, or an unclosed tag makes the completion malformed.
@@ -14,14 +15,28 @@ _LAYOUT = re.compile(r"\s*(<think>(?:(?!</?think>|</?answer>).)*</think>\s*)?"
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
+def after_thinking(completion: str) -> str:
+    """What the completion says after its reasoning: the text after the last `</think>` (R1
+    templates may open the think block in the prompt, so a completion can start inside it);
+    empty while a `<think>` is left open. Reasoning is never read as the answer."""
+    end = completion.rfind("</think>")
+    if end >= 0:
+        return completion[end + len("</think>"):]
+    return "" if "<think>" in completion else completion
+
+
 def answer_block(completion: str) -> str | None:
-    """The raw text inside the last <answer>…</answer> (indentation kept); None when none."""
-    found = _ANSWER.findall(completion)
-    return found[-1] if found else None
+    """The raw text inside the `<answer>…</answer>` after the reasoning (indentation kept);
+    None when there is none, or when several blocks disagree (hedging states no answer)."""
+    found = _ANSWER.findall(after_thinking(completion))
+    if len({block.strip() for block in found}) != 1:
+        return None
+    return found[-1]
 
 
 def extract_answer(completion: str) -> str | None:
-    """The text inside the last <answer>…</answer>, stripped; None when there is none."""
+    """The stated answer, stripped: the `<answer>` block after the reasoning; None when there is
+    none, when it sits only inside `<think>`, or when several blocks disagree."""
     block = answer_block(completion)
     return None if block is None else block.strip()
 

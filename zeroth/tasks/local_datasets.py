@@ -29,7 +29,7 @@ from zeroth.tasks.files import (
     require,
 )
 from zeroth.tasks.math_data import OPTIONS as MATH_OPTIONS
-from zeroth.tasks.math_data import gsm8k_row, math_row, reference_solution
+from zeroth.tasks.math_data import allow_fallback, gsm8k_row, math_row, reference_solution
 from zeroth.tasks.options import Option, choice, read_options, text
 from zeroth.types import Row, Task
 
@@ -100,12 +100,16 @@ def load(task_cfg, demo_cfg) -> Task:
                         "— for files give task.eval_path instead")
     normalise = {"plain": plain_row, "gsm8k": gsm8k_row, "math": math_row}[opts["format"]]
     verifier = opts["verifier"] or ("exact" if opts["format"] == "plain" else "math")
+    if verifier == "exact" and opts["answer_fallback"] != "none":
+        raise UserError("task.options.answer_fallback applies to the math verifier only — set "
+                        "task.options.verifier=math or remove it")
     train, held = load_rows(task_cfg, partial(normalise, opts=opts), split=opts["split"],
                             eval_split=opts["eval_split"], reader=hf_records)
     add_instruction(opts["instruction"], train, held)
     accuracy = "correct" if verifier == "exact" else "math_accuracy"
     task = file_task("datasets", train, held, accuracy=accuracy,
                      info={"path": task_cfg.path, "format": opts["format"]})
+    allow_fallback(task, opts["answer_fallback"])
     plain = opts["format"] == "plain"  # plain rows pre-train only on a `demo` column
     reference = (lambda row: None) if plain else reference_solution
     task.demonstration = demonstrations(train, task.rewards["correct"], reference)

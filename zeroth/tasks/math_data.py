@@ -10,7 +10,10 @@ set with task.options.prompt_field / answer_field / solution_field.
 
 The prompt is the problem text as is, plus task.options.instruction when set (the chat template
 and any system prompt are applied elsewhere). Rewards: math_accuracy (also under "correct"),
-weights {math_accuracy: 1.0, format: 0.1}. Demonstrations for pre-training from scratch are the
+weights {math_accuracy: 1.0, format: 0.1}. Only an answer stated in `<answer>…</answer>` or
+`\\boxed{}` scores, unless task.options.answer_fallback lets free text state it ("marker": a
+final `#### n` or "the answer is n"; "last_number": the text's last number) — for a prompt
+that asks for that form, never for one that asks for tags or boxes. Demonstrations for pre-training from scratch are the
 reference solutions, `<think>solution</think><answer>answer</answer>` (or a `demo` column);
 without either the task has none and needs model.path.
 """
@@ -21,8 +24,9 @@ import re
 from functools import partial
 
 from zeroth.errors import UserError
+from zeroth.rewards.math import FALLBACKS
 from zeroth.tasks.files import add_instruction, demonstrations, file_task, load_rows, pick
-from zeroth.tasks.options import Option, read_options, text
+from zeroth.tasks.options import Option, choice, read_options, text
 from zeroth.types import Row, Task
 
 OPTIONS = {
@@ -30,6 +34,9 @@ OPTIONS = {
     "answer_field": Option(None, text(), "column holding the answer"),
     "solution_field": Option(None, text(), "column holding the worked solution"),
     "instruction": Option(None, text(), "text added after every problem"),
+    "answer_fallback": Option("none", choice(*FALLBACKS),
+                              "free text read as the answer when no <answer> or \\boxed{} states "
+                              "one: none, marker (#### n, 'the answer is n'), last_number"),
 }
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 _THOUSANDS = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
@@ -113,11 +120,24 @@ def reference_solution(row: Row) -> str | None:
     return f"<think>{row['solution']}</think><answer>{row['answer']}</answer>"
 
 
+def allow_fallback(task: Task, fallback: str) -> None:
+    """Let the task's math verifier read free text as the answer (task.options.answer_fallback;
+    "none", the default, credits only an `<answer>` block or a `\\boxed{}`)."""
+    if fallback == "none":
+        return
+    strict = task.rewards["math_accuracy"]
+    loose = partial(strict, answer_fallback=fallback)
+    for name, reward in list(task.rewards.items()):
+        if reward is strict:
+            task.rewards[name] = loose  # "math_accuracy" and "correct"
+
+
 def _load(name: str, normalise, task_cfg) -> Task:
     opts = read_options(name, task_cfg.options, OPTIONS)
     train, held = load_rows(task_cfg, partial(normalise, opts=opts))
     add_instruction(opts["instruction"], train, held)
     task = file_task(name, train, held, accuracy="math_accuracy", info={"path": task_cfg.path})
+    allow_fallback(task, opts["answer_fallback"])
     task.demonstration = demonstrations(train, task.rewards["correct"], reference_solution)
     return task
 
