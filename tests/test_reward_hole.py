@@ -199,3 +199,28 @@ def test_free_text_is_a_per_task_option_off_by_default(tmp_path):
     assert correct("task.options.answer_fallback=marker") == [[1.0, 1.0]] * 2
     with pytest.raises(UserError, match="task.options.answer_fallback"):
         correct("task.options.answer_fallback=loose")
+
+
+def test_reasoning_gym_gives_no_partial_credit_to_soup_unless_asked():
+    """reasoning-gym's default scorer pays len(reference)/len(answer) to any answer holding the
+    reference; zeroth keeps only full credit unless task.options.partial_credit is set."""
+    from random import Random
+
+    from zeroth.config import load_config
+    from zeroth.tasks import load_task
+
+    def gym(partial: bool):
+        cfg = load_config(None, ["task.name=reasoning_gym", "task.options.size=200"])
+        cfg.task.options = {"dataset": "leg_counting", "config": {"max_animals": 3},
+                            "partial_credit": partial}
+        return load_task(cfg)
+
+    for partial in (False, True):
+        task = gym(partial)
+        rows = task.train_rows(Random(0), 10)
+        columns = {k: [r[k] for r in rows] for k in rows[0]}
+        soup = [f"<answer>{' '.join(str(n) for n in range(1000))}</answer>" for _ in rows]
+        right = [f"<answer>{r['answer']}</answer>" for r in rows]
+        scores = task.rewards["correct"](soup, **columns)
+        assert task.rewards["correct"](right, **columns) == [1.0] * 10
+        assert (max(scores) > 0.0) if partial else scores == [0.0] * 10

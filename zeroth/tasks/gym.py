@@ -15,9 +15,12 @@ procedural families, a stable hash of the question text decides the split (held 
 task.heldout_fraction), training keeps only questions above it and evaluation only questions
 below it (distinct ones).
 
-Reward "correct": the dataset's own `score_answer(answer, entry)` on the text of the last
-<answer> block (reasoning-gym may give partial credit; accuracy counts 1.0 only). No answer
-block, or a scorer that raises on a malformed answer: 0.0. Weights {correct: 1.0, format: 0.1}.
+Reward "correct": the dataset's own `score_answer(answer, entry)` on the text of the
+<answer> block after the reasoning, 1.0 when it gives full credit and 0.0 otherwise. Its
+partial scores are kept only with task.options.partial_credit=true: reasoning-gym's default
+scorer pays len(reference) / len(answer) to any answer that contains the reference, so number
+soup would earn something. No answer block (or several that disagree), or a scorer that raises
+on a malformed answer: 0.0. Weights {correct: 1.0, format: 0.1}.
 
 A dataset whose scorer gives full credit to a non-answer, or to one short answer on problems
 with different answers, is refused at load: reasoning-gym's `game_of_life_halting` compares
@@ -41,7 +44,7 @@ from zeroth.rewards import REWARDS
 from zeroth.rewards.shaping import extract_answer
 from zeroth.seeding import stable_hash
 from zeroth.tasks.files import require
-from zeroth.tasks.options import Option, integer, mapping, read_options, text
+from zeroth.tasks.options import Option, flag, integer, mapping, read_options, text
 from zeroth.tasks.procedural import collect
 from zeroth.types import Row, Task
 
@@ -50,6 +53,7 @@ OPTIONS = {
     "config": Option({}, mapping, "keyword arguments of the dataset's config"),
     "seed": Option(0, integer(0, 2**31 - 1), "seed of the training stream"),
     "size": Option(10_000, integer(1, 10**7), "entries per stream"),
+    "partial_credit": Option(False, flag, "keep the scorer's partial scores (off: 1.0 or 0.0)"),
 }
 _RESERVED = ("seed", "size")
 NOT_AN_ANSWER = "zeroth: this is not an answer"  # no scorer may give it full credit
@@ -182,8 +186,9 @@ def load(task_cfg, demo_cfg) -> Task:
         return _rows(streams, Random(0), n, stream, heldout=True, fraction=fraction)
 
     def correct(completions: list[str], rg_seed: list, rg_index: list, **_) -> list[float]:
-        return [streams.score(extract_answer(c), s, i)
-                for c, s, i in zip(completions, rg_seed, rg_index)]
+        scores = [streams.score(extract_answer(c), s, i)
+                  for c, s, i in zip(completions, rg_seed, rg_index)]
+        return scores if opts["partial_credit"] else [float(x >= 1.0) for x in scores]
 
     def demonstration(row: Row, rng: Random) -> tuple[str, bool]:
         text = f"<answer>{row['answer']}</answer>"
