@@ -265,6 +265,40 @@ def test_follow_exports_every_step_until_the_run_finishes(tmp_path, capsys):
     assert printed.count("+") >= 2  # exported as the steps came, not all at the end
 
 
+def test_follow_returns_when_the_run_it_follows_stops(tmp_path, monkeypatch, capsys):
+    """A run killed mid-way (its lock free, no summary.json) ends the following: a last
+    export, where it stopped and how to resume it, exit code 0."""
+    from test_runstate import LockHolder, make_run
+
+    monkeypatch.chdir(tmp_path)
+    run = make_run(tmp_path / "runs" / "r", steps=2, ckpt=2)
+    child = LockHolder(run)  # a live `zeroth run` holding the run's lock
+    ledger = Ledger(run / "ledger.sqlite")
+
+    def step_3():
+        ledger.log_metrics("rl", 3, {"reward": 0.3})
+
+    def step_4_then_killed():
+        ledger.log_metrics("rl", 4, {"reward": 0.4})
+        ledger.close()
+        child.kill()  # kill -9: no summary.json, the kernel frees the lock
+
+    actions = script_waits(monkeypatch, [step_3, step_4_then_killed])
+    try:
+        code = main(["metrics", "runs/r", "--csv", "m.csv", "--follow"])
+    finally:
+        child.close()
+    assert code == 0 and actions == []  # returned at the first look after the kill
+    rows = [(r["phase"], r["step"]) for r in read_csv(tmp_path / "m.csv")]
+    assert rows[-4:] == [("rl", "1"), ("rl", "2"), ("rl", "3"), ("rl", "4")]
+    ended = ("stopped at rl step 4 (resume from rl-000002) — resume with "
+             "`zeroth run --resume runs/r`")
+    printed = capsys.readouterr().out
+    assert f"run r {ended}" in printed and f"runs/r: 7 rows -> m.csv · {ended}" in printed
+    assert main(["metrics", "runs/r", "--csv", "again.csv"]) == 0  # a plain export says so too
+    assert f"runs/r: 7 rows -> again.csv · {ended}" in capsys.readouterr().out
+
+
 def test_ctrl_c_stops_following_and_closes_the_export(tmp_path, monkeypatch, capsys):
     ledger = Ledger(tmp_path / "r" / "ledger.sqlite")
     ledger.log_metrics("rl", 1, {"reward": 0.5})

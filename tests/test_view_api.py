@@ -122,6 +122,7 @@ def test_runs_lists_both_with_status_and_phases(srv, tiny_runs, big):
     assert set(runs) == {"t", "big"}
     t = runs["t"]
     assert t["status"] == "finished" and t["summary"]["run"] == "t"
+    assert (t["status_text"], t["resume"]) == ("finished", None)
     assert (t["task"], t["algorithm"], t["model"]) == ("addition", "grpo", "scratch")
     assert {p["phase"]: p["rollouts"] for p in t["phases"]} == {"pretrain": 0, "rl": 64}
     assert {p["phase"]: p["steps"] for p in t["phases"]}["rl"] == 4
@@ -134,6 +135,8 @@ def test_runs_lists_both_with_status_and_phases(srv, tiny_runs, big):
 
 
 def test_viewing_a_stopped_run_does_not_make_it_look_running(tmp_path):
+    """A run folder from before runs locked theirs (no .lock): the ledger's last write decides,
+    and the empty WAL each read-only request leaves behind does not count as one."""
     ledger = Ledger(tmp_path / "killed" / "ledger.sqlite")
     ledger.log_metrics("rl", 1, {"reward": 0.0})
     ledger.close()  # the last connection: the WAL is folded into the database and removed
@@ -141,37 +144,44 @@ def test_viewing_a_stopped_run_does_not_make_it_look_running(tmp_path):
     s = server.start_in_thread([tmp_path])
     try:  # each request opens the ledger read-only, which leaves an empty WAL behind
         for _ in range(2):
-            assert [r["status"] for r in get(s, "/api/runs")["runs"]] == ["unknown"]
+            [run] = get(s, "/api/runs")["runs"]
+            assert run["status"] == "stopped" and run["status_text"].startswith(
+                "stopped at rl step 1 (no checkpoint yet")
             get(s, "/api/metrics", run="killed")
     finally:
         s.shutdown()
         s.server_close()
 
 
-def test_stale_run_without_summary_is_not_running(tmp_path):
-    Ledger(tmp_path / "old" / "ledger.sqlite").log_metrics("rl", 1, {"reward": 0.0})
-    for name in ("ledger.sqlite", "ledger.sqlite-wal"):
-        if (tmp_path / "old" / name).exists():
-            os.utime(tmp_path / "old" / name, (time.time() - 3600,) * 2)
-    s = server.start_in_thread([tmp_path])
+def test_a_killed_run_is_listed_as_stopped_with_where_and_how_to_resume(tmp_path, monkeypatch):
+    from test_runstate import LockHolder, make_run
+
+    monkeypatch.chdir(tmp_path)
+    run = make_run(tmp_path / "runs" / "a")  # rl steps 1..34 logged, checkpoint rl-000030
+    for name in ("ledger.sqlite", "ledger.sqlite-wal"):  # long quiet: the lock still says
+        if (run / name).exists():
+            os.utime(run / name, (time.time() - 3600,) * 2)
+    child = LockHolder(run)
+    s = server.start_in_thread([tmp_path / "runs"])
     try:
-        assert [r["status"] for r in get(s, "/api/runs")["runs"]] == ["unknown"]
+        [entry] = get(s, "/api/runs")["runs"]
+        assert (entry["status"], entry["status_text"], entry["resume"]) == \
+            ("running", "running: rl step 34", None)
+        child.kill()
+        [entry] = get(s, "/api/runs")["runs"]
+        assert entry["status"] == "stopped"
+        assert entry["status_text"] == "stopped at rl step 34 (resume from rl-000030)"
+        assert entry["resume"] == "zeroth run --resume runs/a"
+        assert entry["at"] == {"stage": "rl", "step": 34, "checkpoint": "rl-000030",
+                               "after": None}
+        (run / "summary.json").write_text(json.dumps({"run": "a"}))
+        [entry] = get(s, "/api/runs")["runs"]
+        assert (entry["status"], entry["status_text"], entry["resume"]) == \
+            ("finished", "finished", None)
     finally:
+        child.close()
         s.shutdown()
         s.server_close()
-
-
-@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads Linux /proc/locks")
-def test_stale_run_holding_its_lock_is_running(tmp_path):
-    import fcntl
-
-    Ledger(tmp_path / "ledger.sqlite").close()
-    stale = time.time() - 3600
-    with open(tmp_path / ".lock", "w") as lock:  # as `zeroth run` holds it
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert server.status(tmp_path, None, stale) == "running"
-    assert server.status(tmp_path, None, stale) == "unknown"
-    assert server.status(tmp_path, {"run": "x"}, stale) == "finished"
 
 
 def test_duplicate_run_names_get_suffixes(tmp_path):
@@ -230,6 +240,16 @@ def scored(finished_tiny_run, tmp_path_factory) -> Path:
     return run
 
 
+def kept_checkpoints(run: Path) -> list[tuple[str, str, int, int]]:
+    """(tag, stage, stage index, step) of each checkpoint in the run, in training order."""
+    found = []
+    for state in (run / "checkpoints").glob("[!.]*/state.json"):
+        tag = state.parent.name
+        data = json.loads(state.read_text())
+        found.append((tag, tag.rpartition("-")[0], data["index"], int(tag.rpartition("-")[2])))
+    return sorted(found, key=lambda c: (c[2], c[3]))
+
+
 def test_saved_evaluations_follow_the_runs_own(scored):
     s = server.start_in_thread([scored])
     try:
@@ -242,24 +262,30 @@ def test_saved_evaluations_follow_the_runs_own(scored):
                                                              ("eval_rl", "run")]
     saved = evals[2:]
     assert all(e["source"] == "zeroth eval" and e["phase"] is None for e in saved)
+    kept = kept_checkpoints(scored)  # every one `--checkpoint all` scored, in training order
+    assert kept[-2:] == [("rl-000003", "rl", 1, 3), ("rl-000004", "rl", 1, 4)]
+    expected = [(f"checkpoint {tag} ({stage} step {step})", "countdown",
+                 f"evals/{tag}-countdown.json") for tag, stage, _, step in kept]
+    expected.insert(-1, ("checkpoint rl-000004 (rl step 4)", "countdown", "eval-countdown.json"))
     assert [(e["label"], e["task"], e["file"]) for e in saved] == [
-        ("checkpoint rl-000003 (rl step 3)", "countdown", "evals/rl-000003-countdown.json"),
-        ("checkpoint rl-000004 (rl step 4)", "countdown", "eval-countdown.json"),  # old file
-        ("checkpoint rl-000004 (rl step 4)", "countdown", "evals/rl-000004-countdown.json"),
+        *expected,  # the old file (its checkpoint read off its model path) beside the new one
         ("final model", "addition", "evals/final-addition.json"),
         ("evals/broken.json", None, "evals/broken.json"),
         ("evals/list.json", None, "evals/list.json")]
-    for e in saved[:4]:
+    by_file = {e["file"]: e for e in saved}
+    for e in saved[:-2]:
         data = json.loads((scored / e["file"]).read_text())
         assert e["metrics"] == data["metrics"] and e["by_difficulty"] == data["by_difficulty"]
         assert e["samples"] == data["problems"] * 3 and "error" not in e
-    assert saved[0]["checkpoint"] == {"tag": "rl-000003", "stage": "rl", "stage_index": 1,
-                                      "step": 3}
-    assert saved[1]["checkpoint"] == saved[2]["checkpoint"]  # read off the old file's model path
-    assert saved[0]["by_difficulty"] and {"pass@1", "greedy"} <= set(saved[0]["metrics"])
-    assert saved[3]["by_difficulty"] is None  # addition has no levels
-    assert saved[4]["error"].startswith("cannot read evals/broken.json: ")
-    assert "not a zeroth eval result" in saved[5]["error"]
+    third = by_file["evals/rl-000003-countdown.json"]
+    assert third["checkpoint"] == {"tag": "rl-000003", "stage": "rl", "stage_index": 1,
+                                   "step": 3}
+    assert by_file["eval-countdown.json"]["checkpoint"] == \
+        by_file["evals/rl-000004-countdown.json"]["checkpoint"]
+    assert third["by_difficulty"] and {"pass@1", "greedy"} <= set(third["metrics"])
+    assert by_file["evals/final-addition.json"]["by_difficulty"] is None  # addition: no levels
+    assert by_file["evals/broken.json"]["error"].startswith("cannot read evals/broken.json: ")
+    assert "not a zeroth eval result" in by_file["evals/list.json"]["error"]
     newest = max(p.stat().st_mtime for p in (scored / "evals").iterdir())
     assert runs[0]["evals_updated"] >= newest  # the page re-reads /api/evals when it changes
 
@@ -742,23 +768,3 @@ def test_eval_search_folds_non_ascii_letters(odd_srv):
     assert get(odd_srv, "/api/eval_samples", run="odd", q="ärg")["total"] == 1
     assert get(odd_srv, "/api/eval_samples", run="odd", q="STRASSE")["total"] == 0
     assert get(odd_srv, "/api/eval_samples", run="odd", q="STRAßE")["total"] == 1
-
-
-def test_lock_held_matches_device_and_inode(tmp_path, monkeypatch):
-    (tmp_path / ".lock").touch()
-    st = (tmp_path / ".lock").stat()
-    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
-    other = f"{os.major(st.st_dev) + 1:02x}:{os.minor(st.st_dev):02x}"
-
-    def locks(text):
-        import io
-
-        monkeypatch.setattr(server, "open", lambda *a, **k: io.StringIO(text), raising=False)
-        return server._lock_held(tmp_path)
-
-    assert locks(f"1: FLOCK  ADVISORY  WRITE 42 {dev}:{st.st_ino} 0 EOF\n")
-    assert locks(f"1: -> FLOCK  ADVISORY  WRITE 43 {dev}:{st.st_ino} 0 EOF\n")
-    assert not locks(f"1: FLOCK  ADVISORY  WRITE 42 {other}:{st.st_ino} 0 EOF\n")
-    assert not locks(f"1: FLOCK  ADVISORY  WRITE 42 {dev}:{st.st_ino + 1} 0 EOF\n")
-    line = ["1:", "POSIX", "ADVISORY", "READ", "7", "fe:01:99", "0", "EOF"]
-    assert server._lock_file(line) == (254, 1, 99)

@@ -109,6 +109,34 @@ def server(runs):
     srv.server_close()
 
 
+LONG_NAMES = ["gsm8k-qwen2.5-0.5b-grpo-lr1e-6-seed3", "math500_distill_from_7b_without_dashes",
+              "countdown-dapo-clip-higher", "code-humaneval-rloo"]
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory, finished_tiny_run):
+    """A server over 14 runs as a sweep leaves them: the tiny run, 12 finished synthetic runs
+    (some with long names) and `halted`, killed after RL step 3 with its checkpoint of step 2
+    (its lock file there, nobody holding it)."""
+    from zeroth.view.server import start_in_thread
+
+    root = tmp_path_factory.mktemp("many")
+    names = [*LONG_NAMES, *[f"seed-{i}" for i in range(1, 9)], "halted"]
+    for name in names:
+        _synthetic_run(root / name)
+        if name != "halted":
+            (root / name / "summary.json").write_text(json.dumps({"run": name}))
+    halted = root / "halted"
+    (halted / ".lock").touch()
+    (halted / "checkpoints" / "rl-000002").mkdir(parents=True)
+    (halted / "checkpoints" / "rl-000002" / "state.json").write_text('{"index": 0, "step": 2}')
+    (halted / "checkpoints" / "LATEST").write_text("rl-000002")
+    srv = start_in_thread([finished_tiny_run, root])
+    yield {"server": srv, "names": ["t", *names], "halted": halted}
+    srv.shutdown()
+    srv.server_close()
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
@@ -128,9 +156,9 @@ def browser():
 class Page:
     """A browser tab on the page, collecting console errors and uncaught exceptions."""
 
-    def __init__(self, browser, url: str):
+    def __init__(self, browser, url: str, width: int = 1280):
         self.errors: list[str] = []
-        self.tab = browser.new_page(viewport={"width": 1280, "height": 900})
+        self.tab = browser.new_page(viewport={"width": width, "height": 900})
         self.tab.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         self.tab.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
         self.tab.goto(url)
@@ -448,7 +476,7 @@ def test_unreadable_run_is_greyed_and_the_others_work(page):
     assert "broken" not in runs and {"t", "synth"} <= set(runs)
     p.tab.wait_for_timeout(2 * POLL_MS)
     assert p.errors == [] and p.tab.locator("#error").is_hidden()
-    p.shot("runs", "#top")
+    p.shot("runs", "#sec-runs")
 
 
 def test_nan_component_is_not_shown_as_not_scored(page):
@@ -475,3 +503,85 @@ def test_group_rows_are_marked_in_their_phase_only(page):
     p.tab.select_option("#f-phase", "rl")
     p.wait_total(12)
     p.tab.wait_for_function("() => document.querySelectorAll('tr.rollout.in-group').length === 2")
+
+
+# -- many runs, a laptop's width --------------------------------------------------------------
+
+
+def _open_many(browser, many, width: int, picked: list[str]) -> Page:
+    url = f"{many['server'].url}?poll={POLL_MS}&runs={','.join(picked)}"
+    return Page(browser, url, width)
+
+
+def test_a_stopped_run_says_where_it_stopped_and_how_to_resume(browser, many):
+    p = _open_many(browser, many, 1400, ["halted"])
+    try:
+        card = p.tab.locator("#runs label[data-run=halted]")
+        assert card.locator(".badge").inner_text() == "stopped"
+        said = "stopped at rl step 3 (resume from rl-000002)"
+        assert card.locator(".run-state").inner_text() == said
+        assert said in card.locator(".badge").get_attribute("title")
+        command = f"zeroth run --resume {many['halted']}"  # not below the working directory
+        assert card.locator("code.resume").inner_text() == command
+        assert command in card.get_attribute("title")
+        card.locator("code.resume").click()  # selects the command, does not untick the run
+        assert card.locator("input").is_checked()
+        finished = p.tab.locator("#runs label[data-run=seed-1]")
+        assert finished.locator(".badge").inner_text() == "finished"
+        assert finished.locator(".run-state, code.resume").count() == 0
+        assert p.errors == []
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+def test_the_page_fits_a_laptop_width(browser, many, width):
+    """Nothing scrolls sideways with every run drawn, the rollout table filled and a group of
+    samples open; each run's card is wide enough to read its name whole."""
+    p = _open_many(browser, many, width, many["names"])
+    try:
+        p.tab.wait_for_selector("#evals .eval-run[data-run=t] tr.eval")
+        p.tab.click("tr.rollout")
+        p.tab.locator("#group .sample").first.wait_for()
+        p.tab.wait_for_timeout(2 * POLL_MS)  # a few polls: nothing grows later
+        wide = p.tab.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
+        assert wide[0] <= wide[1] == width
+        cards = p.tab.eval_on_selector_all("#runs label.run", """els => els.map(e => {
+            const name = e.querySelector('.run-name');
+            return [e.dataset.run, e.getBoundingClientRect().width,
+                    name.scrollWidth <= name.clientWidth + 1, name.innerText];
+        })""")
+        assert sorted(c[0] for c in cards) == sorted(many["names"])
+        for run, card_width, whole, text in cards:
+            assert card_width >= 280, (run, card_width)  # not a cramped box
+            assert whole and text == run  # never clipped nor ellipsised
+        box = p.tab.eval_on_selector("#runs", "e => [e.scrollHeight, e.clientHeight]")
+        assert box[0] <= box[1]  # the list shows every run without a scroll box of its own
+        completion = p.tab.eval_on_selector("tr.rollout td.snippet",
+                                            "e => e.getBoundingClientRect().width")
+        assert completion >= 200  # the completion column stays readable
+        p.shot(f"laptop-{width}")
+        assert p.errors == []
+    finally:
+        p.close()
+
+
+def test_runs_past_ten_keep_distinct_colours(browser, many):
+    p = _open_many(browser, many, 1400, many["names"])
+    try:
+        swatches = p.tab.eval_on_selector_all(
+            "#runs .swatch", "els => els.map(e => getComputedStyle(e).backgroundColor)")
+        assert len(swatches) == len(many["names"]) >= 14
+        assert len(set(swatches)) == len(swatches)
+        p.tab.wait_for_function(
+            "n => document.querySelectorAll('svg[data-metric=reward] path.series').length === n",
+            arg=len(many["names"]))
+        series = p.tab.eval_on_selector_all(
+            "svg[data-metric=reward] path.series",
+            "els => els.map(e => [e.getAttribute('stroke'), e.getAttribute('stroke-dasharray')])")
+        assert len({stroke for stroke, _ in series}) == len(series)
+        assert sum(dash is not None for _, dash in series) == len(series) - 10  # past ten
+        assert p.errors == []
+    finally:
+        p.close()
+

@@ -3,14 +3,17 @@
     zeroth metrics RUN [RUN ...] --tensorboard DIR      DIR/<run>/ event files (tensorboardX)
     zeroth metrics RUN [RUN ...] --wandb PROJECT        one W&B run per run (needs `wandb`)
     zeroth metrics RUN [RUN ...] --csv FILE             one row per (run, phase, step)
-    ... --follow                                        keep exporting until the run finishes
+    ... --follow                                        keep exporting while the run runs
 
 The ledger (runs/<name>/ledger.sqlite) is opened read-only, so a run that is still writing can
 be exported, and followed: every metrics row logged since the last look (by its row id, so a
 step logged again — after a resume, or a second log call for one step — is exported again) is
-picked up until summary.json appears or Ctrl-C. Scalars are tagged `<phase>/<metric>` at their
-steps; evaluations `eval/<stage>/<metric>` (`eval_start` -> `eval/start/pass@1`), each value
-once: `pass1` is the same number as `pass@1`, and the settings `k` and `problems` are left out.
+picked up until the run is no longer alive — finished, or stopped (killed, interrupted,
+crashed: its lock is free and it has no summary.json; zeroth/runstate.py) — or Ctrl-C; a stopped
+run is named with where it stopped and the command that resumes it. Scalars are tagged
+`<phase>/<metric>` at their steps; evaluations `eval/<stage>/<metric>` (`eval_start` ->
+`eval/start/pass@1`), each value once: `pass1` is the same number as `pass@1`, and the settings
+`k` and `problems` are left out.
 
 Steps: TensorBoard keeps each phase's own step and puts evaluations at the RL step they were
 taken (0 before RL). W&B needs one increasing step per run, so there every phase continues
@@ -37,6 +40,7 @@ from pathlib import Path
 from zeroth.errors import UserError
 from zeroth.ledger import EVAL_PREFIX, connect_readonly, phase_kind
 from zeroth.ledger import merge_metrics as merge
+from zeroth.runstate import alive, run_state
 
 MARKER = ".zeroth-export"  # marks a TensorBoard folder this command wrote (safe to replace)
 
@@ -202,8 +206,10 @@ class Source:
             self.last_id = new[-1][0]
         return merge(new)
 
-    def finished(self) -> bool:
-        return (self.path / "summary.json").is_file()
+    def state(self) -> dict:
+        """The run's state now: running, finished, stopped or starting (zeroth.runstate)."""
+        return run_state(self.path)
+
 
     def new_samples(self, phase: str, step: int, n: int) -> list[dict]:
         """The first `n` rollouts of (phase, step), unless they were handed out already (a
@@ -436,7 +442,7 @@ def add_parser(subparsers):
         "metrics", help="export runs' metrics to TensorBoard, W&B or CSV",
         description="Export the metrics in runs' ledgers: TensorBoard event files, a Weights & "
         "Biases run, or a CSV file. With --follow, keep exporting new steps of a running run "
-        "until it finishes (or Ctrl-C).")
+        "until it finishes or stops (or Ctrl-C).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (runs/<name>)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--tensorboard", metavar="DIR",
@@ -444,7 +450,8 @@ def add_parser(subparsers):
     target.add_argument("--wandb", metavar="PROJECT", help="log to this W&B project")
     target.add_argument("--csv", metavar="FILE", help="write one CSV file")
     p.add_argument("--follow", action="store_true",
-                   help="keep exporting new steps until the run finishes (Ctrl-C stops)")
+                   help="keep exporting new steps until the run finishes or stops (Ctrl-C "
+                   "stops following)")
     p.add_argument("--entity", metavar="E", help="W&B entity (team or user)")
     p.add_argument("--name", metavar="N", help="W&B run name (default: the run's folder name)")
     p.add_argument("--samples", type=int, default=2, metavar="N",
@@ -480,13 +487,28 @@ def export_once(sources: list[Source], exporter, report=None) -> None:
                 report(f"{s.name}: +{len(new)} rows (now at {steps or 'evaluations'})")
 
 
-def follow(sources: list[Source], exporter, interval: float, report=None) -> None:
-    """Export new rows every `interval` seconds until every run has finished."""
+def said(state: dict) -> str:
+    """A run state's line, with the command that resumes a stopped run."""
+    hint = f" — resume with `{state['resume']}`" if state["resume"] else ""
+    return f"{state['text']}{hint}"
+
+
+def follow(sources: list[Source], exporter, interval: float, report=None) -> list[dict]:
+    """Export new rows every `interval` seconds until no run is alive (each one finished or
+    stopped); report each run's end once, when it comes. Returns the runs' last states."""
+    gone: set[str] = set()  # the runs whose end was reported (a resumed one comes back)
     while True:
-        finished = all(s.finished() for s in sources)  # before reading: no row is missed
+        states = [s.state() for s in sources]  # before reading: no row is missed
         export_once(sources, exporter, report)
-        if finished:
-            return
+        for s, state in zip(sources, states, strict=True):
+            if alive(state):
+                gone.discard(s.name)
+            elif s.name not in gone:
+                gone.add(s.name)
+                if report is not None:
+                    report(f"run {s.name} {said(state)}")
+        if not any(alive(state) for state in states):
+            return states
         time.sleep(interval)
 
 
@@ -523,5 +545,5 @@ def run(ns) -> int:
     finally:
         exporter.close()
     for s in sources:
-        print(f"{s.path}: {s.exported} rows -> {exporter.where(s)}")
+        print(f"{s.path}: {s.exported} rows -> {exporter.where(s)} · {said(s.state())}")
     return code

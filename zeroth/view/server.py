@@ -8,7 +8,12 @@ follows runs that are still writing and runs started after the server.
 
 The JSON API the page uses (GET; errors are `{"error": "one line"}` with 400/403/404/500; NaN
 and infinities are null, or the strings "nan"/"inf" in reward components):
-    /api/runs                          every run: status, task, phases, last write, summary
+    /api/runs                          every run: status (running | finished | stopped |
+                                       starting | unreadable; zeroth/runstate.py), status_text
+                                       ("stopped at rl step 34 (resume from rl-000030)"), at
+                                       {stage, step, checkpoint, after}, resume (the command
+                                       that continues a stopped run, else null), task,
+                                       algorithm, model, phases, updated (last write), summary
     /api/metrics?run=ID                per phase: steps and one series per logged metric
     /api/evals?run=ID                  the run's evaluations, then `zeroth eval` results saved
                                        in runs/<name>/evals/ (per checkpoint), per difficulty
@@ -32,19 +37,18 @@ import os
 import socket
 import sqlite3
 import threading
-import time
 from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from zeroth.errors import UserError
+from zeroth.runstate import last_write, run_state
 from zeroth.thoughts import REFLECTION_PHRASES
 from zeroth.view import queries
 
 STATIC = Path(__file__).with_name("static")
 LEDGER = "ledger.sqlite"
-RUNNING_WITHIN_S = 120.0
 MAX_LIMIT = 500
 INT64 = (-(2**63), 2**63 - 1)  # what SQLite stores: bigger numbers would overflow, not match
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
@@ -104,55 +108,6 @@ def find_runs(roots: list[Path]) -> dict[str, Path]:
     return found
 
 
-def updated(run_dir: Path) -> float:
-    """The unix time of the ledger's last write (the database file or its WAL). An empty WAL
-    is left out: a read-only connection (ours, on every request) creates one, and its time says
-    nothing about the run."""
-    times = []
-    for path in (run_dir / LEDGER, run_dir / f"{LEDGER}-wal"):
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        if st.st_size > 0:
-            times.append(st.st_mtime)
-    return max(times, default=0.0)
-
-
-def _lock_held(run_dir: Path) -> bool:
-    """Whether a `zeroth run` process holds the run's lock (Linux /proc/locks; else False).
-
-    /proc/locks names the locked file as MAJOR:MINOR:INODE, the device numbers in hex."""
-    try:
-        st = (run_dir / ".lock").stat()
-        with open("/proc/locks", encoding="ascii", errors="replace") as f:
-            fields = [line.split() for line in f]
-    except OSError:
-        return False
-    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    return any(_lock_file(x) == want for x in fields)
-
-
-def _lock_file(fields: list[str]) -> tuple[int, int, int] | None:
-    """(major, minor, inode) of a /proc/locks line split into fields; None if it has none."""
-    for field in fields[4:7]:  # after "1: FLOCK ADVISORY WRITE" (or "-> ..." lines) and the pid
-        parts = field.split(":")
-        if len(parts) == 3:
-            try:
-                return int(parts[0], 16), int(parts[1], 16), int(parts[2])
-            except ValueError:
-                return None
-    return None
-
-
-def status(run_dir: Path, summary, last_write: float) -> str:
-    if summary is not None:
-        return "finished"
-    if time.time() - last_write < RUNNING_WITHIN_S or _lock_held(run_dir):
-        return "running"
-    return "unknown"
-
-
 def _config(run_dir: Path) -> dict:
     import yaml  # a project dependency; only needed here
 
@@ -178,20 +133,22 @@ def _summary(run_dir: Path):
 def run_entry(run_id: str, run_dir: Path) -> dict:
     """The /api/runs entry of one run; a ledger SQLite cannot read is listed as "unreadable"
     (with the reason in "error") so the other runs still show."""
-    cfg, summary, last = _config(run_dir), _summary(run_dir), updated(run_dir)
+    cfg, summary, state = _config(run_dir), _summary(run_dir), run_state(run_dir)
     model = _section(cfg, "model").get("path")
-    entry = {"id": run_id, "path": str(run_dir), "status": status(run_dir, summary, last),
+    entry = {"id": run_id, "path": str(run_dir), "status": state["status"],
+             "status_text": state["text"], "resume": state["resume"],
+             "at": {k: state[k] for k in ("stage", "step", "checkpoint", "after")},
              "task": _section(cfg, "task").get("name"),
              "algorithm": _section(cfg, "rl").get("algorithm"),
              "model": os.path.basename(str(model).rstrip("/")) if model else
              ("scratch" if cfg else None),
-             "phases": [], "updated": last, "summary": summary,
+             "phases": [], "updated": last_write(run_dir), "summary": summary,
              "evals_updated": queries.saved_evals_updated(run_dir)}
     try:
         with closing(queries.connect(run_dir / LEDGER)) as conn:
             entry["phases"] = queries.phase_summary(conn)
     except sqlite3.Error as e:
-        entry.update(status="unreadable", error=ledger_error(e))
+        entry.update(status="unreadable", status_text="unreadable", error=ledger_error(e))
     return entry
 
 

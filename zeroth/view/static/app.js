@@ -89,7 +89,7 @@ const ROLLOUT_INPUTS = [
 const state = {
   runs: [], // the latest /api/runs list
   selected: new Set(), // runs drawn in curves and evaluations
-  colours: new Map(), // run id -> colour, stable for the session
+  colours: new Map(), // run id -> its colour's index, stable for the session
   firstLoad: true,
   metrics: new Map(), // run id -> {updated, data}
   evals: new Map(), // run id -> {updated, data}
@@ -191,9 +191,40 @@ function runById(id) {
 // Runs whose ledger the server could read (an unreadable one is listed, greyed, and skipped).
 const readable = (run) => run && run.status !== "unreadable";
 
-function colourOf(id) {
-  if (!state.colours.has(id)) state.colours.set(id, PALETTE[state.colours.size % PALETTE.length]);
+// The n-th run seen gets PALETTE[n]; past the palette, hues a golden angle apart (never two
+// alike, each far from the one before) that keep 15 degrees from the palette's own hues, at
+// three lightnesses, and a dash pattern on the run's curves.
+const PALETTE_HUES = [218, 14, 173, 265, 36, 336, 214, 98, 16, 185];
+const GOLDEN_ANGLE = 137.508;
+const DASHES = ["7 3", "2 3", "9 3 2 3"];
+
+function hueGap(a, b) {
+  const d = Math.abs(a - b) % 360;
+  return Math.min(d, 360 - d);
+}
+
+function colourAt(n) {
+  if (n < PALETTE.length) return PALETTE[n];
+  let hue = 0;
+  for (let k = 0, found = 0; found <= n - PALETTE.length; k++) {
+    hue = (60 + k * GOLDEN_ANGLE) % 360;
+    if (PALETTE_HUES.every((h) => hueGap(h, hue) >= 15)) found += 1;
+  }
+  return `hsl(${hue.toFixed(1)}, 70%, ${[40, 50, 32][(n - PALETTE.length) % 3]}%)`;
+}
+
+function runIndex(id) {
+  if (!state.colours.has(id)) state.colours.set(id, state.colours.size);
   return state.colours.get(id);
+}
+
+function colourOf(id) {
+  return colourAt(runIndex(id));
+}
+
+function dashOf(id) {
+  const n = runIndex(id);
+  return n < PALETTE.length ? null : DASHES[(n - PALETTE.length) % DASHES.length];
 }
 
 function swatch(id) {
@@ -225,24 +256,51 @@ function renderRuns() {
     box.replaceChildren(el("span", { class: "muted", text: "no runs found yet" }));
     return;
   }
-  box.replaceChildren(
-    ...state.runs.map((run) => {
-      const box = el("input", { type: "checkbox", "data-run": run.id, onchange: onRunToggle });
-      box.checked = state.selected.has(run.id);
-      box.disabled = !readable(run);
-      const about = [run.task, run.algorithm, run.model].filter(Boolean).join(" · ");
-      const title = [run.path, about, run.error].filter(Boolean).join("\n");
-      return el(
-        "label",
-        { class: `run${readable(run) ? "" : " unreadable"}`, title, "data-run": run.id },
-        box,
-        swatch(run.id),
-        el("span", { class: "run-name", text: run.id }),
-        el("span", { class: `badge ${run.status}`, text: run.status }),
+  box.replaceChildren(...state.runs.map(runCard));
+}
+
+function runCard(run) {
+  // One run: tick it to draw it; its status, what it is, and where a stopped run stopped.
+  const box = el("input", { type: "checkbox", "data-run": run.id, onchange: onRunToggle });
+  box.checked = state.selected.has(run.id);
+  box.disabled = !readable(run);
+  const about = [run.task, run.algorithm, run.model].filter(Boolean).join(" · ");
+  const said = run.status_text && run.status_text !== run.status ? run.status_text : null;
+  const resume = run.resume ? `continue it: ${run.resume}` : null;
+  const title = [run.path, about, said, resume, run.error].filter(Boolean).join("\n");
+  return el(
+    "label",
+    { class: `run${readable(run) ? "" : " unreadable"}`, title, "data-run": run.id },
+    box,
+    swatch(run.id),
+    el(
+      "span",
+      { class: "run-body" },
+      el("span", { class: "run-name", text: run.id }),
+      el(
+        "span",
+        { class: "run-meta" },
+        el("span", {
+          class: `badge ${run.status}`,
+          text: run.status,
+          title: [run.status_text, resume].filter(Boolean).join("\n"),
+        }),
         about ? el("span", { class: "run-about", text: about }) : null,
-      );
-    }),
+      ),
+      said ? el("span", { class: `run-state ${run.status}`, text: said }) : null,
+      run.resume ? resumeCommand(run.resume) : null,
+    ),
   );
+}
+
+function resumeCommand(command) {
+  // Selectable: a click selects the command instead of ticking the run.
+  return el("code", {
+    class: "resume",
+    title: "the command that continues this run",
+    text: command,
+    onclick: (ev) => ev.preventDefault(),
+  });
 }
 
 function onRunToggle(event) {
@@ -562,7 +620,14 @@ function drawSeries(root, s, sx, sy) {
   if (!n) return;
   const colour = colourOf(s.id);
   root.append(
-    svg("path", { class: "series", d, stroke: colour, "data-run": s.id, "data-points": n }),
+    svg("path", {
+      class: "series",
+      d,
+      stroke: colour,
+      "stroke-dasharray": dashOf(s.id),
+      "data-run": s.id,
+      "data-points": n,
+    }),
   );
   if (n <= 60) {
     s.steps.forEach((x, i) => {
@@ -707,7 +772,7 @@ function evalTable(evals, runTask) {
     "tr",
     {},
     el("th", { text: "evaluation" }),
-    ...cols.map((c) => el("th", { text: c })),
+    ...cols.map((c) => el("th", { title: c }, ...breakable(c))),
     el("th", { text: "samples" }),
   );
   const rows = own.map((e) =>
@@ -730,7 +795,13 @@ function evalTable(evals, runTask) {
     );
     rows.push(...saved.map((e) => savedRow(e, cols, runTask)));
   }
-  return el("table", { class: "evals" }, el("thead", {}, head), el("tbody", {}, ...rows));
+  const table = el("table", { class: "evals" }, el("thead", {}, head), el("tbody", {}, ...rows));
+  return el("div", { class: "table-scroll" }, table); // scrolls itself, never the page
+}
+
+function breakable(name) {
+  // A metric name that may wrap after its underscores (think_rate) in a narrow table.
+  return name.split("_").flatMap((part, i) => (i ? ["_", el("wbr"), part] : [part]));
 }
 
 function savedLabel(e, runTask) {
@@ -1207,19 +1278,23 @@ function groupHeader(g, where) {
         .join(" · "),
     }),
     el("span", { class: "spacer" }),
-    nav("‹ previous step", g.step - 1),
-    nav("next step ›", g.step + 1),
-    el("button", {
-      type: "button",
-      class: "close",
-      title: "close",
-      text: "×",
-      onclick: () => {
-        state.group = null;
-        $("#group").hidden = true;
-        markPickedRow();
-      },
-    }),
+    el(
+      "span",
+      { class: "group-buttons" }, // wrap as one onto a narrow screen's next line
+      nav("‹ previous step", g.step - 1),
+      nav("next step ›", g.step + 1),
+      el("button", {
+        type: "button",
+        class: "close",
+        title: "close",
+        text: "×",
+        onclick: () => {
+          state.group = null;
+          $("#group").hidden = true;
+          markPickedRow();
+        },
+      }),
+    ),
   );
 }
 
