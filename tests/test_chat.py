@@ -97,8 +97,10 @@ def run_dir(finished_tiny_run):
 
 
 def checkpoints(run_dir):
-    """The run's checkpoint tags, oldest first (older ones may have been rotated away)."""
-    tags = sorted(p.name for p in (run_dir / "checkpoints").glob("rl-*") if p.is_dir())
+    """The run's checkpoint tags, in training order."""
+    from zeroth.evalcmd import checkpoint_tags
+
+    tags = checkpoint_tags(run_dir)
     assert tags
     return tags
 

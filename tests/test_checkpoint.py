@@ -18,10 +18,12 @@ import torch
 import transformers
 
 from zeroth.checkpoint import (
+    _to_remove,
     latest_checkpoint,
     load_checkpoint,
     model_dir,
     save_checkpoint,
+    stage_and_step,
 )
 from zeroth.errors import UserError
 
@@ -146,25 +148,76 @@ def test_bad_arguments_write_nothing(tmp_path):
     with pytest.raises(TypeError):
         save_checkpoint(tmp_path, "rl-000001", model=model, state={"x": object()})
     with pytest.raises(UserError):
-        save_checkpoint(tmp_path, "rl-000001", model=model, state={}, keep=0)
+        save_checkpoint(tmp_path, "rl-000001", model=model, state={}, keep=-1)
     assert latest_checkpoint(tmp_path) is None
     assert not (tmp_path / "checkpoints" / "rl-000001").exists()
 
 
-def test_keep_prunes_oldest_after_latest_moves(tmp_path):
+def _tags(run_dir: Path) -> list[str]:
+    return sorted(os.listdir(run_dir / "checkpoints"))
+
+
+def _save_pipeline(run_dir: Path, tags: list[str], keep) -> None:
+    """Save checkpoints as a [pretrain, rl] run does (a stage's step-0 one as it starts)."""
     model = tiny_model()
-    for step in range(1, 5):
-        save_checkpoint(tmp_path, f"rl-{step:06d}", model=model, state={"step": step})
+    for tag in tags:
+        save_checkpoint(run_dir, tag, model=model, state={"tag": tag}, keep=keep)
+
+
+PIPELINE = ["pretrain-000000", "pretrain-000010", "pretrain-000020", "rl-000000", "rl-000002",
+            "rl-000004", "rl-000006"]
+
+
+def test_keep_zero_the_default_keeps_every_checkpoint(tmp_path):
+    _save_pipeline(tmp_path, PIPELINE, keep=0)
+    assert _tags(tmp_path) == ["LATEST", *PIPELINE]
+    model = tiny_model()
+    save_checkpoint(tmp_path, "rl-000008", model=model, state={})  # keep's default: 0
+    assert _tags(tmp_path) == ["LATEST", *PIPELINE, "rl-000008"]
+
+
+def test_only_the_newest_two_keep_their_optimizer_state(tmp_path):
+    """Every checkpoint keeps its model; the optimizer state (twice the weights with AdamW) stays
+    only in the two newest, which is all a resume reads."""
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    optimizer.step()
+    for tag in PIPELINE:
+        save_checkpoint(tmp_path, tag, model=model, optimizer=optimizer, state={"tag": tag})
     root = tmp_path / "checkpoints"
-    assert sorted(os.listdir(root)) == ["LATEST", "rl-000003", "rl-000004"]
-    assert load_checkpoint(latest_checkpoint(tmp_path), restore_rng=False) == {"step": 4}
-    save_checkpoint(tmp_path, "rl-000005", model=model, state={"step": 5}, keep=3)
-    assert sorted(os.listdir(root)) == ["LATEST", "rl-000003", "rl-000004", "rl-000005"]
-    save_checkpoint(tmp_path, "rl-000006", model=model, state={"step": 6}, keep=1)
-    assert sorted(os.listdir(root)) == ["LATEST", "rl-000006"]
-    for step in range(7, 10):
-        save_checkpoint(tmp_path, f"rl-{step:06d}", model=model, state={"step": step}, keep=None)
-    assert len([p for p in os.listdir(root) if p.startswith("rl-")]) == 4
+    with_state = [t for t in PIPELINE if (root / t / "optimizer.pt").is_file()]
+    assert with_state == ["rl-000004", "rl-000006"]
+    assert all((root / t / "model" / "config.json").is_file() for t in PIPELINE)
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    load_checkpoint(latest_checkpoint(tmp_path), optimizer=fresh)
+    assert fresh.state_dict()["state"][0]["exp_avg"].abs().sum() > 0
+    with pytest.raises(UserError, match="resume from LATEST"):
+        load_checkpoint(root / "rl-000002", optimizer=fresh)
+
+
+@pytest.mark.parametrize("keep, kept", [
+    (1, ["pretrain-000020", "rl-000006"]),  # LATEST, and each stage's last
+    (2, ["pretrain-000020", "rl-000004", "rl-000006"]),
+    (4, ["pretrain-000020", "rl-000000", "rl-000002", "rl-000004", "rl-000006"]),
+])
+def test_keep_n_keeps_the_newest_n_and_each_stages_last(tmp_path, keep, kept):
+    _save_pipeline(tmp_path, PIPELINE, keep=keep)
+    assert _tags(tmp_path) == ["LATEST", *kept]
+    assert load_checkpoint(latest_checkpoint(tmp_path), restore_rng=False) == {"tag": "rl-000006"}
+
+
+def test_latest_and_each_stages_last_are_never_pruned():
+    newest_first = ["rl-000004", "rl-000003", "rl-000002", "rl-000000", "pretrain-000020",
+                    "pretrain-000010", "pretrain-000000", "odd"]
+    # LATEST is not the newest here (a resumed run about to redo rl-000003 and rl-000004)
+    assert _to_remove(newest_first, 1, "rl-000002") == [
+        "rl-000003", "rl-000000", "pretrain-000010", "pretrain-000000", "odd"]
+    assert _to_remove(newest_first, 3, "rl-000000") == ["pretrain-000010", "pretrain-000000",
+                                                        "odd"]
+    assert _to_remove(newest_first, 0, "rl-000002") == []
+    assert stage_and_step("sft2-000150") == ("sft2", 150)
+    assert stage_and_step("odd") == (None, None)
 
 
 def test_same_tag_saved_twice_is_replaced(tmp_path):
@@ -236,7 +289,8 @@ _SERVER = textwrap.dedent(
                 with torch.no_grad():
                     model.lm_head.weight.fill_(float(i))
                 save_checkpoint(run_dir, f"rl-{i // 2 % 3:06d}", model=model, optimizer=opt,
-                                state={"step": i, "round": round_}, generators={"g": gen})
+                                state={"step": i, "round": round_}, generators={"g": gen},
+                                keep=1)
                 if i == round_ * 1000:
                     print(f"ready {os.getpid()}", flush=True)
             os._exit(0)
@@ -269,8 +323,9 @@ def _check_loadable(run_dir: Path) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     gen = torch.Generator()
     assert load_checkpoint(path, optimizer=opt, generators={"g": gen}) == state
-    complete = [p for p in path.parent.iterdir() if (p / "state.json").is_file()]
-    assert len(complete) <= 3  # keep=2, plus the new one before pruning
+    complete = [p for p in path.parent.iterdir()
+                if not p.name.startswith(".") and (p / "state.json").is_file()]
+    assert len(complete) <= 3  # keep=1 prunes to LATEST and rl-000002 (the stage's last)
     return state["step"]
 
 

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 from dataclasses import replace
 from importlib.resources import files
 
 import pytest
 import yaml
 
+from zeroth.algos import ALGORITHMS
 from zeroth.config import (
     Config,
+    _check_rules,
     config_from_dict,
     config_to_dict,
     dump_config,
+    embedded_recipes,
     load_config,
+    recipe_summary,
     resolve_rl,
+    resume_overrides,
 )
 from zeroth.errors import UserError
+from zeroth.tasks import load_task
 
 
 def _error(recipe=None, overrides=()) -> str:
@@ -217,3 +227,140 @@ def test_reward_weights_default_to_the_task_and_partial_overrides_extend_generic
     assert load_config().rl.reward_weights is None  # the task's own weights
     cfg = load_config(None, ["rl.reward_weights.overlong=1"])
     assert cfg.rl.reward_weights == {"correct": 1.0, "format": 0.1, "overlong": 1.0}
+
+
+# -- a config mistake is answered before torch is imported ---------------------------------------
+
+_NO_TORCH = textwrap.dedent("""
+    import json, sys
+    from zeroth.cli import main
+    out = []
+    for args in json.loads(sys.argv[1]):
+        code = main(["run", *args])
+        out.append([code, "torch" in sys.modules, "transformers" in sys.modules])
+    print(json.dumps(out))
+""")
+
+MISTAKES = [  # (arguments of `zeroth run`, what the one-line error names)
+    (["rl.lrr=1"], "did you mean 'rl.lr'?"),
+    (["rl.steps=abc"], "'rl.steps' expects int"),
+    (["task.name=addtion"], "did you mean 'addition'?"),
+    (["no_such_recipe"], "'no_such_recipe' not found"),
+    (["rl.steps=-1"], "'rl.steps' must be >= 0"),
+    (["rl.algorithm=ppo"], "'rl.algorithm' must be one of"),
+    (["pipeline=[pretrain, {rl: {beta: -1}}]"], "pipeline stage 2 (rl): config key 'rl.beta'"),
+    (["tiny", "run.keep_checkpoints=-2"], "'run.keep_checkpoints' must be >= 0"),
+    (["model.path=/no/such/model"], "model.path"),
+]
+
+
+def test_config_mistakes_are_reported_before_torch_is_imported(tmp_path):
+    args = [a + [f"run.out_dir={tmp_path}"] for a, _ in MISTAKES]
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, json.dumps(args)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == len(MISTAKES)  # one line each
+    for (code, torch_loaded, transformers_loaded), line, (_, needle) in zip(results, errors,
+                                                                          MISTAKES):
+        assert code == 2 and line.startswith("zeroth: error:") and needle in line, line
+        assert not torch_loaded and not transformers_loaded, line
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_validation_never_needs_the_algorithm_presets():
+    """Validation leaves the fields an algorithm fills null (reading the presets imports
+    torch): each preset must pass the rules itself."""
+    for name in ALGORITHMS:
+        cfg = load_config(None, [f"rl.algorithm={name}"])
+        _check_rules(replace(cfg, rl=resolve_rl(cfg.rl)), "")
+
+
+def test_every_embedded_recipe_has_a_one_line_summary():
+    for name in embedded_recipes():
+        summary = recipe_summary(name)
+        assert 20 < len(summary) <= 100 and summary.endswith("."), (name, summary)
+
+
+# -- model.path may name a run directory -----------------------------------------------------------
+
+
+def test_model_path_may_be_a_run_directory(tmp_path, finished_tiny_run):
+    assert load_config("tiny", [f"model.path={finished_tiny_run}"]).model.path == str(
+        finished_tiny_run)
+    empty = tmp_path / "runs" / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    message = _error("tiny", [f"model.path={empty}"])
+    assert "model.path" in message and "no final model and no checkpoint yet" in message
+    message = _error("tiny", [f"student.path={empty}"])
+    assert "student.path" in message
+
+
+# -- reward files beside the recipe ------------------------------------------------------------------
+
+
+def test_reward_files_are_found_beside_the_recipe_then_in_the_current_folder(tmp_path,
+                                                                               monkeypatch):
+    folder = tmp_path / "x" / "recipes"
+    folder.mkdir(parents=True)
+    (folder / "my_rewards.py").write_text("def fn(completions, **_):\n    return [1.0]\n")
+    recipe = _write(folder, {"rewards": {"my_rewards.py:fn": 1, "here.py:g": 0.5, "correct": 1},
+                             "pipeline": ["pretrain", {"rl": {"reward_weights": {
+                                 "my_rewards.py:fn": 2}}}]}, "r.yaml")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(recipe, ["rewards.tags=0.1"])
+    beside = f"{folder / 'my_rewards.py'}:fn"
+    # beside the recipe: absolute; elsewhere: left to the current folder (create_run_dir)
+    assert cfg.rl.reward_weights == {beside: 1.0, "here.py:g": 0.5, "correct": 1.0,
+                                     "tags": 0.1}
+    assert cfg.run.pipeline[1] == {"rl": {"reward_weights": {beside: 2}}}
+    assert load_config(recipe).rl.reward_weights == load_config(str(recipe)).rl.reward_weights
+    (tmp_path / "here.py").write_text("def g(completions, **_):\n    return [0.5]\n")
+    task = load_task(cfg)  # run from tmp_path: my_rewards.py beside the recipe, here.py here
+    assert task.rewards[beside](["x"]) == [1.0] and task.rewards["here.py:g"](["x"]) == [0.5]
+
+
+def test_rewards_named_module_colon_function(tmp_path, monkeypatch):
+    (tmp_path / "my_reward_module.py").write_text(
+        "def short(completions, **_):\n    return [1.0 / len(c) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_config(None, ["rewards={correct: 1, 'my_reward_module:short': 0.5}"])
+    task = load_task(cfg)
+    assert task.rewards["my_reward_module:short"](["ab", "abcd"]) == [0.5, 0.25]
+    with pytest.raises(UserError) as exc:
+        load_task(load_config(None, ["rewards={'no_such_module_x:f': 1}"]))
+    assert "cannot import module 'no_such_module_x'" in str(exc.value)
+    assert "path/to/no_such_module_x.py:f" in str(exc.value)
+
+
+# -- what --resume may change --------------------------------------------------------------------
+
+
+def test_resume_may_raise_the_last_rl_stages_steps():
+    cfg = load_config("tiny")
+    longer = resume_overrides(cfg, ["rl.steps=9", "run.threads=1", "run.keep_checkpoints=3"])
+    assert (longer.rl.steps, longer.run.threads, longer.run.keep_checkpoints) == (9, 1, 3)
+    assert cfg.rl.steps == 4  # the saved config is left as it was
+    assert resume_overrides(cfg, []) == cfg
+    two = load_config("r1")  # two rl stages: only the last one gets more steps
+    longer = resume_overrides(two, ["rl.steps=40"])
+    assert longer.rl.steps == 30 and longer.run.pipeline[-1] == {"rl": {"steps": 40}}
+    staged = load_config(None, ["pipeline=[pretrain, {rl: {steps: 5, lr: 0.01}}]"])
+    longer = resume_overrides(staged, ["rl.steps=7"])
+    assert longer.run.pipeline[-1] == {"rl": {"steps": 7, "lr": 0.01}}
+
+
+@pytest.mark.parametrize("pipeline, overrides, needle", [
+    ("[pretrain, rl]", ["rl.lr=1"], "--resume cannot change 'rl.lr'"),
+    ("[pretrain, rl]", ["pipeline=[rl]"], "--resume cannot change 'pipeline'"),
+    ("[pretrain, rl]", ["rl.steps=10"], "below the 60 steps"),
+    ("[pretrain, rl]", ["rl.steps=many"], "'rl.steps' expects int"),
+    ("[pretrain, rl]", ["run.threads=0"], "'run.threads' must be >= 1"),
+    ("[rl, rejection]", ["rl.steps=90"], "ends with 'rejection'"),
+])
+def test_resume_refuses_other_changes_with_one_line(pipeline, overrides, needle):
+    cfg = load_config(None, [f"pipeline={pipeline}"])
+    with pytest.raises(UserError) as info:
+        resume_overrides(cfg, overrides)
+    assert needle in str(info.value) and "\n" not in str(info.value)

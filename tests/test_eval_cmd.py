@@ -228,12 +228,15 @@ def test_existing_out_is_kept_unless_force(model_folder, tmp_path):
 # -- scoring a run's checkpoints -----------------------------------------------------------------
 
 FAST = ("eval.k=1", "eval.max_new_tokens=8")
+TAGS = ["pretrain-000000", "pretrain-000010", "pretrain-000020", "rl-000000", "rl-000001",
+        "rl-000002", "rl-000003", "rl-000004"]  # conftest's finished_tiny_run keeps them all
 
 
 @pytest.fixture()
 def tiny_run(finished_tiny_run, tmp_path):
-    """A writable copy of the session's finished tiny run (checkpoints rl-000003, rl-000004
-    and final/); its config: task addition, 8 held-out problems."""
+    """A writable copy of the session's finished tiny run (checkpoints pretrain-000000 to
+    pretrain-000020, rl-000000 to rl-000004, and final/); its config: task addition, 8 held-out
+    problems."""
     return shutil.copytree(finished_tiny_run, tmp_path / "runs" / "t")
 
 
@@ -242,7 +245,7 @@ def _results(run):
 
 
 def test_checkpoint_tag_scores_that_checkpoint_with_the_runs_config(tiny_run, capsys):
-    assert checkpoint_tags(tiny_run) == ["rl-000003", "rl-000004"]
+    assert checkpoint_tags(tiny_run) == TAGS  # every checkpoint the run kept, in training order
     assert cmd_eval(_ns(tiny_run, "--checkpoint", "rl-000003", *FAST, "--quiet")) == 0
     assert "results: " in capsys.readouterr().out
     data = _results(tiny_run)["rl-000003-addition.json"]
@@ -267,9 +270,9 @@ def test_checkpoint_tag_scores_that_checkpoint_with_the_runs_config(tiny_run, ca
 
 def test_unknown_checkpoint_lists_the_tags_and_writes_nothing(tiny_run, model_folder):
     with pytest.raises(UserError) as exc:
-        cmd_eval(_ns(tiny_run, "--checkpoint", "rl-000001", *FAST, "--quiet"))
+        cmd_eval(_ns(tiny_run, "--checkpoint", "rl-000009", *FAST, "--quiet"))
     msg = str(exc.value)
-    assert "'rl-000001'" in msg and "rl-000003, rl-000004, final" in msg and "\n" not in msg
+    assert "'rl-000009'" in msg and ", ".join(TAGS + ["final"]) in msg and "\n" not in msg
     assert not (tiny_run / "evals").exists()
     with pytest.raises(UserError) as exc:  # a model folder has no checkpoints
         cmd_eval(_ns(model_folder, "tiny", "--checkpoint", "all", "--quiet"))
@@ -282,13 +285,14 @@ def test_unknown_checkpoint_lists_the_tags_and_writes_nothing(tiny_run, model_fo
 def test_checkpoint_all_scores_each_once_in_order(tiny_run, capsys):
     assert cmd_eval(_ns(tiny_run, "--checkpoint", "all", *FAST, "--quiet")) == 0
     out = capsys.readouterr().out
-    assert out.index("rl-000003") < out.index("rl-000004")  # training order
+    assert [out.index(f"/{tag}/") for tag in TAGS] == sorted(out.index(f"/{tag}/") for tag in TAGS)
     first = _results(tiny_run)
-    assert list(first) == ["rl-000003-addition.json", "rl-000004-addition.json"]
-    assert [d["checkpoint"]["step"] for d in first.values()] == [3, 4]
+    assert sorted(first) == sorted(f"{tag}-addition.json" for tag in TAGS)
+    assert [first[f"{tag}-addition.json"]["checkpoint"]["step"] for tag in TAGS] == [
+        0, 10, 20, 0, 1, 2, 3, 4]
 
     assert cmd_eval(_ns(tiny_run, "--checkpoint", "all", *FAST, "--quiet")) == 0  # all done
-    assert "skipping 2 checkpoint(s)" in capsys.readouterr().out.replace("\n", " ")
+    assert "skipping 8 checkpoint(s)" in capsys.readouterr().out.replace("\n", " ")
     assert _results(tiny_run) == first  # untouched (timestamps included)
 
     # other settings: the old results are kept unless --force replaces them
@@ -298,10 +302,10 @@ def test_checkpoint_all_scores_each_once_in_order(tiny_run, capsys):
     assert "--force" in str(exc.value) and _results(tiny_run) == first
     assert cmd_eval(_ns(tiny_run, "--checkpoint", "all", "eval.k=2", "eval.max_new_tokens=8",
                         "--force", "--quiet")) == 0
-    assert [d["k"] for d in _results(tiny_run).values()] == [2, 2]
+    assert [d["k"] for d in _results(tiny_run).values()] == [2] * 8
 
     (tiny_run / "evals" / "rl-000003-addition.json").unlink()  # only the missing one is scored
     assert cmd_eval(_ns(tiny_run, "--checkpoint", "all", "eval.k=2", "eval.max_new_tokens=8",
                         "--quiet")) == 0
-    assert "skipping 1 checkpoint(s)" in capsys.readouterr().out.replace("\n", " ")
-    assert list(_results(tiny_run)) == ["rl-000003-addition.json", "rl-000004-addition.json"]
+    assert "skipping 7 checkpoint(s)" in capsys.readouterr().out.replace("\n", " ")
+    assert sorted(_results(tiny_run)) == sorted(first)

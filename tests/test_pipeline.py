@@ -5,6 +5,8 @@ resumes to the same result."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 from dataclasses import replace
 from importlib.resources import files
@@ -15,7 +17,7 @@ import yaml
 from zeroth.config import load_config, pipeline, stage_config
 from zeroth.errors import UserError
 from zeroth.progress import Display
-from zeroth.run import create_run_dir, execute, preflight
+from zeroth.run import create_run_dir, execute, init_model, load_run_config, preflight
 
 
 def tiny_overrides() -> list[str]:
@@ -128,6 +130,11 @@ def test_r1_recipe_runs_every_stage_and_reports_each(tmp_path, coin_tasks):
     phases = {p for (p,) in db.execute("select distinct phase from rollouts")}
     db.close()
     assert {"rl1", "rl2", "rejection"} <= phases
+    # every stage checkpoints, and every checkpoint stays (the step-0 one as a stage starts)
+    assert _checkpoints(run_dir) == [
+        "pretrain-000000", "pretrain-000010", "pretrain-000020", "rejection-000000",
+        "rl1-000000", "rl1-000001", "rl1-000002", "rl2-000000", "rl2-000001", "rl2-000002",
+        "sft1-000000", "sft1-000002", "sft1-000004", "sft2-000000", "sft2-000002", "sft2-000004"]
 
 
 def test_r1_zero_and_distill_recipes_end_to_end(tmp_path, coin_tasks):
@@ -195,3 +202,46 @@ def test_memory_estimate_counts_a_distill_stage():
                                            "student.intermediate_size=2048"]))
     assert 0 < small["distill"] < big["distill"]
     assert big["total"] == big["distill"] > small["total"]  # the big student is the peak
+
+
+def _checkpoints(run_dir) -> list[str]:
+    return sorted(p for p in os.listdir(run_dir / "checkpoints") if p != "LATEST")
+
+
+def test_a_finished_run_keeps_every_checkpoint(finished_tiny_run):
+    """By default (run.keep_checkpoints=0) every checkpoint stays, so `zeroth eval --checkpoint
+    all` and `zeroth chat --checkpoint TAG` can name any of them."""
+    assert _checkpoints(finished_tiny_run) == [
+        "pretrain-000000", "pretrain-000010", "pretrain-000020", "rl-000000", "rl-000001",
+        "rl-000002", "rl-000003", "rl-000004"]
+    assert (finished_tiny_run / "checkpoints" / "LATEST").read_text().strip() == "rl-000004"
+
+
+@pytest.mark.parametrize("keep, kept", [
+    (1, ["pretrain-000020", "rl-000002"]),  # LATEST and each stage's last always stay
+    (3, ["pretrain-000020", "rl-000000", "rl-000001", "rl-000002"]),
+])
+def test_keep_checkpoints(tmp_path, keep, kept):
+    run_dir, _ = _run(tmp_path, None, [f"run.keep_checkpoints={keep}", "eval.k=1",
+                                       "eval.max_new_tokens=8"])
+    assert _checkpoints(run_dir) == kept
+
+
+def test_model_path_may_name_a_run_directory(tmp_path, finished_tiny_run):
+    """A run directory as model.path means its final/ model, else its latest checkpoint's:
+    for the config check, the memory estimate, loading, and the saved config.yaml."""
+    run_dir, summary = _run(tmp_path, None, [f"model.path={finished_tiny_run}", "pipeline=[rl]",
+                                             "eval.k=1", "eval.max_new_tokens=8"])
+    assert load_run_config(run_dir).model.path == str(finished_tiny_run / "final")
+    assert summary["pipeline"] == ["rl"] and "start" in [s["stage"] for s in summary["stages"]]
+
+    unfinished = shutil.copytree(finished_tiny_run, tmp_path / "unfinished")
+    shutil.rmtree(unfinished / "final")
+    cfg = load_config(None, SMALL + [f"model.path={unfinished}", "pipeline=[rl]"])
+    assert "memory" in preflight(cfg)
+    latest = unfinished / "checkpoints" / "rl-000004" / "model"
+    assert cfg.model.path == str(latest)
+    model, _ = init_model(cfg, None)
+    saved = (latest / "model.safetensors").read_bytes()
+    model.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == saved

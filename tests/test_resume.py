@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ARGS = ["run", "tiny", "--quiet", "pretrain.checkpoint_every=5", "rl.checkpoint_every=1",
-        "rl.beta=0.05"]  # with a reference model, so its restore is tested too
+        "rl.beta=0.05",  # with a reference model, so its restore is tested too
+        "task.eval_problems=64", "eval.batch_size=8"]  # an evaluation long enough to kill in
 
 
 def _cli(args, cwd):
@@ -50,15 +51,17 @@ def _wait_for(run: Path, tag_prefix: str, timeout: float = 120) -> None:
     while time.time() < deadline:
         if latest.is_file() and latest.read_text().strip().startswith(tag_prefix):
             return
-        time.sleep(0.02)
+        time.sleep(0.005)
     raise AssertionError(f"no checkpoint {tag_prefix}* within {timeout}s")
 
 
 # kill points (checkpoint seen, then a delay in seconds): in pre-training, at the start of RL,
-# in the middle of RL steps, in the final evaluation (after the last checkpoint), and twice
+# in the middle of RL steps, in the final evaluation (after the last checkpoint), and twice.
+# An RL step of the tiny run takes about 40 ms and its final evaluation about 400 ms (on 2 cores):
+# every delay ends well before the run would finish.
 @pytest.mark.parametrize("kills", [
-    [("pretrain-000010", 0.0)], [("rl-000000", 0.0)], [("rl-000001", 0.15)],
-    [("rl-000004", 0.05)], [("pretrain-000005", 0.02), ("rl-000002", 0.1)],
+    [("pretrain-000010", 0.0)], [("rl-000000", 0.0)], [("rl-000001", 0.02)],
+    [("rl-000004", 0.05)], [("pretrain-000005", 0.02), ("rl-000002", 0.02)],
 ])
 def test_kill_and_resume_matches_uninterrupted(tmp_path, reference, kills):
     run = tmp_path / "runs" / "k"

@@ -41,7 +41,7 @@ class FakeRunner:
         self.state["step"] = step
         save_checkpoint(self.dir, f"{self.stage_id}-{step:06d}", model=self.model,
                         tokenizer=self.tokenizer, optimizer=optimizer, state=self.state,
-                        keep=None)
+                        keep=0)
         if step == self.kill_at:
             raise Killed
 

@@ -3,6 +3,7 @@ package, and the reasoning-gym adapter. Small files are written in tmp_path; not
 downloaded."""
 
 import json
+import re
 from random import Random
 
 import pytest
@@ -321,3 +322,61 @@ def test_demo_column_is_verified_per_row(tmp_path, hf):
     for row in task.train_rows(Random(0), 50):
         text, ok = task.demonstration(row, Random(0))
         assert text == "<answer>1</answer>" and ok == (row["answer"] == "1")
+
+
+# -- jsonl from scratch -----------------------------------------------------------------------------
+
+
+def _sums(n: int, demo: bool = True) -> list[dict]:
+    rows = []
+    for i in range(n):
+        a, b = 10 + i % 80, 11 + (7 * i) % 80
+        row = {"prompt": f"Add {a} and {b}.", "answer": a + b}
+        if demo:
+            row["demo"] = f"<think>{a}+{b}={a + b}</think><answer>{a + b}</answer>"
+        rows.append(row)
+    return rows
+
+
+def test_jsonl_with_demos_runs_from_scratch(tmp_path):
+    """A 'demo' column is all a jsonl task needs to build a model from nothing: a tokenizer
+    trained on the file's prompts and demonstrations, pre-training, RL."""
+    from zeroth.progress import Display
+    from zeroth.run import create_run_dir, execute, preflight
+
+    path = _jsonl(tmp_path / "sums.jsonl", _sums(120))
+    cfg = load_config("tiny", ["task.name=jsonl", f"task.path={path}", "rl.steps=1",
+                               "eval.k=1", "eval.max_new_tokens=8", f"run.out_dir={tmp_path}"])
+    preflight(cfg)
+    summary = execute(create_run_dir(cfg, "jsonl"), cfg, Display(quiet=True))
+    assert summary["task"] == "jsonl" and summary["demo_accuracy"] == 1.0
+    assert summary["pretrain_steps"] == 20 and summary["steps"] == 1
+
+
+def test_jsonl_without_demos_says_what_to_add(tmp_path, tiny_model):
+    from zeroth.run import preflight
+
+    rows = _sums(40)
+    for row in rows[::2]:
+        del row["demo"]
+    task_args = ["task.name=jsonl", f"task.path={_jsonl(tmp_path / 'sums.jsonl', rows)}"]
+    task = load_task(load_config("tiny", task_args))
+    assert task.demonstration is None
+    counts = re.match(r"(\d+) of (\d+) training rows of \S+sums.jsonl have no 'demo'",
+                      task.info["no_demos"])
+    missing, total = int(counts[1]), int(counts[2])  # of the 40, some are held out
+    assert 1 <= missing <= 20 and total - missing <= 20 and total <= 40
+    model, tokenizer = tiny_model
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    for extra, needle in [([], "or set model.path to a model folder or run directory"),
+                          ([f"model.path={tmp_path / 'm'}"], "or leave pre-training out")]:
+        with pytest.raises(UserError) as exc:
+            preflight(load_config("tiny", task_args + extra))
+        message = str(exc.value)
+        assert "no 'demo' (e.g. prompt 'Add " in message and needle in message
+        assert 'add to every row a "demo" column' in message and "\n" not in message
+    preflight(load_config("tiny", task_args + [f"model.path={tmp_path / 'm'}", "pipeline=[rl]"]))
+    ok = _jsonl(tmp_path / "ok.jsonl", _sums(40))
+    with_demos = load_task(load_config("tiny", ["task.name=jsonl", f"task.path={ok}"]))
+    assert with_demos.demonstration is not None and "no_demos" not in with_demos.info

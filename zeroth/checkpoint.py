@@ -7,24 +7,24 @@ Layout under a run directory:
         <tag>/               e.g. pretrain-000500, rl-000010
             model/           model.save_pretrained (safetensors + config.json) and tokenizer files
             optimizer.pt     torch.save(optimizer.state_dict()), when an optimizer was given
+                             (kept in the newest RESUMABLE checkpoints only)
             rng.pt           python `random`, torch CPU (and CUDA) RNG, numpy, named generators
             state.json       the caller's JSON-able state (phase, step, data position, ...)
 
 How a save stays atomic: everything is written into `checkpoints/.tmp-<tag>-<pid>/` and fsynced,
 then that directory is renamed to `<tag>`, then LATEST is replaced (temp file + fsync +
 `os.replace`) and the directory fsynced. Only after LATEST names the new checkpoint are older
-ones removed (renamed to `.trash-*` first, then deleted), keeping the newest `keep`. A kill at any
-moment therefore leaves LATEST naming a complete checkpoint: the new one, or the previous one.
-Leftovers of an interrupted save (`.tmp-*`, `.trash-*`, ...) are cleaned by the next save.
+ones pruned (renamed to `.trash-*` first, then deleted). A kill at any moment therefore leaves
+LATEST naming a complete checkpoint: the new one, or the previous one. Leftovers of an
+interrupted save (`.tmp-*`, `.trash-*`, ...) are cleaned by the next save.
 
-Saving a tag that already exists (a resumed run reaching the same step again) renames the old
-directory to `.old-<tag>-<pid>`, renames the new one in, then deletes the old one. If a crash
-falls between those two renames, `latest_checkpoint` returns the `.old-*` copy (complete) and the
-next save moves it back.
-
-Loading is split in two: `load_checkpoint` restores the optimizer, the RNG states and returns the
-state dict; the caller loads the weights itself from `model_dir(path)`, e.g.
-`AutoModelForCausalLM.from_pretrained(model_dir(path))` (and `AutoTokenizer` from the same folder).
+Which checkpoints stay (`keep`, the run's `run.keep_checkpoints`): 0 (the default) keeps every
+one, N > 0 the newest N (by save time) — and whatever N, the checkpoint LATEST names and the last
+one (highest step) of every stage, so a run can always resume and each stage's final model stays
+at hand. Tags are `<stage id>-<step>`; a tag of another form belongs to no stage. Only the newest
+RESUMABLE checkpoints keep their optimizer state (a resume starts from LATEST; the one before it
+is a spare): the others keep the model, RNG and state, which is what evaluation, chat and export
+read — for AdamW the optimizer state is twice the weights, so this saves two thirds of the disk.
 """
 
 from __future__ import annotations
@@ -32,16 +32,21 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from zeroth.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
 LATEST = "LATEST"
+FINAL = "final"  # a run's finished model, beside checkpoints/
 _TMP, _OLD, _TRASH, _LATEST_TMP = ".tmp-", ".old-", ".trash-", ".LATEST-"
+_TAG = re.compile(r"(.+)-(\d+)")  # <stage id>-<step>
+RESUMABLE = 2  # the newest checkpoints that keep their optimizer state
 
 
 def model_dir(path: str | Path) -> Path:
@@ -90,6 +95,8 @@ def _numpy() -> Any:
 
 def _rng_states(generators: dict[str, torch.Generator] | None) -> dict:
     """Every RNG state a resume needs, in types that `torch.load(weights_only=True)` accepts."""
+    import torch
+
     states: dict[str, Any] = {
         "python": random.getstate(),
         "torch": torch.get_rng_state(),
@@ -116,6 +123,8 @@ def _restore_rng(states: dict, generators: dict[str, torch.Generator] | None) ->
     if missing:
         saved = sorted(states["generators"])
         raise UserError(f"checkpoint has no RNG state for generators {missing} (it has {saved})")
+    import torch
+
     random.setstate(states["python"])
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
@@ -219,20 +228,43 @@ def _discard(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _prune(root: Path, keep: int | None, latest: str) -> None:
-    """Keep the `keep` newest complete checkpoints (LATEST always among them); discard others."""
-    if keep is None:
-        return
+def stage_and_step(tag: str) -> tuple[str | None, int | None]:
+    """(stage id, step) of a tag `<stage id>-<step>`; (None, None) for a tag of another form."""
+    named = _TAG.fullmatch(tag)
+    return (named[1], int(named[2])) if named else (None, None)
+
+
+def _protected(names: list[str], latest: str) -> set[str]:
+    """The checkpoints no policy removes: LATEST's and the last (highest step) of each stage."""
+    last: dict[str, tuple[int, str]] = {}
+    for name in names:
+        stage, step = stage_and_step(name)
+        if stage is not None and step >= last.get(stage, (-1, ""))[0]:
+            last[stage] = (step, name)
+    return {latest} | {name for _, name in last.values()}
+
+
+def _to_remove(names: list[str], keep: int, latest: str) -> list[str]:
+    """Which of `names` (complete checkpoints, newest first) `keep` removes (0: none)."""
+    if keep == 0:
+        return []
+    kept = _protected(names, latest) | set(names[:keep])
+    return [name for name in names if name not in kept]
+
+
+def _prune(root: Path, keep: int, latest: str) -> None:
+    """Discard the complete checkpoints `keep` does not keep, and the optimizer state of all but
+    the newest RESUMABLE (see the module docstring)."""
     found = [p for p in root.iterdir() if not p.name.startswith(".") and _is_complete(p)]
     found.sort(key=lambda p: ((p / "state.json").stat().st_mtime_ns, p.name), reverse=True)
-    kept = {latest}
-    for path in found:
-        if len(kept) >= keep:
-            break
-        kept.add(path.name)
-    for path in found:
-        if path.name not in kept:
-            _discard(path)
+    names = [p.name for p in found]
+    removed = set(_to_remove(names, keep, latest))
+    for name in removed:
+        _discard(root / name)
+    kept = [name for name in names if name not in removed]
+    for name in kept[RESUMABLE:]:
+        if name != latest:
+            (root / name / "optimizer.pt").unlink(missing_ok=True)
 
 
 def save_checkpoint(
@@ -244,15 +276,18 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     state: dict,
     generators: dict[str, torch.Generator] | None = None,
-    keep: int | None = 2,
+    keep: int = 0,
 ) -> Path:
     """Write checkpoint `tag` atomically, point LATEST at it, prune to the newest `keep`.
 
-    `keep=None` keeps every checkpoint. Returns the checkpoint directory.
+    `keep`: 0 keeps every checkpoint; N > 0 the newest N, LATEST's and each stage's last (see
+    the module docstring). Returns the checkpoint directory.
     """
+    import torch
+
     _check_tag(tag)
-    if keep is not None and keep < 1:
-        raise UserError(f"checkpoint keep must be >= 1 (or None to keep all), got {keep}")
+    if keep < 0:
+        raise UserError(f"checkpoint keep must be >= 0 (0 keeps every one), got {keep}")
     state_text = json.dumps(state, indent=2)  # fails early, before anything is written
     root = _root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -304,6 +339,39 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     raise UserError(f"{root / LATEST} names checkpoint {tag!r}, but {path} is missing or partial")
 
 
+def is_model(folder: Path) -> bool:
+    """A Hugging Face model folder, or a LoRA adapter folder (adapter_config.json)."""
+    return (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A zeroth run directory: config.yaml, final/ or checkpoints/ inside (and no model)."""
+    path = Path(path)
+    return not is_model(path) and ((path / "config.yaml").is_file() or
+                                    (path / FINAL).is_dir() or (path / "checkpoints").is_dir())
+
+
+def locate_model(path: str | Path, what: str = "model path") -> tuple[Path, Path | None]:
+    """(model folder, run directory or None) behind an existing folder `path`: a model folder as
+    it is; a checkpoint's model/; a run directory's final/ when the pipeline wrote it, else its
+    LATEST checkpoint's model/ (UserError, naming `what`, when it has neither yet). Any other
+    folder comes back as it is, for the caller to judge."""
+    path = Path(path).expanduser()
+    if is_model(path):
+        return path, None
+    if _is_complete(path) and model_dir(path).is_dir():  # a checkpoint
+        return model_dir(path), None
+    if not is_run_dir(path):
+        return path, None
+    if is_model(path / FINAL):
+        return path / FINAL, path
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise UserError(f"{what} '{path}': the run has no final model and no checkpoint yet — "
+                        "use it once its first checkpoint is written")
+    return model_dir(ckpt), path
+
+
 def load_checkpoint(
     path: str | Path,
     *,
@@ -316,13 +384,16 @@ def load_checkpoint(
     The model is NOT loaded here: load it with
     `AutoModelForCausalLM.from_pretrained(model_dir(path))`.
     """
+    import torch
+
     path = Path(path)
     if not _is_complete(path):
         raise UserError(f"{path} is not a complete checkpoint (no state.json)")
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     if optimizer is not None:
         if not (path / "optimizer.pt").is_file():
-            raise UserError(f"{path} has no optimizer.pt (it was saved without an optimizer)")
+            raise UserError(f"{path} has no optimizer.pt (saved without an optimizer, or an older "
+                            "checkpoint whose optimizer state was pruned) — resume from LATEST")
         saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(saved)
     if restore_rng:

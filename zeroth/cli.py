@@ -1,7 +1,8 @@
 """`zeroth` command line: thin argument parsing that dispatches to the pipeline.
 
+    zeroth --version
     zeroth run [RECIPE] [section.field=value ...] [--force] [--quiet]
-    zeroth run --resume runs/<name>
+    zeroth run --resume runs/<name> [rl.steps=N] [run.threads=N] [run.keep_checkpoints=N]
     zeroth pretrain|sft|rl|rejection|distill [RECIPE] [section.field=value ...]   (one stage)
     zeroth eval MODEL|runs/<name> [RECIPE] [section.field=value ...] [--k N] [--out FILE] [--force]
     zeroth export runs/<name>|CHECKPOINT|MODEL OUT [--force]
@@ -10,7 +11,8 @@
     zeroth plot runs/<name> [--out DIR]            (PNG curves)
     zeroth metrics runs/<name> --tensorboard DIR | --wandb PROJECT | --csv FILE
 
-Mistakes a user can fix print one line (`zeroth: error: ...`) and exit with code 2.
+Mistakes a user can fix print one line (`zeroth: error: ...`) and exit with code 2. A config
+mistake is found before torch or transformers is imported, so it is answered at once.
 """
 
 from __future__ import annotations
@@ -24,21 +26,55 @@ from zeroth.errors import UserError
 
 
 def _quiet_libraries() -> None:
+    """Offline hub, no tokenizer threads, transformers' warnings and progress bars off: set in
+    the environment, which the libraries read when they are imported, so none is imported
+    here (only set directly when one already is, as when `main` is called in-process)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
 
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+
+
+def version() -> str:
+    """zeroth's version: the installed package's metadata, else `zeroth.__version__`."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("zeroth")
+    except PackageNotFoundError:
+        from zeroth import __version__
+
+        return __version__
+
+
+def recipes_help() -> str:
+    """The embedded recipes, one line each (the first comment line of each file)."""
+    from zeroth.config import embedded_recipes, recipe_summary
+
+    names = embedded_recipes()
+    width = max(len(n) for n in names) + 2
+    lines = [f"  {name:<{width}}{recipe_summary(name)}" for name in names]
+    return "embedded recipes (zeroth run NAME, or a YAML file of your own):\n" + "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="zeroth", description="RL on verifiable rewards.")
+    ap.add_argument("--version", action="version", version=f"zeroth {version()}")
     sub = ap.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a recipe end to end (default: the embedded default)")
+    run = sub.add_parser("run", help="run a recipe end to end (default: the embedded default)",
+                         epilog=recipes_help(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("args", nargs="*", metavar="RECIPE|KEY=VALUE",
                      help="a recipe name or YAML file, then section.field=value overrides")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; it takes "
+                     "only rl.steps=N (more steps for a last rl stage, a finished run too), "
+                     "run.threads=N and run.keep_checkpoints=N")
     run.add_argument("--force", action="store_true", help="replace an existing run directory")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     from zeroth.evalcmd import add_parser as add_eval_parser
@@ -86,39 +122,50 @@ STAGE_HELP = {
 
 
 def cmd_run(ns) -> int:
-    from zeroth.config import load_config
-    from zeroth.progress import Display
-    from zeroth.report import print_results
-    from zeroth.run import create_run_dir, execute, load_run_config, preflight
-
-    recipe = None
+    """`zeroth run` (and each one-stage command): check everything, make or reopen the run
+    directory (kept in ns.run_dir for the Ctrl-C message), run it, print the results."""
     overrides = list(ns.args)
-    if overrides and "=" not in overrides[0]:
-        recipe = overrides.pop(0)
+    recipe = overrides.pop(0) if overrides and "=" not in overrides[0] else None
     if ns.command != "run":  # one stage alone: the same run, with a one-stage pipeline
         overrides.append(f"run.pipeline=[{ns.command}]")
         ns.resume = None
+    estimate = None
     if ns.resume:
-        if ns.force:
-            raise UserError("--resume continues a run and --force replaces one: give only one")
-        if recipe or overrides:
-            raise UserError("--resume takes no recipe or overrides: a run continues with the "
-                            "config saved in its directory")
-        run_dir = Path(ns.resume)
-        cfg = load_run_config(run_dir)
+        run_dir, cfg = Path(ns.resume), _resume_config(ns, recipe, overrides)
     else:
-        cfg = load_config(recipe, overrides)
+        from zeroth.config import load_config
+
+        cfg = load_config(recipe, overrides)  # no torch yet: a mistake is answered at once
+        from zeroth.run import create_run_dir, preflight
+
         estimate = preflight(cfg)  # data, model folder, memory: before anything is written
         name = Path(recipe).stem if recipe else "default"
         run_dir = create_run_dir(cfg, ns.command if ns.command != "run" else name, ns.force)
+    ns.run_dir = run_dir
+    from zeroth.progress import Display
+    from zeroth.report import print_results
+    from zeroth.run import execute
+
     display = Display(quiet=ns.quiet)
     display.print(f"run directory: {run_dir}", highlight=False)
-    if not ns.resume:
+    if estimate:
         display.print(estimate, highlight=False)
     with display:
         summary = execute(run_dir, cfg, display)
     print_results(display.console, summary, run_dir)
     return 0
+
+
+def _resume_config(ns, recipe: str | None, overrides: list[str]):
+    """The config `--resume` continues with (zeroth.run.resume_config)."""
+    if ns.force:
+        raise UserError("--resume continues a run and --force replaces one: give only one")
+    if recipe:
+        raise UserError(f"--resume takes no recipe ('{recipe}'): a run continues with the "
+                        "config saved in its directory")
+    from zeroth.run import resume_config
+
+    return resume_config(ns.resume, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zeroth: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = " — continue with `zeroth run --resume <run dir>`" if ns.command != "eval" else ""
+        run_dir = getattr(ns, "run_dir", None)  # set by cmd_run once the run directory exists
+        hint = f" — continue with zeroth run --resume {run_dir}" if run_dir else ""
         print(f"zeroth: interrupted{hint}", file=sys.stderr)
         return 130
 

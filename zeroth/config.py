@@ -6,6 +6,7 @@ an unknown key, a wrong type or an out-of-range value raises `UserError` with on
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -27,6 +28,9 @@ class RunConfig:
     device: str = "cpu"  # cpu | cuda | auto (cuda when available)
     pipeline: list[Any] = field(default_factory=lambda: ["pretrain", "rl"])  # stages, in order
     memory_check: bool = True  # refuse to start when the memory estimate exceeds what is free
+    # checkpoints kept: 0 -> every one; N -> the newest N, and always LATEST's and each stage's
+    # last (zeroth.checkpoint)
+    keep_checkpoints: int = 0
 
 
 @dataclass
@@ -369,6 +373,9 @@ def _one_of(*options: str) -> tuple:
     return (lambda v, c: v in options), msg
 
 
+DEFAULT_ENGINE = "torch"  # zeroth.rollout.ENGINES has it; checking another name imports torch
+
+
 def _engines() -> list[str]:
     from zeroth.rollout import ENGINES  # torch and transformers load only when this is checked
 
@@ -394,6 +401,15 @@ def _model_dir(v: str | None) -> Path | None:
     return None if v is None else Path(v).expanduser()
 
 
+def _has_model(v: str, key: str) -> bool:
+    """Whether folder `v` is, or leads to, a model with a config.json: a model folder, a
+    checkpoint, or a run directory (its final/, else its latest checkpoint's model)."""
+    from zeroth.checkpoint import locate_model
+
+    folder = _model_dir(v)
+    return folder.is_dir() and (locate_model(folder, key)[0] / "config.json").is_file()
+
+
 def hub_id(v: str | None) -> bool:
     """A hub id (org/name) with no such local folder, where the hub may be used
     (HF_HUB_OFFLINE=0); zeroth's CLI is offline unless told otherwise."""
@@ -407,6 +423,7 @@ def hub_id(v: str | None) -> bool:
 _RULES: list[tuple] = [
     ("run.seed", *_ge(0)),
     ("run.threads", *_ge(1)),
+    ("run.keep_checkpoints", *_ge(0)),
     ("run.device", *_one_of("cpu", "cuda", "auto")),
     (
         "task.name",
@@ -434,8 +451,9 @@ _RULES: list[tuple] = [
     ),
     (
         "model.path",
-        lambda v, c: v is None or (_model_dir(v) / "config.json").is_file() or hub_id(v),
-        "model.path {v} has no config.json — give a local Hugging Face model folder",
+        lambda v, c: v is None or _has_model(v, "model.path") or hub_id(v),
+        ("model.path {v} has no config.json — give a local Hugging Face model folder or a run "
+         "directory"),
     ),
     ("model.arch", *_one_of("qwen2", "llama")),
     ("model.hidden_size", *_ge(1)),
@@ -472,8 +490,9 @@ _RULES: list[tuple] = [
     ("student.dtype", *_one_of("float32", "bfloat16")),
     (
         "student.path",
-        lambda v, c: v is None or (_model_dir(v) / "config.json").is_file(),
-        "student.path {v} has no config.json — give a local Hugging Face model folder",
+        lambda v, c: v is None or _has_model(v, "student.path"),
+        ("student.path {v} has no config.json — give a local Hugging Face model folder or a run "
+         "directory"),
     ),
     ("sft.n", *_ge(1)),
     ("sft.max_len", *_ge(8)),
@@ -533,7 +552,7 @@ _RULES: list[tuple] = [
     ("rl.eps_high", *_ge(0)),
     ("rl.beta", *_ge(0)),
     ("rl.algorithm", *_one_of("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp")),
-    ("rl.engine", lambda v, c: v in _engines(),
+    ("rl.engine", lambda v, c: v == DEFAULT_ENGINE or v in _engines(),
      "config key '{key}' must name a generation engine (zeroth.rollout.ENGINES), got {v}"),
     ("rl.advantage", *_one_of("grpo", "dr_grpo", "rloo", "reinforce_pp")),
     ("rl.max_sample_rounds", *_ge(1)),
@@ -556,12 +575,14 @@ def validate(cfg: Config) -> Config:
     _check_rules(cfg, "")
     for index, (_, kind, overrides) in enumerate(pipeline(cfg)):
         if overrides:
-            _check_rules(stage_config(cfg, index), f"pipeline stage {index + 1} ({kind}): ")
+            _check_rules(stage_config(cfg, index, resolve=False),
+                         f"pipeline stage {index + 1} ({kind}): ")
     return cfg
 
 
 def _check_rules(cfg: Config, where: str) -> None:
-    cfg = replace(cfg, rl=resolve_rl(cfg.rl))
+    """Raise for the first rule `cfg` breaks. The rl fields an algorithm fills stay null here
+    (they are skipped): its presets are valid, and reading them would import torch."""
     for key, ok, template in _RULES:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -613,9 +634,10 @@ def pipeline(cfg: Config) -> list[tuple[str, str, dict]]:
     return [tuple(e) for e in entries]
 
 
-def stage_config(cfg: Config, index: int) -> Config:
+def stage_config(cfg: Config, index: int, resolve: bool = True) -> Config:
     """The config of pipeline stage `index`: its section with the stage's overrides applied and,
-    for rl, the algorithm's settings filled into the fields left null."""
+    for rl (unless `resolve` is False), the algorithm's settings filled into the fields left
+    null."""
     _, kind, overrides = pipeline(cfg)[index]
     types = _field_types(kind)
     values = {}
@@ -625,7 +647,7 @@ def stage_config(cfg: Config, index: int) -> Config:
                                prefix=f"{kind}.")
         values[key] = _coerce(f"{kind}.{key}", value, types[key])
     section = replace(getattr(cfg, kind), **values)
-    if kind == "rl":
+    if kind == "rl" and resolve:
         section = resolve_rl(section)
     return replace(cfg, **{kind: section})
 
@@ -652,20 +674,28 @@ def embedded_recipes() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_recipe(recipe: str | Path | None) -> tuple[str, str]:
-    """Return (where, YAML text) for a recipe: None, an embedded name, or a file path."""
+def recipe_summary(name: str) -> str:
+    """The one-line description of embedded recipe `name`: its first comment line."""
+    text = (files("zeroth") / "recipes" / f"{name}.yaml").read_text(encoding="utf-8")
+    first = next((line for line in text.splitlines() if line.startswith("#")), "")
+    return first.lstrip("#").strip()
+
+
+def _read_recipe(recipe: str | Path | None) -> tuple[str, str, Path | None]:
+    """(where, YAML text, the recipe file's folder or None when embedded) for a recipe: None,
+    an embedded name, or a file path."""
     name = "default" if recipe is None else str(recipe)
     bare = isinstance(recipe, str) and "/" not in name and os.sep not in name
     if recipe is None or (bare and name in embedded_recipes()):
         res = files("zeroth") / "recipes" / f"{name}.yaml"
-        return f"embedded recipe {name!r}", res.read_text(encoding="utf-8")
+        return f"embedded recipe {name!r}", res.read_text(encoding="utf-8"), None
     path = Path(name).expanduser()
     if not path.is_file():
         raise UserError(
             f"recipe file {str(path)!r} not found — give a YAML file path or one of the "
             f"embedded recipes: {', '.join(embedded_recipes())}"
         )
-    return f"recipe {str(path)!r}", path.read_text(encoding="utf-8")
+    return f"recipe {str(path)!r}", path.read_text(encoding="utf-8"), path.resolve().parent
 
 
 def _parse_yaml(text: str, where: str) -> Any:
@@ -760,10 +790,31 @@ def _shorthands(data: dict, where: str) -> dict:
     return data
 
 
+def _rewards_beside(raw: dict, folder: Path) -> None:
+    """Make the reward files a recipe names (`file.py:function`, in rl.reward_weights and in
+    its rl pipeline entries) absolute when they lie beside the recipe: a recipe's relative
+    reward file is looked for in the recipe's folder first, then in the current directory."""
+    from zeroth.rewards.resolve import beside
+
+    def fix(weights: Any) -> Any:
+        if not isinstance(weights, dict):
+            return weights
+        return {beside(k, folder) if isinstance(k, str) else k: w for k, w in weights.items()}
+
+    rl = raw.get("rl", {})
+    if "reward_weights" in rl:
+        rl["reward_weights"] = fix(rl["reward_weights"])
+    entries = raw.get("run", {}).get("pipeline")
+    for entry in entries if isinstance(entries, list) else []:
+        body = entry.get("rl") if isinstance(entry, dict) else None
+        if isinstance(body, dict) and "reward_weights" in body:
+            body["reward_weights"] = fix(body["reward_weights"])
+
+
 def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Load a recipe (None -> embedded default, a name like "tiny", or a YAML path), apply
     `section.field=value` overrides, check types and values. Raises UserError on any mistake."""
-    where, text = _read_recipe(recipe)
+    where, text, folder = _read_recipe(recipe)
     data = _parse_yaml(text, where)
     if data is None:
         data = {}
@@ -773,6 +824,57 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
         )
     data = _shorthands(data, where)
     raw = {name: dict(_check_section(name, body)) for name, body in data.items()}
+    if folder is not None:
+        _rewards_beside(raw, folder)
     for item in overrides:
         _apply_override(raw, item)
     return validate(config_from_dict(raw))
+
+
+# ---------------------------------------------------------------------------------------------
+# What `zeroth run --resume` may change in a run's saved config.
+# ---------------------------------------------------------------------------------------------
+
+RESUMABLE = ("rl.steps", "run.threads", "run.keep_checkpoints")
+
+
+def resume_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """A copy of `cfg` (a run's saved config) with the overrides `--resume` allows: rl.steps
+    (raised, for the rl stage that ends the pipeline), run.threads and run.keep_checkpoints.
+    Any other key is refused: a resumed run must stay the run it was."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        parts, value = _parse_override(item)
+        key = ".".join(parts)
+        if key not in RESUMABLE:
+            raise UserError(f"--resume cannot change {key!r}: a run continues with the config "
+                            f"saved in its directory — it can change only {', '.join(RESUMABLE)}"
+                            " (rl.steps: raised, for the rl stage that ends the pipeline)")
+        section, name = parts
+        value = _coerce(key, value, _field_types(section)[name])
+        if key == "rl.steps":
+            _raise_last_rl_steps(cfg, value)
+        else:
+            setattr(getattr(cfg, section), name, value)
+    return validate(cfg)
+
+
+def _raise_last_rl_steps(cfg: Config, steps: Any) -> None:
+    """Set the step count of the rl stage that ends the pipeline to `steps` (never lower): in
+    the rl section when it is the only rl stage, else in its own pipeline entry."""
+    stages = pipeline(cfg)
+    index = len(stages) - 1
+    if stages[index][1] != "rl":
+        raise UserError(f"--resume can raise rl.steps only when the pipeline ends with an rl "
+                        f"stage; this one ends with '{stages[index][0]}'")
+    current = stage_config(cfg, index, resolve=False).rl.steps
+    if isinstance(steps, int) and steps < current:
+        raise UserError(f"rl.steps={steps} is below the {current} steps of this run's last rl "
+                        "stage — --resume can only raise it")
+    entry = cfg.run.pipeline[index]
+    if isinstance(entry, dict):
+        cfg.run.pipeline[index] = {"rl": {**(entry["rl"] or {}), "steps": steps}}
+    elif [kind for _, kind, _ in stages].count("rl") == 1:
+        cfg.rl.steps = steps
+    else:
+        cfg.run.pipeline[index] = {"rl": {"steps": steps}}

@@ -29,12 +29,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from zeroth.checkpoint import FINAL, is_model, locate_model, model_dir
 from zeroth.errors import UserError
 
 NOT_A_TARGET = ("give a model folder (with config.json) or a run directory (runs/<name>) of an "
                 "earlier `zeroth run`")
 EVALS_DIR = "evals"  # under a run directory: one JSON per (model, task)
-FINAL = "final"
 ALL = "all"
 SOURCE = "zeroth eval"
 
@@ -59,30 +59,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return ev
 
 
-def _is_model(folder: Path) -> bool:
-    """A Hugging Face model folder, or a LoRA adapter folder (adapter_config.json)."""
-    return (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()
-
-
 def resolve_target(target: str | Path) -> tuple[Path, Path | None]:
-    """(model folder, run directory or None) for TARGET."""
+    """(model folder, run directory or None) for TARGET (see `zeroth.checkpoint.locate_model`)."""
     path = Path(target).expanduser()
     if not path.is_dir():
         raise UserError(f"eval target '{target}' does not exist — {NOT_A_TARGET}")
-    if _is_model(path):
-        return path, None
-    if not any((path / name).exists() for name in ("config.yaml", FINAL, "checkpoints")):
+    folder, run_dir = locate_model(path, "eval target")
+    if not is_model(folder):
         raise UserError(f"eval target '{target}' is neither a model folder (no config.json) nor "
                         f"a run directory (no config.yaml) — {NOT_A_TARGET}")
-    from zeroth.checkpoint import latest_checkpoint, model_dir
-
-    if _is_model(path / FINAL):
-        return path / FINAL, path
-    ckpt = latest_checkpoint(path)
-    if ckpt is None:
-        raise UserError(f"run directory '{target}' has no final model and no checkpoint yet — "
-                        "evaluate it once its first checkpoint is written")
-    return model_dir(ckpt), path
+    return folder, run_dir
 
 
 # -- which model: checkpoints of a run ----------------------------------------------------------
@@ -141,16 +127,14 @@ def checkpoint_tags(run_dir: Path) -> list[str]:
 
 def pick_models(run_dir: Path, choice: str) -> list[tuple[Path, dict]]:
     """[(model folder, model_info)] for --checkpoint TAG, `final` or `all`."""
-    from zeroth.checkpoint import model_dir
-
     tags = checkpoint_tags(run_dir)
     if choice == ALL and not tags:
-        raise UserError(f"run directory '{run_dir}' has no checkpoint yet — run it with "
-                        "rl.checkpoint_every=N to keep some, or drop --checkpoint")
-    if choice == FINAL and _is_model(run_dir / FINAL):
+        raise UserError(f"run directory '{run_dir}' has no checkpoint yet — score it once its "
+                        "first checkpoint is written, or drop --checkpoint")
+    if choice == FINAL and is_model(run_dir / FINAL):
         return [(run_dir / FINAL, final_info())]
     if choice != ALL and choice not in tags:
-        offered = tags + ([FINAL] if _is_model(run_dir / FINAL) else [])
+        offered = tags + ([FINAL] if is_model(run_dir / FINAL) else [])
         raise UserError(f"run directory '{run_dir}' has no checkpoint '{choice}' — available: "
                         f"{', '.join(offered) or 'none yet'} (or --checkpoint all)")
     chosen = tags if choice == ALL else [choice]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from zeroth.checkpoint import latest_checkpoint, model_dir, save_folder
+from zeroth.checkpoint import locate_model, save_folder
 from zeroth.errors import UserError
 from zeroth.models import is_lora, load_model, save_model
 
@@ -27,16 +27,7 @@ def resolve_source(source: str | Path) -> Path:
     if not path.is_dir():
         raise UserError(f"export source '{source}' is not a folder — give runs/<name>, a "
                         "checkpoint or a model folder")
-    if (path / "config.yaml").is_file() or (path / "checkpoints").is_dir():  # a run directory
-        if (path / "final" / "config.json").is_file():
-            return path / "final"
-        ckpt = latest_checkpoint(path)
-        if ckpt is None:
-            raise UserError(f"run '{source}' has no final model and no checkpoint yet")
-        return model_dir(ckpt)
-    if (path / "model").is_dir() and (path / "state.json").is_file():  # a checkpoint
-        return model_dir(path)
-    return path
+    return locate_model(path, "export source")[0]
 
 
 def export_model(source: str | Path, out: str | Path, force: bool = False) -> Path:

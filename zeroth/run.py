@@ -10,12 +10,14 @@ the start (unless the pipeline begins by pre-training a fresh model) and after e
 changes the model. The default pipeline is [pretrain, rl].
 
 A run directory holds config.yaml (the resolved config), ledger.sqlite (every rollout, eval
-sample and metric), checkpoints/ (atomic, newest two, tagged <stage id>-<step>), reference/
-(the frozen reference policy of the current rl stage when beta > 0), data/ (datasets written by
-rejection and distill stages) and, at the end, final/ (a plain Hugging Face folder). The
-checkpoint state says which stage and step come next; on resume, ledger rows written after that
-checkpoint are dropped and the work is redone from the same seeds, so a resumed run ends
-exactly where an uninterrupted one would.
+sample and metric), checkpoints/ (atomic, tagged <stage id>-<step>, every one kept unless
+run.keep_checkpoints=N), reference/ (the frozen reference policy of the current rl stage when
+beta > 0), data/ (datasets written by rejection and distill stages) and, at the end, final/ (a
+plain Hugging Face folder). The checkpoint state says which stage and step come next; on
+resume, ledger rows written after that checkpoint are dropped and the work is redone from the
+same seeds, so a resumed run ends exactly where an uninterrupted one would. A resume may raise
+the steps of a last rl stage (`resume_config`): a finished run then continues from its last
+checkpoint, exactly as a run set to the new step count from the start.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from zeroth.config import (
     dump_config,
     hub_id,
     pipeline,
+    resume_overrides,
     stage_config,
     validate,
 )
@@ -80,21 +83,12 @@ def preflight(cfg: Config) -> str:
         task.train_rows(Random(0), 1)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    teacher = stage_config(cfg, 0).distill.teacher
-    if teacher and pipeline(cfg)[0][1] == "distill" and not cfg.model.path:
-        from zeroth.stages.distill import teacher_folder
-
-        cfg.model.path = str(teacher_folder(teacher)[0])  # the pipeline starts from the teacher
-    if cfg.model.path and not hub_id(cfg.model.path):
-        check_model_dir(cfg.model.path)
-    elif not cfg.model.path and task.demonstration is None:
-        raise UserError(f"task '{task.name}' has no demonstrations to build a tokenizer and "
-                        "pre-train from scratch — set model.path to a local model folder")
+    model_source(cfg, task)
     stages = pipeline(cfg)
     kinds = [kind for _, kind, _ in stages]
     if task.demonstration is None and cfg.pretrain.steps > 0 and "pretrain" in kinds:
-        raise UserError(f"task '{task.name}' has no 'demo' column to pre-train on — set "
-                        "pretrain.steps=0 or add demonstrations")
+        raise UserError(f"task '{task.name}' has no demonstrations to pre-train on"
+                        f"{no_demos_hint(task)} — or leave pre-training out: pipeline=[rl]")
     for i, (sid, kind, _) in enumerate(stages):
         scfg = stage_config(cfg, i)
         if kind == "sft" and scfg.sft.data == "rejection" and "rejection" not in kinds[:i]:
@@ -105,6 +99,33 @@ def preflight(cfg: Config) -> str:
                             f"sft.data={scfg.sft.data} — give sft.data=FILE.jsonl")
     pick_device(cfg.run.device)
     return memory.check(cfg)  # the estimate line; raises before anything is written
+
+
+def model_source(cfg: Config, task) -> None:
+    """Check where the pipeline's first model comes from: model.path (a model folder, or a run
+    directory or checkpoint, replaced here by the model folder it holds; a first distill stage's
+    teacher when model.path is unset), or a model built from scratch, which needs the task's
+    demonstrations to train a tokenizer and pre-train on."""
+    teacher = stage_config(cfg, 0).distill.teacher
+    if teacher and pipeline(cfg)[0][1] == "distill" and not cfg.model.path:
+        from zeroth.stages.distill import teacher_folder
+
+        cfg.model.path = str(teacher_folder(teacher)[0])  # the pipeline starts from the teacher
+    if cfg.model.path and not hub_id(cfg.model.path):
+        cfg.model.path = str(check_model_dir(cfg.model.path))
+    elif not cfg.model.path and task.demonstration is None:
+        raise UserError(f"task '{task.name}' has no demonstrations to build a tokenizer and "
+                        f"pre-train a model from scratch{no_demos_hint(task)} — or set "
+                        "model.path to a model folder or run directory")
+    if cfg.student.path:
+        cfg.student.path = str(check_model_dir(cfg.student.path))
+
+
+def no_demos_hint(task) -> str:
+    """What the task itself says a user can add to give it demonstrations (jsonl: a 'demo'
+    column), as ': ...' ready to follow a sentence; '' when it says nothing."""
+    hint = task.info.get("no_demos")
+    return f": {hint}" if hint else ""
 
 
 SFT_SOURCES = ("reasoned", "demos", "rejection")  # sft.data values that are not files
@@ -163,6 +184,32 @@ def load_run_config(path: str | Path) -> Config:
     return validate(config_from_dict(data))
 
 
+def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
+    """The config a resumed run continues with: the one saved in `run_dir`, with the changes
+    `--resume` allows (zeroth.config.resume_overrides) written back to its config.yaml. More rl
+    steps make a finished run unfinished: its summary.json goes first (so a kill before the new
+    config.yaml is written leaves a run that resumes to its old end and summary)."""
+    cfg = load_run_config(run_dir)
+    new = resume_overrides(cfg, overrides)
+    if new == cfg:
+        return cfg
+    run_dir = Path(run_dir)
+    handle = lock_run_dir(run_dir)  # not while another process works on the run
+    try:
+        if rl_steps(new) != rl_steps(cfg):
+            (run_dir / "summary.json").unlink(missing_ok=True)
+        dump_config(new, run_dir / "config.yaml")
+    finally:
+        handle.close()
+    return new
+
+
+def rl_steps(cfg: Config) -> list[int]:
+    """The step count of each rl stage of the pipeline, in order."""
+    return [stage_config(cfg, i, resolve=False).rl.steps
+            for i, (_, kind, _) in enumerate(pipeline(cfg)) if kind == "rl"]
+
+
 def init_model(cfg: Config, task):
     """(model, tokenizer): from model.path, or a tokenizer trained here and a fresh model; in
     the configured dtype, on the device, with LoRA and gradient checkpointing when asked."""
@@ -171,7 +218,8 @@ def init_model(cfg: Config, task):
         model, tokenizer = load_model(m.path, dtype=m.dtype, template=m.template)
     elif task.demonstration is None:
         raise UserError(f"task '{task.name}' has no demonstrations to build a tokenizer and "
-                        "pre-train from scratch — set model.path to a local model folder")
+                        f"pre-train a model from scratch{no_demos_hint(task)} — or set "
+                        "model.path to a model folder or run directory")
     else:
         texts = [p + " " + c for p, c, _ in pt.demonstrations(task, cfg.demos.n, cfg.run.seed)]
         tokenizer = apply_template(train_tokenizer(texts, m.vocab_size), m.template)
@@ -231,7 +279,8 @@ class Runner:
         self.state["step"] = step
         self.state["wall_s"] = self.wall0 + time.time() - self.t0
         save_checkpoint(self.dir, f"{self.stage_id}-{step:06d}", model=self.model,
-                        tokenizer=self.tokenizer, optimizer=optimizer, state=self.state)
+                        tokenizer=self.tokenizer, optimizer=optimizer, state=self.state,
+                        keep=self.base_cfg.run.keep_checkpoints)
 
     def evaluate(self, phase: str) -> dict:
         self.ledger.clear_phase(phase)
@@ -252,16 +301,22 @@ def load_state_index(ckpt: Path) -> int:
     return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["index"]
 
 
+LOCK_TRIES = 20  # 20 x 50 ms: a viewer's momentary shared lock (zeroth.runstate) is waited out
+
+
 def lock_run_dir(run_dir: Path):
     """An exclusive lock held while this process works on the run (released when it exits)."""
     handle = open(run_dir / ".lock", "w")  # noqa: SIM115 — lives as long as the run
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise UserError(f"run directory '{run_dir}' is in use by another zeroth process — "
-                        "wait for it to finish or stop it first") from None
-    return handle
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if attempt + 1 < LOCK_TRIES:
+                time.sleep(0.05)
+    handle.close()
+    raise UserError(f"run directory '{run_dir}' is in use by another zeroth process — "
+                    "wait for it to finish or stop it first")
 
 
 def pretrain_stage(r: Runner) -> dict:
@@ -392,8 +447,7 @@ def summary_of(r: Runner) -> dict:
         "run": r.base_cfg.run.name, "seed": r.base_cfg.run.seed, "task": r.task.name,
         "pipeline": [sid for sid, _, _ in stages],
         "demo_accuracy": demos.get("demo_accuracy"), "demo_reasoned": demos.get("demo_reasoned"),
-        "steps": sum(stage_config(r.base_cfg, i).rl.steps
-                     for i, (_, kind, _) in enumerate(stages) if kind == "rl"),
+        "steps": sum(rl_steps(r.base_cfg)),
         "pretrain_steps": sum(stage_config(r.base_cfg, i).pretrain.steps
                               for i, (_, kind, _) in enumerate(stages) if kind == "pretrain"),
         "params": res.get("params"), "k": final["k"], "eval_problems": final["problems"],

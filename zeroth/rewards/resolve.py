@@ -1,5 +1,9 @@
 """Find a reward function by name: a built-in, `module:function`, or `path/to/file.py:function`.
 
+A relative file named in a recipe is looked for beside the recipe first (`beside`, called by
+zeroth.config.load_config), then in the current directory; a run directory's config.yaml holds
+it as an absolute path (`absolute_reference`), so a run resumes from any folder.
+
 Users bring their own rewards in TRL's convention, `fn(completions, **columns)`, and name them
 in a recipe's `rl.reward_weights` next to the built-ins.
 """
@@ -41,6 +45,18 @@ def absolute_reference(name: str) -> str:
     return f"{Path(where).expanduser().resolve()}:{attr}" if where.endswith(".py") else name
 
 
+def beside(name: str, folder: str | Path) -> str:
+    """`file.py:function` with a relative file that lies in `folder` (a recipe's) made absolute;
+    every other name unchanged (a relative file is then looked for in the current directory)."""
+    if ":" not in name:
+        return name
+    where, attr = _split(name)
+    file = Path(folder) / where
+    if not where.endswith(".py") or Path(where).expanduser().is_absolute() or not file.is_file():
+        return name
+    return f"{file.resolve()}:{attr}"
+
+
 def resolve_reward(name: str, builtins: dict):
     """The reward function called `name`; UserError naming it when there is none."""
     if name in builtins:
@@ -55,7 +71,9 @@ def resolve_reward(name: str, builtins: dict):
         try:
             module = importlib.import_module(where)
         except ImportError as exc:
-            raise UserError(f"reward '{name}': cannot import module '{where}' ({exc})") from None
+            raise UserError(f"reward '{name}': cannot import module '{where}' ({exc}) — put it "
+                            f"on PYTHONPATH, or name its file: path/to/{where.split('.')[-1]}.py:"
+                            f"{attr}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise UserError(f"reward '{name}': '{where}' has no function '{attr}'")

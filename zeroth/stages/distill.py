@@ -24,7 +24,7 @@ from random import Random
 import torch
 import torch.nn.functional as F
 
-from zeroth.checkpoint import latest_checkpoint, model_dir, save_folder
+from zeroth.checkpoint import FINAL, locate_model, save_folder
 from zeroth.errors import UserError
 from zeroth.models import build_model, load_model, n_params, prepare_model
 from zeroth.rollout import hash_seed
@@ -74,19 +74,14 @@ def use_logits(setting: str, teacher_tok, student_tok) -> bool:
 
 
 def teacher_folder(spec: str) -> tuple[Path, bool]:
-    """(model folder, may change): a model folder, or a run directory's final/ model, else the
-    model of its latest checkpoint (which later saves of that run prune)."""
+    """(model folder, may change): a model folder, a run directory's final/ model, else a
+    checkpoint's model (the run's latest, or the one named), which that run may prune."""
     path = Path(spec).expanduser()
-    if (path / "config.json").is_file():
-        return path, False
-    if (path / "final" / "config.json").is_file():
-        return path / "final", False
-    if (path / "checkpoints").is_dir():
-        ckpt = latest_checkpoint(path)
-        if ckpt is not None:
-            return model_dir(ckpt), True
-    raise UserError(f"distill.teacher '{spec}' is neither a model folder (config.json) nor a run "
-                    "directory with a final/ model or checkpoints")
+    folder = locate_model(path, "distill.teacher")[0] if path.is_dir() else path
+    if not (folder / "config.json").is_file():
+        raise UserError(f"distill.teacher '{spec}' is neither a model folder (config.json) nor a "
+                        "run directory with a final/ model or checkpoints")
+    return folder, folder != path and folder.name != FINAL
 
 
 def load_teacher(r):

@@ -1,7 +1,9 @@
 """A task from a local JSON-lines file: one `{"prompt": ..., "answer": ...}` object per line.
 
 Extra columns are kept and passed to the reward functions. An optional `demo` column holds a
-demonstration completion for pre-training. The held-out split is task.eval_path (a second file
+demonstration completion: when every training row has one, a model can be built from scratch
+(its tokenizer trained on the prompts and demonstrations) and pre-trained on them; otherwise
+give model.path. The held-out split is task.eval_path (a second file
 of the same form) or else a stable hash of the prompt (see zeroth.tasks.files).
 """
 
@@ -57,9 +59,22 @@ def demonstration(row: Row, rng: Random) -> tuple[str, bool]:
     return text, exact_answer([text], [row["answer"]])[0] == 1.0
 
 
+def missing_demos(rows: list[Row], path: str) -> str | None:
+    """What to add so that the rows can be pre-trained on (None when every row has a 'demo')."""
+    missing = [r for r in rows if not isinstance(r.get("demo"), str) or not r["demo"].strip()]
+    if not missing:
+        return None
+    return (f"{len(missing)} of {len(rows)} training rows of {path} have no 'demo' (e.g. "
+            f"prompt {missing[0]['prompt'][:40]!r}); add to every row a \"demo\" column, the "
+            "completion to imitate (e.g. \"<think>...</think><answer>...</answer>\")")
+
+
 def load(task_cfg, demo_cfg) -> Task:
     train, test = load_rows(task_cfg, lambda row, where: row, reader=read_rows)
     task = file_task("jsonl", train, test, accuracy="correct", info={"path": task_cfg.path})
-    if all(isinstance(r.get("demo"), str) for r in train):
+    hint = missing_demos(train, task_cfg.path)
+    if hint is None:
         task.demonstration = demonstration
+    else:
+        task.info["no_demos"] = hint
     return task
