@@ -291,8 +291,14 @@ def test_checkpoint_all_scores_each_once_in_order(tiny_run, capsys):
     assert [first[f"{tag}-addition.json"]["checkpoint"]["step"] for tag in TAGS] == [
         0, 10, 20, 0, 1, 2, 3, 4]
 
+    table = out[out.index("every checkpoint"):]  # the closing table: a row per checkpoint
+    assert [table.index(f" {tag} ") for tag in TAGS] == sorted(table.index(f" {tag} ")
+                                                                for tag in TAGS)
+
     assert cmd_eval(_ns(tiny_run, "--checkpoint", "all", *FAST, "--quiet")) == 0  # all done
-    assert "skipping 8 checkpoint(s)" in capsys.readouterr().out.replace("\n", " ")
+    out = capsys.readouterr().out
+    assert "skipping 8 checkpoint(s)" in out.replace("\n", " ")
+    assert all(f" {tag} " in out[out.index("every checkpoint"):] for tag in TAGS)
     assert _results(tiny_run) == first  # untouched (timestamps included)
 
     # other settings: the old results are kept unless --force replaces them

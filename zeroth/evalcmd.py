@@ -283,7 +283,26 @@ def cmd_eval(ns) -> int:
     with display:
         for folder, info, out in todo:
             evaluate_one(folder, info, out, (cfg, task, rows), header, display)
+    if ns.checkpoint == ALL:
+        summarise(display, run_dir, task.name, wanted)
     return 0
+
+
+def summarise(display, run_dir: Path, task_name: str, wanted: dict) -> None:
+    """The table of every checkpoint scored with these settings, this time or before."""
+    from zeroth.report import checkpoints_table
+
+    results = []
+    for folder, info in pick_models(run_dir, ALL):
+        out = output_path(None, folder, run_dir, task_name, info)
+        try:
+            result = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if all(result.get(key) == value for key, value in wanted.items()):
+            results.append(result)
+    if results:
+        display.print(checkpoints_table(results, f"{task_name} · {run_dir} · every checkpoint"))
 
 
 def evaluate_one(folder: Path, info: dict | None, out: Path, job: tuple, header: dict,

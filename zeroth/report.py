@@ -103,6 +103,20 @@ def eval_table(metrics: dict, title: str, temperature: float | None = None) -> T
     return table
 
 
+def checkpoints_table(results: list[dict], title: str) -> Table:
+    """One row per scored checkpoint (zeroth eval --checkpoint all), in training order."""
+    k = results[0]["metrics"]["k"]
+    table = Table(title=title)
+    for head in ("checkpoint", "stage", "step", "pass@1", f"maj@{k}", "greedy", "tokens"):
+        table.add_column(head, justify="left" if head in ("checkpoint", "stage") else "right")
+    for result in results:
+        info, m = result.get("checkpoint") or {}, result["metrics"]
+        table.add_row(info.get("tag", "final"), str(info.get("stage") or "—"),
+                      "—" if info.get("step") is None else str(info["step"]), _pct(m["pass1"]),
+                      _pct(m.get(f"maj@{k}")), _pct(m["greedy"]), f"{m['mean_len']:.1f}")
+    return table
+
+
 def difficulty_table(levels: dict[str, dict], k: int) -> Table:
     """One row per difficulty level: problems, pass@1, pass@k..., maj@k, greedy."""
     first = next(iter(levels.values()))
