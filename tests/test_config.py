@@ -364,3 +364,23 @@ def test_resume_refuses_other_changes_with_one_line(pipeline, overrides, needle)
     with pytest.raises(UserError) as info:
         resume_overrides(cfg, overrides)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_resume_mistakes_are_reported_before_torch_is_imported(tmp_path):
+    """`--resume` with a change it does not allow, or a lower rl.steps: one line, no torch, the
+    saved config untouched."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    dump_config(load_config("tiny"), run_dir / "config.yaml")
+    saved = (run_dir / "config.yaml").read_text()
+    args = [["--resume", str(run_dir), "rl.lr=1"], ["--resume", str(run_dir), "rl.steps=1"],
+            ["--resume", str(run_dir), "rl.stepz=9"]]
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, json.dumps(args)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 3 and "cannot change 'rl.lr'" in errors[0]
+    assert "can only raise it" in errors[1] and "cannot change 'rl.stepz'" in errors[2]
+    assert json.loads(proc.stdout) == [[2, False, False]] * 3
+    assert (run_dir / "config.yaml").read_text() == saved
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]

@@ -14,10 +14,10 @@ from importlib.resources import files
 import pytest
 import yaml
 
-from zeroth.config import load_config, pipeline, stage_config
+from zeroth.config import load_config, load_run_config, pipeline, stage_config
 from zeroth.errors import UserError
 from zeroth.progress import Display
-from zeroth.run import create_run_dir, execute, init_model, load_run_config, preflight
+from zeroth.run import create_run_dir, execute, init_model, preflight
 
 
 def tiny_overrides() -> list[str]:

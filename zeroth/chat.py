@@ -496,7 +496,7 @@ def settings_for(ns, folder: Path) -> Settings:
     base = dict(DEFAULTS)
     run_dir = run_dir_of(folder)
     if run_dir is not None:
-        from zeroth.run import load_run_config
+        from zeroth.config import load_run_config
 
         cfg = load_run_config(run_dir)
         base.update(temperature=cfg.eval.temperature, max_new_tokens=cfg.eval.max_new_tokens)

@@ -163,6 +163,9 @@ def _resume_config(ns, recipe: str | None, overrides: list[str]):
     if recipe:
         raise UserError(f"--resume takes no recipe ('{recipe}'): a run continues with the "
                         "config saved in its directory")
+    from zeroth.config import load_run_config, resume_overrides
+
+    resume_overrides(load_run_config(ns.resume), overrides)  # mistakes answered before torch
     from zeroth.run import resume_config
 
     return resume_config(ns.resume, overrides)

@@ -838,6 +838,21 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
 RESUMABLE = ("rl.steps", "run.threads", "run.keep_checkpoints")
 
 
+def load_run_config(path: str | Path) -> Config:
+    """The resolved config saved in a run directory."""
+    file = Path(path) / "config.yaml"
+    if not file.is_file():
+        raise UserError(f"'{path}' is not a zeroth run directory (no config.yaml) — give "
+                        "runs/<name> of an earlier `zeroth run`")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        data = None
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"{file} is damaged (not a YAML mapping) — restore it or start a new run")
+    return validate(config_from_dict(data))
+
+
 def resume_overrides(cfg: Config, overrides: list[str]) -> Config:
     """A copy of `cfg` (a run's saved config) with the overrides `--resume` allows: rl.steps
     (raised, for the rl stage that ends the pipeline), run.threads and run.keep_checkpoints.

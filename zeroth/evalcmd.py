@@ -147,8 +147,7 @@ def pick_models(run_dir: Path, choice: str) -> list[tuple[Path, dict]]:
 
 def eval_config(args: list[str], k: int | None, run_dir: Path | None):
     """The config giving task and eval settings: RECIPE and overrides, or the run's own."""
-    from zeroth.config import load_config
-    from zeroth.run import load_run_config
+    from zeroth.config import load_config, load_run_config
 
     args = list(args)
     recipe = args.pop(0) if args and "=" not in args[0] else None

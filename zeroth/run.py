@@ -31,7 +31,6 @@ from pathlib import Path
 from random import Random
 
 import torch
-import yaml
 
 from zeroth import export, memory
 from zeroth.checkpoint import (
@@ -43,13 +42,12 @@ from zeroth.checkpoint import (
 )
 from zeroth.config import (
     Config,
-    config_from_dict,
     dump_config,
     hub_id,
+    load_run_config,
     pipeline,
     resume_overrides,
     stage_config,
-    validate,
 )
 from zeroth.errors import UserError
 from zeroth.evaluate import evaluate
@@ -167,21 +165,6 @@ def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
     cfg.run.name = name
     dump_config(cfg, path / "config.yaml")
     return path
-
-
-def load_run_config(path: str | Path) -> Config:
-    """The resolved config saved in a run directory."""
-    file = Path(path) / "config.yaml"
-    if not file.is_file():
-        raise UserError(f"'{path}' is not a zeroth run directory (no config.yaml) — give "
-                        "runs/<name> of an earlier `zeroth run`")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        data = None
-    if not isinstance(data, dict) or not data:
-        raise UserError(f"{file} is damaged (not a YAML mapping) — restore it or start a new run")
-    return validate(config_from_dict(data))
 
 
 def resume_config(run_dir: str | Path, overrides: list[str]) -> Config:
