@@ -85,7 +85,8 @@ def test_overlay_of_two_runs_labels_each_run(finished_tiny_run, tmp_path):
     assert len(colors) == 2
 
 
-def test_accuracy_uses_the_accuracy_reward_and_places_evals(tmp_path):
+def two_rl_stages(tmp_path: Path) -> Path:
+    """A run: start evaluation, rl1 (3 steps), its evaluation, rl2 (2 steps), its evaluation."""
     ledger = Ledger(tmp_path / "r" / "ledger.sqlite")
     ledger.log_metrics("eval_start", 0, {"pass@1": 0.1, "greedy": 0.0, "maj@2": 0.0})
     for step in (1, 2, 3):
@@ -95,7 +96,11 @@ def test_accuracy_uses_the_accuracy_reward_and_places_evals(tmp_path):
         ledger.log_metrics("rl2", step, {"reward": 1.0, "reward_math_accuracy": 0.5})
     ledger.log_metrics("eval_rl2", 0, {"pass@1": 0.5, "greedy": 0.6, "maj@2": 0.7})
     ledger.close()
-    run = plot.load_run(tmp_path / "r", "r", None)
+    return tmp_path / "r"
+
+
+def test_accuracy_uses_the_accuracy_reward_and_places_evals(tmp_path):
+    run = plot.load_run(two_rl_stages(tmp_path), "r", None)
     assert [(label, x) for label, x, _ in run.evals] == [("start", 0), ("after rl1", 3),
                                                           ("after rl2", 5)]
     [(phase, xs, ys)] = plot.curves(run, "accuracy", "rl")
@@ -105,6 +110,35 @@ def test_accuracy_uses_the_accuracy_reward_and_places_evals(tmp_path):
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     assert list(lines["maj@2 (held-out)"].get_xdata()) == [0, 3, 5]
     assert list(lines["greedy (held-out)"].get_ydata()) == [0.0, 0.2, 0.6]
+
+
+def test_checkpoints_scored_by_zeroth_eval_join_the_held_out_curve(tmp_path):
+    """Results `zeroth eval --checkpoint` saved for RL checkpoints sit at their RL step (a second
+    rl stage continues the axis); pretrain checkpoints, other tasks and broken files stay out."""
+    import json
+
+    run_dir = two_rl_stages(tmp_path)
+    (run_dir / "config.yaml").write_text("task:\n  name: gsm8k\n")
+    (run_dir / "evals").mkdir()
+
+    def saved(tag, stage, step, pass1, task="gsm8k"):
+        result = {"task": task, "k": 2, "problems": 10,
+                  "checkpoint": {"tag": tag, "stage": stage, "stage_index": 0, "step": step},
+                  "metrics": {"pass1": pass1, "pass@1": pass1, "greedy": pass1, "maj@2": pass1}}
+        (run_dir / "evals" / f"{tag}-{task}.json").write_text(json.dumps(result))
+
+    saved("rl1-000002", "rl1", 2, 0.25)
+    saved("rl2-000001", "rl2", 1, 0.45)
+    saved("pretrain-000010", "pretrain", 10, 0.05)  # not on the RL axis
+    saved("rl1-000001", "rl1", 1, 0.9, task="math")  # another task
+    (run_dir / "evals" / "broken-gsm8k.json").write_text("{")
+    run = plot.load_run(run_dir, "r", None)
+    assert [(label, x) for label, x, _ in run.evals] == [
+        ("start", 0), (None, 2), ("after rl1", 3), (None, 4), ("after rl2", 5)]
+    fig = plot.figure("accuracy", [run], smooth=0)
+    line = {line.get_label(): line for line in fig.axes[0].get_lines()}["pass@1 (held-out)"]
+    assert list(line.get_xdata()) == [0, 2, 3, 4, 5]
+    assert list(line.get_ydata()) == pytest.approx([0.1, 0.25, 0.3, 0.45, 0.5])
 
 
 def test_smoothing_draws_raw_faint_and_smoothed(tmp_path):

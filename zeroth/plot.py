@@ -4,7 +4,8 @@
 
 One figure per metric group, written to DIR (default: <first run>/plots/): reward.png (total and
 each reward_* component), accuracy.png (the task's accuracy reward during RL, and the held-out
-evaluations — pass@1, greedy, maj@k — at the RL step they were taken), length.png, kl.png,
+evaluations — pass@1, greedy, maj@k — at the RL step they were taken, with every RL checkpoint
+that `zeroth eval --checkpoint` scored), length.png, kl.png,
 entropy.png, reflection.png, lr.png, loss.png (pre-training, SFT, distillation) and summary.png
 (a 2x2 overview). Several runs are overlaid, one colour each. RL curves share one step axis (a
 second RL stage continues where the first ended); other stages use their own steps. A group no
@@ -27,6 +28,7 @@ from zeroth.tracking import (
     phase_kind,
     read_metrics,
     rl_offsets,
+    run_config,
     run_dir,
     unique_names,
 )
@@ -50,7 +52,7 @@ class Run:
     name: str
     path: Path
     train: list[dict] = field(default_factory=list)
-    evals: list[tuple[str, float, dict]] = field(default_factory=list)
+    evals: list[tuple[str | None, float, dict]] = field(default_factory=list)
     has_rl: bool = False
 
 
@@ -84,7 +86,26 @@ def load_run(path: Path, name: str, phases: set[str] | None) -> Run:
                               **({"accuracy": row.get(acc)} if acc else {})})
         else:
             run.train.append({**row, "rl": False})
+    if run.has_rl and phases is None:
+        run.evals = sorted(run.evals + checkpoint_evals(path, at), key=lambda e: e[1])
     return run
+
+
+def checkpoint_evals(path: Path, at: dict[str, int]) -> list[tuple[str | None, float, dict]]:
+    """The held-out results `zeroth eval --checkpoint` saved for the run's RL checkpoints, on
+    the task the run trained on, at their RL step (unlabelled: they are many)."""
+    from zeroth.view.queries import saved_evals
+
+    task = (run_config(path).get("task") or {}).get("name")
+    points = []
+    for entry in saved_evals(path):
+        ckpt = entry.get("checkpoint") or {}
+        stage, step = ckpt.get("stage"), ckpt.get("step")
+        if entry.get("error") or entry.get("task") != task or not isinstance(step, int) or \
+                stage not in at or phase_kind(stage) != "rl":
+            continue
+        points.append((None, at[stage] + step, entry["metrics"]))
+    return points
 
 
 def curves(run: Run, metric: str, which: str = "all",
@@ -200,6 +221,8 @@ def draw_evals(ax, runs: list[Run], first_color: int) -> int:
 
 def _label_evals(ax, run: Run) -> None:
     for label, x, metrics in run.evals:
+        if label is None:
+            continue
         values = [number(metrics.get(_eval_key(metrics, n) or "")) for n, _ in EVAL_MARKS]
         values = [v for v in values if v is not None and math.isfinite(v)]
         if values:
