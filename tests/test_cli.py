@@ -120,12 +120,13 @@ def test_ctrl_c_names_the_run_folder_once_it_exists(tmp_path, capsys, monkeypatc
 
 
 def test_ctrl_c_of_a_real_run_tells_how_to_resume_it(tmp_path):
-    # SIGINT's default disposition in the child: a shell running these tests in the background
-    # has it ignored, and Python then never raises KeyboardInterrupt
-    proc = subprocess.Popen([sys.executable, "-m", "zeroth.cli", "run", "tiny", "--quiet",
+    # Python's own SIGINT handler in the child: a shell running these tests in the background
+    # leaves SIGINT ignored, and Python then never raises KeyboardInterrupt
+    start = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "from zeroth.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", start, "run", "tiny", "--quiet",
                              "pretrain.steps=2000"], cwd=tmp_path, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not list(tmp_path.glob("runs/*/checkpoints/LATEST")) and time.time() < deadline:
         time.sleep(0.05)

@@ -109,6 +109,8 @@ def test_the_decoder_counts_items_like_the_encoder():
 @pytest.mark.parametrize("dataset, needle", [
     ("game_of_life_halting", "full credit to a non-answer"),  # bool("False") is True
     ("coin_flip", "full credit to '0' on problems with different answers"),  # "0" in "0.31"
+    ("gsm_symbolic", "full credit to a hedged answer"),  # "28080 or 44" passes for 28080
+    ("spell_backward", "full credit to a hedged answer"),
 ])
 def test_a_reasoning_gym_scorer_that_passes_a_non_answer_is_refused(dataset, needle):
     cfg = load_config(None, ["task.name=reasoning_gym", "task.options.size=50"])

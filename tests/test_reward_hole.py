@@ -44,6 +44,7 @@ def countdown_score(completion: str) -> float:
 
 SCORERS = {"math": math_score, "exact": exact_score}
 
+STATED_IN_FREE_TEXT = ("answer: 72", "#### 72")  # answers only where a task allows free text
 ADVERSARIAL = [  # (verifier, completion, gold)
     ("math", "?x7 bq", "7"),  # random bytes that happen to hold the digit
     ("math", "\x00\x17 7 \xff\ufffd", "7"),
@@ -81,6 +82,12 @@ ADVERSARIAL = [  # (verifier, completion, gold)
     ("math", "<answer>f(x)</answer>", "f'(x)"),
     ("math", "<answer>\\infty</answer>", "72"),
     ("math", "<answer>72^{10^{10}}</answer>", "72"),
+    ("math", "<answer>72\\text{ or 73}</answer>", "72"),  # a hedge dressed as a unit
+    ("math", "<answer>72\\mbox{ (or 73)}</answer>", "72"),
+    ("math", "<answer>72 \\text{, maybe 73}</answer>", "72"),
+    ("math", "<answer>72 \\approx 73</answer>", "72"),  # states 73
+    ("math", "The answer is 72? No, it is 80.", "72"),  # free text, even where allowed
+    ("math", "The answer is 72; or 80", "72"),
     ("exact", "936", "936"),
     ("exact", "<think><answer>936</answer></think>", "936"),
     ("exact", "<think>x <answer>936</answer>", "936"),
@@ -124,6 +131,12 @@ HONEST = [  # (verifier, completion, gold, answer_fallback)
     ("math", "So the answer is 72. Thanks", "72", "marker"),
     ("math", "Final answer: 5!", "120", "marker"),
     ("math", "She sold 48 + 24 = 72 clips", "72", "last_number"),
+    ("math", "<answer>**72**</answer>", "72", "none"),  # markdown bold
+    ("math", "<answer>\n```\n72\n```\n</answer>", "72", "none"),  # a fence around it
+    ("math", "<answer>f'(x) = 2x</answer>", "2x", "none"),  # the right-hand side counts
+    ("math", "<answer>2x</answer>", "f'(x) = 2x", "none"),
+    ("math", "<answer>72 \\text{ clips}</answer>", "72", "none"),
+    ("math", "The answer is **72**.", "72", "marker"),
     ("exact", "<think>6+3=9 3+9+0=12 4+5+1=10</think><answer>1029</answer>", "1029", "none"),
     ("exact", "<answer>0936</answer>", "936", "none"),
     ("exact", "<answer> 936 </answer>", "936", "none"),
@@ -136,6 +149,8 @@ HONEST = [  # (verifier, completion, gold, answer_fallback)
 @pytest.mark.parametrize("kind, completion, gold", ADVERSARIAL)
 def test_noise_and_tricks_never_score(kind, completion, gold):
     assert SCORERS[kind](completion, gold) in (0.0, None)
+    if kind == "math" and completion not in STATED_IN_FREE_TEXT:  # nor where free text counts
+        assert math_score(completion, gold, "marker") in (0.0, None)
 
 
 @pytest.mark.parametrize("kind, completion, gold, fallback", HONEST)
@@ -224,3 +239,15 @@ def test_reasoning_gym_gives_no_partial_credit_to_soup_unless_asked():
         scores = task.rewards["correct"](soup, **columns)
         assert task.rewards["correct"](right, **columns) == [1.0] * 10
         assert (max(scores) > 0.0) if partial else scores == [0.0] * 10
+
+
+def test_code_from_the_reasoning_or_from_disagreeing_answers_is_no_program():
+    from zeroth.rewards.code import extract_program
+
+    def fence(code: str) -> str:
+        return f"```python\n{code}\n```"
+
+    assert extract_program(f"<think>{fence('x = 1')}</think>") == ""
+    assert extract_program(f"<answer>{fence('x = 1')}</answer><answer>{fence('x = 2')}</answer>") \
+        == ""
+    assert extract_program(f"<think>t</think><answer>{fence('x = 2')}</answer>") == "x = 2\n"

@@ -48,9 +48,12 @@ MODES = ("fraction", "all")
 def extract_program(completion: str) -> str:
     """The last Python fenced block (of the answer block when there is one, else of what follows
     the reasoning); else the answer block's text; else all that follows the reasoning. A
-    program written only inside `<think>` is no answer (empty)."""
+    program written only inside `<think>`, or one of several disagreeing answer blocks, is no
+    answer (empty)."""
     stated = after_thinking(completion)
     block = answer_block(completion)
+    if block is None and "</answer>" in stated:
+        return ""  # several answer blocks that disagree: no program is stated
     sources = ([block] if block is not None else []) + [stated]
     for source in sources:
         blocks = [body for lang, body in _FENCE.findall(source) if lang.lower() in _PYTHON]

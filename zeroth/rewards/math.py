@@ -118,6 +118,7 @@ def _one_answer(boxes: list[str]) -> str | None:
 
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*(?:\s*/\s*\d+)?(?:\s*%)?")  # \d: look-alikes too
 _CODE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)  # fenced code, to its end if left open
+_CODE_BODY = re.compile(r"```[^\n]*\n?(.*?)(?:```|\Z)", re.DOTALL)
 _BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _MARKER = re.compile(r"####|\b(?:the\s+)?(?:final\s+)?answer(?:\s+is\b|\s*:)", re.IGNORECASE)
 FALLBACKS = ("none", "marker", "last_number")  # how far extraction looks past tags and boxes
@@ -133,13 +134,14 @@ def _block_answer(block: str) -> str | None:
 
 
 def _after_marker(text: str) -> str | None:
-    """The rest of the line after the last `####` or "the answer is" / "final answer:",
-    up to the end of its sentence."""
+    """The rest of the line after the last `####` or "the answer is" / "final answer:", up to
+    the end of its sentence; None when a number follows on that line (`72? No, 80`)."""
     found = list(_MARKER.finditer(text))
     if not found:
         return None
     line = text[found[-1].end():].split("\n", 1)[0]
-    return _nonempty(re.split(r"[.?;](?:\s|$)", line, maxsplit=1)[0])  # `5!` is 120
+    answer, _, rest = (re.split(r"(\.(?:\s|$))", line, maxsplit=1) + ["", ""])[:3]
+    return None if re.search(r"\d", rest) else _nonempty(answer)  # `5!` is 120
 
 
 def extract_math_answer(text: str, fallback: str = "none") -> str | None:
@@ -152,11 +154,14 @@ def extract_math_answer(text: str, fallback: str = "none") -> str | None:
     if fallback not in FALLBACKS:
         raise ValueError(f"answer fallback must be one of {', '.join(FALLBACKS)}, got "
                          f"{fallback!r}")
-    text = _CODE.sub(" ", after_thinking(text or ""))
-    blocks = _BLOCK.findall(text)
-    if blocks:
-        answers = {_block_answer(block) for block in blocks}
+    text = after_thinking(text or "")
+    code = [match.span() for match in _CODE.finditer(text)]
+    blocks = [match.group(1) for match in _BLOCK.finditer(text)
+              if not any(start <= match.start() < end for start, end in code)]
+    if blocks:  # a fence inside an answer block is only its wrapping
+        answers = {_block_answer(_CODE_BODY.sub(r"\1", block)) for block in blocks}
         return answers.pop() if len(answers) == 1 else None
+    text = _CODE.sub(" ", text)
     boxes = boxed_contents(text)
     if boxes:
         return _nonempty(_one_answer(boxes))
@@ -195,6 +200,7 @@ _SCIENTIFIC = re.compile(r"(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)", re.ASCII)
 _CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|¥)\s*(?=[-\d.])", re.ASCII)
 _WORDS = re.compile(r"(-?\d[\d.,]*(?:(?:\\,| )\d{3})*\s*%?)\s*((?:[A-Za-z]{2,}\.?\s*){1,3})",
                     re.ASCII)
+_APPROX = re.compile(r"\\(?:approx|simeq|sim)(?![a-zA-Z])|≈")
 _MATH_WORDS = {"pi", "or", "and", "nan", "inf", "infinity", "oo", "sqrt", "percent",
                "percentage", "pct", "plus", "minus", "over", "to", "of", "mod"}
 
@@ -204,6 +210,9 @@ def _strip_outer_braces(text: str) -> str:
             len(text) - 1:
         text = text[1:-1].strip()
     return text
+
+
+_MARKDOWN = re.compile(r"^(\*\*|__)([^*_].*?)\1$")  # **72**: markdown bold around it
 
 
 def _clean(text: str) -> str:
@@ -218,7 +227,7 @@ def _clean(text: str) -> str:
                     text.endswith(right):
                 text = text[len(left):-len(right)].strip()
         text = _LEAD.sub("", text).rstrip(".;,: ").strip()  # `!` is a factorial, not punctuation
-        text = _strip_outer_braces(text)
+        text = _strip_outer_braces(_MARKDOWN.sub(r"\2", text))
     if not text.endswith("$"):
         text = _CURRENCY.sub("", text)
     words = _WORDS.fullmatch(text)
@@ -226,6 +235,7 @@ def _clean(text: str) -> str:
         text = words.group(1).strip()
     if _SEPARATED.fullmatch(text):
         text = _SEPARATOR.sub("", text)
+    text = _APPROX.sub("=", text)  # `7 \\approx 8` states 8, as `7 = 8` does
     scientific = _SCIENTIFIC.fullmatch(text)
     if scientific:
         text = f"{scientific.group(1)} \\times 10^{{{scientific.group(2)}}}"
@@ -236,6 +246,11 @@ _PRIMITIVES = re.compile(
     r"\\(?:[egx]?def|let|input|include|newcommand|renewcommand|providecommand|csname|catcode|"
     r"write|read|open(?:in|out)|immediate|expandafter|usepackage|documentclass|special|"
     r"directlua|url|href)(?![a-zA-Z])")
+
+
+_TEXT = re.compile(r"\\(?:text\w*|mbox|mathrm|operatorname)\s*\{([^{}]*)\}")
+_HEDGE_WORDS = re.compile(r"\b(?:or|and|maybe|perhaps|possibly|either|approx\w*)\b",
+                          re.IGNORECASE)
 
 
 def _nesting(text: str) -> int:
@@ -255,6 +270,9 @@ def _acceptable(answer: str) -> bool:
         return False
     if any(ord(ch) > 127 and unicodedata.numeric(ch, None) is not None for ch in answer):
         return False
+    if any(_HEDGE_WORDS.search(words) or re.search(r"\d", words)
+           for words in _TEXT.findall(answer)):
+        return False  # `7\\text{ or 8}`: a unit must not hold a number or a hedge
     return _nesting(answer) <= MAX_NESTING and not _PRIMITIVES.search(answer)
 
 
@@ -295,6 +313,11 @@ def _parse(latex: str):
 
 _DOUBLE_FACTORIAL = re.compile(r"(?<![\d.])(\d{1,4})\s*!!(?!!)")
 _PRIME = re.compile(r"'|\\prime\b")
+
+
+def _primes(answer: str) -> int:
+    """Primes on the right-hand side: `f'(x) = 2x` states 2x; `f'(x)` is not `f(x)`."""
+    return len(_PRIME.findall(answer.rsplit("=", 1)[-1]))
 
 
 def _double_factorial(match: re.Match) -> str:
@@ -379,7 +402,7 @@ def _close(gold, pred) -> bool:
 def _equivalent(gold: str, pred: str) -> bool:
     from math_verify import verify
 
-    if len(_PRIME.findall(gold)) != len(_PRIME.findall(pred)):
+    if _primes(gold) != _primes(pred):
         return False  # f'(x) is not f(x): math-verify's normalisation drops primes
     (gold_expr, gold_text), (pred_expr, pred_text) = _parse_gold(gold), _parse(pred)
     if gold_expr is None or pred_expr is None:

@@ -22,8 +22,9 @@ scorer pays len(reference) / len(answer) to any answer that contains the referen
 soup would earn something. No answer block (or several that disagree), or a scorer that raises
 on a malformed answer: 0.0. Weights {correct: 1.0, format: 0.1}.
 
-A dataset whose scorer gives full credit to a non-answer, or to one short answer on problems
-with different answers, is refused at load: reasoning-gym's `game_of_life_halting` compares
+A dataset whose scorer gives full credit to a non-answer, to one short answer on problems with
+different answers, or to the right answer hedged with a wrong one (`28080 or 44`: reasoning-gym's
+gsm_symbolic, spell_backward, time_intervals, ...) is refused at load: reasoning-gym's `game_of_life_halting` compares
 `bool(answer)` with `bool("False")` (every answer scores 1.0), and `coin_flip` gives `0` full
 credit for every probability below 1 (a prefix match of "0" in "0.3125").
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from functools import lru_cache
+from itertools import pairwise
 from random import Random
 
 from zeroth.errors import UserError
@@ -148,6 +150,25 @@ def _check_scorer(streams: Streams, seed: int, entries: int = 8) -> None:
                     raise UserError(f"reasoning-gym '{streams.name}': its score_answer gives "
                                     f"full credit to {probe!r} on problems with different "
                                     "answers; pick another dataset")
+    _check_hedges(streams, seed, indices)
+
+
+HEDGES = ("{right} or {wrong}", "{wrong} or {right}", "{right}\n{wrong}", "{right}, {wrong}")
+
+
+def _check_hedges(streams: Streams, seed: int, indices: range) -> None:
+    """Refuse a scorer that gives full credit to the right answer hedged with a wrong one
+    (`28080 or 44`): a policy would learn to list every candidate."""
+    answers = {i: streams.row(seed, i)["answer"] for i in indices}
+    for a, b in pairwise(indices):
+        right, wrong = answers[a], answers[b]
+        if streams.score(wrong, seed, a) >= 1.0:
+            continue  # the two problems share their answer
+        for form in HEDGES:
+            hedge = form.format(right=right, wrong=wrong)
+            if streams.score(hedge, seed, a) >= 1.0:
+                raise UserError(f"reasoning-gym '{streams.name}': its score_answer gives full "
+                                f"credit to a hedged answer ({hedge!r}); pick another dataset")
 
 
 def _rows(streams: Streams, rng: Random, n: int, seed: int, *, heldout: bool,
