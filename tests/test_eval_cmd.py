@@ -197,7 +197,10 @@ def test_run_dir_uses_final_then_latest_checkpoint_and_its_config(tmp_path, tiny
     assert not list(run.glob("eval-*.json"))  # the old place (still read by `zeroth view`)
 
     final = _save(*tiny_model, run / "final")
-    assert resolve_target(run) == (final, run)
+    latest = run / "checkpoints" / "rl-000002" / "model"
+    assert resolve_target(run) == (latest, run)  # no summary: resumed for more steps, ahead
+    (run / "summary.json").write_text("{}")
+    assert resolve_target(run) == (final, run)  # finished
 
 
 @pytest.mark.parametrize("make, needle", [

@@ -145,11 +145,23 @@ def test_lock_file_of_a_proc_locks_line(tmp_path, monkeypatch):
         return runstate._listed_in_proc_locks(st)
 
     assert listed(f"1: FLOCK  ADVISORY  WRITE 42 {dev}:{st.st_ino} 0 EOF\n")
-    assert listed(f"1: -> FLOCK  ADVISORY  WRITE 43 {dev}:{st.st_ino} 0 EOF\n")
+    assert not listed(f"1: -> FLOCK  ADVISORY  WRITE 43 {dev}:{st.st_ino} 0 EOF\n")  # a waiter
+    assert not listed(f"1: FLOCK  ADVISORY  READ 44 {dev}:{st.st_ino} 0 EOF\n")  # a probe
     assert not listed(f"1: FLOCK  ADVISORY  WRITE 42 {other}:{st.st_ino} 0 EOF\n")
     assert not listed(f"1: FLOCK  ADVISORY  WRITE 42 {dev}:{st.st_ino + 1} 0 EOF\n")
     line = ["1:", "POSIX", "ADVISORY", "READ", "7", "fe:01:99", "0", "EOF"]
     assert runstate._lock_file(line) == (254, 1, 99)
+
+
+def test_a_readers_shared_lock_leaves_a_finished_run_finished(tmp_path):
+    import fcntl
+
+    run = make_run(tmp_path / "a")
+    (run / ".lock").touch()
+    (run / "summary.json").write_text("{}")
+    with open(run / ".lock") as reader:  # another viewer's probe, caught in the act
+        fcntl.flock(reader, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        assert run_state(run)["status"] == "finished"
 
 
 def test_finished_and_a_finished_run_resumed_to_extend_it(tmp_path, holder):
@@ -177,6 +189,8 @@ def test_without_a_lock_file_the_ledgers_last_write_decides(tmp_path):
     fresh.mkdir()
     (fresh / "config.yaml").write_text("run: {name: fresh}\n")
     assert run_state(fresh)["status"] == "starting"  # `zeroth run` is setting it up
+    os.utime(fresh / "config.yaml", (time.time() - 3600,) * 2)
+    assert run_state(fresh)["status"] == "stopped"  # set up an hour ago and abandoned
 
 
 def test_stopped_before_anything_was_logged(tmp_path):

@@ -353,7 +353,7 @@ def is_run_dir(path: str | Path) -> bool:
 
 def locate_model(path: str | Path, what: str = "model path") -> tuple[Path, Path | None]:
     """(model folder, run directory or None) behind an existing folder `path`: a model folder as
-    it is; a checkpoint's model/; a run directory's final/ when the pipeline wrote it, else its
+    it is; a checkpoint's model/; a run directory's final/ when the run is finished, else its
     LATEST checkpoint's model/ (UserError, naming `what`, when it has neither yet). Any other
     folder comes back as it is, for the caller to judge."""
     path = Path(path).expanduser()
@@ -363,9 +363,12 @@ def locate_model(path: str | Path, what: str = "model path") -> tuple[Path, Path
         return model_dir(path), None
     if not is_run_dir(path):
         return path, None
-    if is_model(path / FINAL):
+    final = is_model(path / FINAL)
+    if final and (path / "summary.json").is_file():
         return path / FINAL, path
-    ckpt = latest_checkpoint(path)
+    ckpt = latest_checkpoint(path)  # a finished run resumed for more steps is ahead of final/
+    if ckpt is None and final:
+        return path / FINAL, path
     if ckpt is None:
         raise UserError(f"{what} '{path}': the run has no final model and no checkpoint yet — "
                         "use it once its first checkpoint is written")

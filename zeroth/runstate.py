@@ -74,7 +74,9 @@ def _listed_in_proc_locks(st: os.stat_result) -> bool | None:
     except OSError:
         return None
     want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    return any(_lock_file(x) == want for x in fields)
+    # the run's lock is exclusive (WRITE); a reader's momentary probe (READ) says nothing, nor
+    # does a process waiting for the lock ("->")
+    return any(_lock_file(x) == want and x[1:2] != ["->"] and "WRITE" in x[1:5] for x in fields)
 
 
 def _lock_file(fields: list[str]) -> tuple[int, int, int] | None:
@@ -193,9 +195,19 @@ def status(run_dir: Path, held: bool | None) -> str:
         return "finished"
     if held is False:
         return "stopped"
-    if not (run_dir / LEDGER).is_file():
-        return "starting"
+    if not (run_dir / LEDGER).is_file():  # set up only moments ago, or abandoned then
+        return "starting" if time.time() - _made(run_dir) < RUNNING_WITHIN_S else "stopped"
     return "running" if time.time() - last_write(run_dir) < RUNNING_WITHIN_S else "stopped"
+
+
+def _made(run_dir: Path) -> float:
+    """When the run folder was set up: its config.yaml's time (else the folder's)."""
+    for path in (run_dir / "config.yaml", run_dir):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
 
 
 def resume_command(run_dir: str | Path) -> str:
