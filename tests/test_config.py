@@ -251,6 +251,9 @@ MISTAKES = [  # (arguments of `zeroth run`, what the one-line error names)
     (["pipeline=[pretrain, {rl: {beta: -1}}]"], "pipeline stage 2 (rl): config key 'rl.beta'"),
     (["tiny", "run.keep_checkpoints=-2"], "'run.keep_checkpoints' must be >= 0"),
     (["model.path=/no/such/model"], "model.path"),
+    (["task.name=countdown", "task.options.numbrs=3"], "did you mean 'task.options.numbers'?"),
+    (["rewards.nosuch=1"], "unknown reward 'nosuch'"),
+    (["task.name=gsm8k", "task.path=/no/such.jsonl"], "does not exist"),
 ]
 
 
@@ -271,10 +274,12 @@ def test_config_mistakes_are_reported_before_torch_is_imported(tmp_path):
 
 def test_validation_never_needs_the_algorithm_presets():
     """Validation leaves the fields an algorithm fills null (reading the presets imports
-    torch): each preset must pass the rules itself."""
+    torch): each preset must pass the rules itself, and does fill them."""
     for name in ALGORITHMS:
         cfg = load_config(None, [f"rl.algorithm={name}"])
-        _check_rules(replace(cfg, rl=resolve_rl(cfg.rl)), "")
+        resolved = replace(cfg, rl=resolve_rl(cfg.rl))
+        assert resolved.rl.loss_agg is not None and resolved.rl.advantage is not None
+        assert _check_rules(resolved, "") is None  # raises UserError on a broken rule
 
 
 def test_every_embedded_recipe_has_a_one_line_summary():

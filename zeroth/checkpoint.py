@@ -7,7 +7,7 @@ Layout under a run directory:
         <tag>/               e.g. pretrain-000500, rl-000010
             model/           model.save_pretrained (safetensors + config.json) and tokenizer files
             optimizer.pt     torch.save(optimizer.state_dict()), when an optimizer was given
-                             (kept in the newest RESUMABLE checkpoints only)
+                             (kept in the newest OPTIMIZER_KEPT checkpoints only)
             rng.pt           python `random`, torch CPU (and CUDA) RNG, numpy, named generators
             state.json       the caller's JSON-able state (phase, step, data position, ...)
 
@@ -21,10 +21,11 @@ interrupted save (`.tmp-*`, `.trash-*`, ...) are cleaned by the next save.
 Which checkpoints stay (`keep`, the run's `run.keep_checkpoints`): 0 (the default) keeps every
 one, N > 0 the newest N (by save time) — and whatever N, the checkpoint LATEST names and the last
 one (highest step) of every stage, so a run can always resume and each stage's final model stays
-at hand. Tags are `<stage id>-<step>`; a tag of another form belongs to no stage. Only the newest
-RESUMABLE checkpoints keep their optimizer state (a resume starts from LATEST; the one before it
-is a spare): the others keep the model, RNG and state, which is what evaluation, chat and export
-read — for AdamW the optimizer state is twice the weights, so this saves two thirds of the disk.
+at hand. Tags are `<stage id>-<step>`; a tag of another form belongs to no stage. Only the
+newest OPTIMIZER_KEPT (two) keep their optimizer state (a resume starts from LATEST; the one
+before it is a spare): the others keep the model, RNG and state, which is what evaluation, chat
+and export read — for AdamW the optimizer state is twice the weights, so this saves two thirds
+of the disk.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ LATEST = "LATEST"
 FINAL = "final"  # a run's finished model, beside checkpoints/
 _TMP, _OLD, _TRASH, _LATEST_TMP = ".tmp-", ".old-", ".trash-", ".LATEST-"
 _TAG = re.compile(r"(.+)-(\d+)")  # <stage id>-<step>
-RESUMABLE = 2  # the newest checkpoints that keep their optimizer state
+OPTIMIZER_KEPT = 2  # the newest checkpoints that keep their optimizer state
 
 
 def model_dir(path: str | Path) -> Path:
@@ -254,7 +255,7 @@ def _to_remove(names: list[str], keep: int, latest: str) -> list[str]:
 
 def _prune(root: Path, keep: int, latest: str) -> None:
     """Discard the complete checkpoints `keep` does not keep, and the optimizer state of all but
-    the newest RESUMABLE (see the module docstring)."""
+    the newest OPTIMIZER_KEPT (see the module docstring)."""
     found = [p for p in root.iterdir() if not p.name.startswith(".") and _is_complete(p)]
     found.sort(key=lambda p: ((p / "state.json").stat().st_mtime_ns, p.name), reverse=True)
     names = [p.name for p in found]
@@ -262,7 +263,7 @@ def _prune(root: Path, keep: int, latest: str) -> None:
     for name in removed:
         _discard(root / name)
     kept = [name for name in names if name not in removed]
-    for name in kept[RESUMABLE:]:
+    for name in kept[OPTIMIZER_KEPT:]:
         if name != latest:
             (root / name / "optimizer.pt").unlink(missing_ok=True)
 

@@ -134,11 +134,13 @@ def cmd_run(ns) -> int:
         run_dir, cfg = Path(ns.resume), _resume_config(ns, recipe, overrides)
     else:
         from zeroth.config import load_config
+        from zeroth.tasks import load_task
 
         cfg = load_config(recipe, overrides)  # no torch yet: a mistake is answered at once
+        task = load_task(cfg)  # task options, data files, reward names: no torch either
         from zeroth.run import create_run_dir, preflight
 
-        estimate = preflight(cfg)  # data, model folder, memory: before anything is written
+        estimate = preflight(cfg, task)  # model folder, memory: before anything is written
         name = Path(recipe).stem if recipe else "default"
         run_dir = create_run_dir(cfg, ns.command if ns.command != "run" else name, ns.force)
     ns.run_dir = run_dir
@@ -191,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         run_dir = getattr(ns, "run_dir", None)  # set by cmd_run once the run directory exists
-        hint = f" — continue with zeroth run --resume {run_dir}" if run_dir else ""
+        if run_dir:
+            from zeroth.runstate import resume_command
+
+            hint = f" — continue with {resume_command(run_dir)}"
+        else:
+            hint = ""
         print(f"zeroth: interrupted{hint}", file=sys.stderr)
         return 130
 

@@ -68,12 +68,13 @@ from zeroth.tasks import load_task
 from zeroth.train import step_weights, train
 
 
-def preflight(cfg: Config) -> str:
+def preflight(cfg: Config, task=None) -> str:
     """Everything that can be checked before a run directory is written: the task's data and
-    splits, the model folder, and whether pre-training has demonstrations to learn from.
-    Fills in the task's own reward weights when the recipe names none. Returns the memory
-    estimate line (and refuses a run that will not fit)."""
-    task = load_task(cfg)
+    splits (`task`, when the caller has loaded it already), the model folder, and whether
+    pre-training has demonstrations to learn from. Fills in the task's own reward weights when
+    the recipe names none. Returns the memory estimate line (and refuses a run that will not
+    fit)."""
+    task = task or load_task(cfg)
     if cfg.rl.reward_weights is None:
         cfg.rl.reward_weights = dict(task.weights)
     try:
