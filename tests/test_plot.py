@@ -118,11 +118,14 @@ def test_checkpoints_scored_by_zeroth_eval_join_the_held_out_curve(tmp_path):
     import json
 
     run_dir = two_rl_stages(tmp_path)
-    (run_dir / "config.yaml").write_text("task:\n  name: gsm8k\n")
+    (run_dir / "config.yaml").write_text(
+        "task: {name: gsm8k, eval_problems: 10}\nrun: {seed: 0}\n"
+        "eval: {k: 2, temperature: 1.0, max_new_tokens: 64, batch_size: 256}\n")
     (run_dir / "evals").mkdir()
+    settings = {"temperature": 1.0, "max_new_tokens": 64, "batch_size": 256}
 
-    def saved(tag, stage, step, pass1, task="gsm8k"):
-        result = {"task": task, "k": 2, "problems": 10,
+    def saved(tag, stage, step, pass1, task="gsm8k", k=2):
+        result = {"task": task, "k": k, "problems": 10, "seed": 0, "eval": settings,
                   "checkpoint": {"tag": tag, "stage": stage, "stage_index": 0, "step": step},
                   "metrics": {"pass1": pass1, "pass@1": pass1, "greedy": pass1, "maj@2": pass1}}
         (run_dir / "evals" / f"{tag}-{task}.json").write_text(json.dumps(result))
@@ -131,6 +134,7 @@ def test_checkpoints_scored_by_zeroth_eval_join_the_held_out_curve(tmp_path):
     saved("rl2-000001", "rl2", 1, 0.45)
     saved("pretrain-000010", "pretrain", 10, 0.05)  # not on the RL axis
     saved("rl1-000001", "rl1", 1, 0.9, task="math")  # another task
+    saved("rl2-000002", "rl2", 2, 0.9, k=16)  # other settings: another estimate
     (run_dir / "evals" / "broken-gsm8k.json").write_text("{")
     run = plot.load_run(run_dir, "r", None)
     assert [(label, x) for label, x, _ in run.evals] == [

@@ -92,19 +92,33 @@ def load_run(path: Path, name: str, phases: set[str] | None) -> Run:
 
 
 def checkpoint_evals(path: Path, at: dict[str, int]) -> list[tuple[str | None, float, dict]]:
-    """The held-out results `zeroth eval --checkpoint` saved for the run's RL checkpoints, on
-    the task the run trained on, at their RL step (unlabelled: they are many)."""
-    from zeroth.view.queries import saved_evals
+    """The held-out results `zeroth eval --checkpoint` saved for the run's RL checkpoints with
+    the run's own task and evaluation settings (k, seed, problems, temperature, ...), at their
+    RL step (unlabelled: they are many)."""
+    import json
 
-    task = (run_config(path).get("task") or {}).get("name")
+    from zeroth.view.queries import saved_eval_files
+
+    cfg = run_config(path)
+    section = {name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}
+               for name in ("task", "eval", "run")}
+    ev = section["eval"]
+    wanted = {"task": section["task"].get("name"), "k": ev.get("k"),
+              "seed": section["run"].get("seed"), "problems": section["task"].get("eval_problems"),
+              "eval": {key: ev.get(key) for key in ("temperature", "max_new_tokens", "batch_size")}}
     points = []
-    for entry in saved_evals(path):
-        ckpt = entry.get("checkpoint") or {}
-        stage, step = ckpt.get("stage"), ckpt.get("step")
-        if entry.get("error") or entry.get("task") != task or not isinstance(step, int) or \
-                stage not in at or phase_kind(stage) != "rl":
+    for file in saved_eval_files(path):
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             continue
-        points.append((None, at[stage] + step, entry["metrics"]))
+        ckpt = data.get("checkpoint") if isinstance(data, dict) else None
+        if not isinstance(ckpt, dict) or not isinstance(data.get("metrics"), dict) or \
+                any(data.get(key) != value for key, value in wanted.items()):
+            continue
+        stage, step = ckpt.get("stage"), ckpt.get("step")
+        if isinstance(step, int) and stage in at and phase_kind(stage) == "rl":
+            points.append((None, at[stage] + step, data["metrics"]))
     return points
 
 
