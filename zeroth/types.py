@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from random import Random
 
 Row = dict
@@ -37,3 +38,13 @@ class Task:
     info: dict = field(default_factory=dict)
     accuracy: str = "correct"
     weights: dict[str, float] = field(default_factory=lambda: {"correct": 1.0, "format": 0.1})
+
+
+def bind_reward(task: Task, name: str, **settings) -> None:
+    """Give the reward `name` fixed keyword settings, under every name it goes by (a task's
+    verifier is also its "correct")."""
+    fn = task.rewards[name]
+    bound = partial(fn, **settings)
+    for other, reward in list(task.rewards.items()):
+        if reward is fn:
+            task.rewards[other] = bound

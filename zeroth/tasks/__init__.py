@@ -10,7 +10,6 @@ so `task: gsm8k` alone gets math_accuracy + format; family knobs go in task.opti
 from __future__ import annotations
 
 import difflib
-from functools import partial
 
 from zeroth.errors import UserError
 from zeroth.rewards.resolve import resolve_reward
@@ -28,7 +27,7 @@ from zeroth.tasks import (
     sorting,
 )
 from zeroth.tasks.options import unknown_option
-from zeroth.types import Task
+from zeroth.types import Task, bind_reward
 
 TASKS = {
     "addition": addition.load,
@@ -65,14 +64,9 @@ def _loader(name: str):
 def _bind_sandbox(task: Task, cfg) -> None:
     """Give the code reward the limits of the `sandbox` config section."""
     sandbox = getattr(cfg, "sandbox", None)
-    fn = task.rewards.get("code_tests")
-    if sandbox is None or fn is None:
-        return
-    bound = partial(fn, timeout_s=sandbox.timeout_s, memory_mb=sandbox.memory_mb,
-                    mode=sandbox.mode)
-    for name, reward in list(task.rewards.items()):
-        if reward is fn:
-            task.rewards[name] = bound
+    if sandbox is not None and "code_tests" in task.rewards:
+        bind_reward(task, "code_tests", timeout_s=sandbox.timeout_s,
+                    memory_mb=sandbox.memory_mb, mode=sandbox.mode)
 
 
 def load_task(cfg) -> Task:

@@ -27,7 +27,7 @@ from zeroth.errors import UserError
 from zeroth.rewards.math import FALLBACKS
 from zeroth.tasks.files import add_instruction, demonstrations, file_task, load_rows, pick
 from zeroth.tasks.options import Option, choice, read_options, text
-from zeroth.types import Row, Task
+from zeroth.types import Row, Task, bind_reward
 
 OPTIONS = {
     "prompt_field": Option(None, text(), "column holding the problem"),
@@ -123,13 +123,8 @@ def reference_solution(row: Row) -> str | None:
 def allow_fallback(task: Task, fallback: str) -> None:
     """Let the task's math verifier read free text as the answer (task.options.answer_fallback;
     "none", the default, credits only an `<answer>` block or a `\\boxed{}`)."""
-    if fallback == "none":
-        return
-    strict = task.rewards["math_accuracy"]
-    loose = partial(strict, answer_fallback=fallback)
-    for name, reward in list(task.rewards.items()):
-        if reward is strict:
-            task.rewards[name] = loose  # "math_accuracy" and "correct"
+    if fallback != "none":
+        bind_reward(task, "math_accuracy", answer_fallback=fallback)
 
 
 def _load(name: str, normalise, task_cfg) -> Task:
