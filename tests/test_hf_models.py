@@ -266,7 +266,8 @@ def test_export_merges_and_plain_transformers_loads_and_generates(qwen_dir, tmp_
     assert len(verify(out)) == 4
     with pytest.raises(UserError, match="not empty"):
         export_model(run, out)
-    save_final(load_model(qwen_dir)[0], tok, run / "final")  # final/ is preferred when present
+    save_final(load_model(qwen_dir)[0], tok, run / "final")  # final/ once the run is finished
+    (run / "summary.json").write_text("{}")
     export_model(run, out, force=True)
     base, _ = load_model(qwen_dir)
     again = AutoModelForCausalLM.from_pretrained(out)
