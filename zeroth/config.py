@@ -794,21 +794,13 @@ def _rewards_beside(raw: dict, folder: Path) -> None:
     """Make the reward files a recipe names (`file.py:function`, in rl.reward_weights and in
     its rl pipeline entries) absolute when they lie beside the recipe: a recipe's relative
     reward file is looked for in the recipe's folder first, then in the current directory."""
-    from zeroth.rewards.resolve import beside
-
-    def fix(weights: Any) -> Any:
-        if not isinstance(weights, dict):
-            return weights
-        return {beside(k, folder) if isinstance(k, str) else k: w for k, w in weights.items()}
+    from zeroth.rewards.resolve import beside, rename_rewards
 
     rl = raw.get("rl", {})
+    weights = rename_rewards(rl.get("reward_weights"), raw.get("run", {}).get("pipeline"),
+                             lambda name: beside(name, folder))
     if "reward_weights" in rl:
-        rl["reward_weights"] = fix(rl["reward_weights"])
-    entries = raw.get("run", {}).get("pipeline")
-    for entry in entries if isinstance(entries, list) else []:
-        body = entry.get("rl") if isinstance(entry, dict) else None
-        if isinstance(body, dict) and "reward_weights" in body:
-            body["reward_weights"] = fix(body["reward_weights"])
+        rl["reward_weights"] = weights
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> Config:

@@ -62,7 +62,7 @@ from zeroth.models import (
     prepare_model,
     train_tokenizer,
 )
-from zeroth.rewards.resolve import absolute_reference
+from zeroth.rewards.resolve import absolute_reference, rename_rewards
 from zeroth.stages import pretrain as pt
 from zeroth.tasks import load_task
 from zeroth.train import step_weights, train
@@ -146,12 +146,8 @@ def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
             value = body.get(key) if isinstance(body, dict) else None
             if isinstance(value, str) and value not in SFT_SOURCES:
                 body[key] = str(Path(value).expanduser().resolve())
-    cfg.rl.reward_weights = {absolute_reference(k): w for k, w in cfg.rl.reward_weights.items()}
-    for entry in cfg.run.pipeline:  # a stage's own weights may name user reward files too
-        body = entry.get("rl") if isinstance(entry, dict) else None
-        if isinstance(body, dict) and isinstance(body.get("reward_weights"), dict):
-            body["reward_weights"] = {absolute_reference(k): w
-                                      for k, w in body["reward_weights"].items()}
+    cfg.rl.reward_weights = rename_rewards(cfg.rl.reward_weights, cfg.run.pipeline,
+                                           absolute_reference)
     name = cfg.run.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(cfg.run.out_dir) / name
     if path.exists() and any(path.iterdir()):

@@ -210,7 +210,6 @@ class Source:
         """The run's state now: running, finished, stopped or starting (zeroth.runstate)."""
         return run_state(self.path)
 
-
     def new_samples(self, phase: str, step: int, n: int) -> list[dict]:
         """The first `n` rollouts of (phase, step), unless they were handed out already (a
         second log call for a step); a step redone after a resume has new rollouts."""

@@ -57,6 +57,22 @@ def beside(name: str, folder: str | Path) -> str:
     return f"{file.resolve()}:{attr}"
 
 
+def rename_rewards(weights, pipeline, rename):
+    """`weights` (a reward name -> weight mapping, or anything else, returned as it is) with
+    every name passed through `rename`; the `rl.reward_weights` of the rl entries of `pipeline`
+    (a run.pipeline list) are renamed in place too, since a stage may name reward files."""
+    def renamed(mapping):
+        if not isinstance(mapping, dict):
+            return mapping
+        return {rename(k) if isinstance(k, str) else k: w for k, w in mapping.items()}
+
+    for entry in pipeline if isinstance(pipeline, list) else []:
+        body = entry.get("rl") if isinstance(entry, dict) else None
+        if isinstance(body, dict) and "reward_weights" in body:
+            body["reward_weights"] = renamed(body["reward_weights"])
+    return renamed(weights)
+
+
 def resolve_reward(name: str, builtins: dict):
     """The reward function called `name`; UserError naming it when there is none."""
     if name in builtins:
