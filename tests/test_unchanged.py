@@ -1,0 +1,140 @@
+"""Refactoring changes no result: tiny runs of every stage kind, pinned.
+
+`tests/data/pinned_runs.json` holds the fingerprints of four tiny runs made before the code was
+rearranged (issue 15): the r1 pipeline (pretrain, sft, rl, rejection, sft, rl), the distill
+recipe, GRPO with a reference model and DAPO's dynamic sampling. A fingerprint is the run's
+summary, every step's metrics (timers left out), and a digest of every rollout and evaluation
+sample (prompt, completion, tokens, rewards, advantage) and of the final weights. Anything that
+changes what a run samples, scores or learns changes it. Regenerate only for a change meant to
+alter results: `python tests/test_unchanged.py --write` (and say why in the commit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+PINNED = Path(__file__).parent / "data" / "pinned_runs.json"
+
+RUNS = {  # name -> (recipe, extra overrides); all on top of test_pipeline.SMALL
+    "r1": ("r1", []),
+    "distill": ("distill", []),
+    "grpo_ref": (None, ["rl.beta=0.05", "rl.mu=2", "rl.minibatch_size=8"]),
+    "dapo": (None, ["rl.algorithm=dapo", "rl.steps=3", "rl.max_sample_rounds=2"]),
+}
+
+
+def _rounded(value):
+    """Floats to 10 significant digits (the summary's numbers pass through JSON)."""
+    if isinstance(value, float):
+        return float(f"{value:.10g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _short(value):
+    return value if value is None else f"{value:.8g}"
+
+
+def _digest(rows) -> str:
+    return hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()
+
+
+def fingerprint(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("wall_s", "run"):
+        summary.pop(key)
+    db = sqlite3.connect(run_dir / "ledger.sqlite")
+    metrics = []
+    for phase, step, data in db.execute("select phase, step, data from metrics order by id"):
+        values = {k: v for k, v in json.loads(data).items() if not k.startswith("time_")}
+        metrics.append([phase, step, _rounded(values)])
+    rollouts = db.execute(
+        "select phase, step, prompt_idx, sample_idx, prompt, completion, n_tokens, rewards, "
+        "reward, advantage, answer, extra from rollouts order by phase, step, prompt_idx, "
+        "sample_idx").fetchall()
+    evals = db.execute("select phase, problem_idx, sample_idx, prompt, completion, n_tokens, "
+                       "correct from evals order by phase, problem_idx, sample_idx").fetchall()
+    db.close()
+    rollouts = [list(r[:8]) + [_short(r[8]), _short(r[9]), *r[10:]] for r in rollouts]
+    weights = (run_dir / "final" / "model.safetensors").read_bytes()
+    return {"summary": _rounded(summary), "metrics": metrics, "rollouts": _digest(rollouts),
+            "n_rollouts": len(rollouts), "evals": _digest(evals), "n_evals": len(evals),
+            "weights": hashlib.sha256(weights).hexdigest()}
+
+
+def _coin(completions, **_):  # a deterministic "verifier" that passes about half of any text
+    return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
+
+
+def make_run(tmp_path: Path, name: str) -> dict:
+    """Run `name` of RUNS in tmp_path with the coin verifier (so rejection keeps samples)."""
+    from test_pipeline import SMALL
+    from zeroth.config import load_config
+    from zeroth.progress import Display
+    from zeroth.run import create_run_dir, execute, preflight
+
+    recipe, extra = RUNS[name]
+    cfg = load_config(recipe, SMALL + [f"run.out_dir={tmp_path}", f"run.name={name}", *extra])
+    preflight(cfg)
+    run_dir = create_run_dir(cfg, recipe or "default")
+    execute(run_dir, cfg, Display(quiet=True))
+    return fingerprint(run_dir)
+
+
+@pytest.fixture()
+def coin(monkeypatch):
+    from zeroth import run as run_module
+
+    real = run_module.load_task
+
+    def load(cfg):
+        task = real(cfg)
+        return replace(task, rewards={**task.rewards, "correct": _coin,
+                                      "format": lambda c, **_: [1.0] * len(c)})
+
+    monkeypatch.setattr(run_module, "load_task", load)
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_tiny_runs_give_the_pinned_results(tmp_path, coin, name):
+    pinned = json.loads(PINNED.read_text())[name]
+    got = make_run(tmp_path, name)
+    assert got["summary"] == pinned["summary"]
+    assert got["metrics"] == pinned["metrics"]
+    assert (got["n_rollouts"], got["n_evals"]) == (pinned["n_rollouts"], pinned["n_evals"])
+    assert got["rollouts"] == pinned["rollouts"]
+    assert got["evals"] == pinned["evals"]
+    assert got["weights"] == pinned["weights"]
+
+
+if __name__ == "__main__" and "--write" in sys.argv:
+    import os
+    import tempfile
+
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from zeroth import run as run_module
+
+    real = run_module.load_task
+    run_module.load_task = lambda cfg: replace(
+        real(cfg), rewards={**real(cfg).rewards, "correct": _coin,
+                            "format": lambda c, **_: [1.0] * len(c)})
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sorted(RUNS):
+            out[name] = make_run(Path(tmp), name)
+            print(name, out[name]["summary"].get("final_pass1"))
+    PINNED.write_text(json.dumps(out, indent=1) + "\n")
