@@ -52,7 +52,7 @@ def model_folder(size: str, root: Path) -> Path:
     import torch
 
     from zeroth.config import ModelConfig, load_config
-    from zeroth.models import apply_template, build_model, save_model, train_tokenizer
+    from zeroth.models.hf import apply_template, build_model, save_model, train_tokenizer
     from zeroth.stages.pretrain import demonstrations
     from zeroth.tasks import load_task
 
@@ -101,8 +101,8 @@ def run_zeroth(args, folder: Path) -> dict:
     import torch
 
     from zeroth.config import RLConfig
-    from zeroth.models import load_model
-    from zeroth.train import rl_step
+    from zeroth.models.hf import load_model
+    from zeroth.stages.rl import rl_step
     from zeroth.types import Task
 
     model, tokenizer = load_model(folder)

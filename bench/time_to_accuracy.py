@@ -11,10 +11,10 @@ What is measured. Both systems start from the same local Hugging Face folder: a 
 zeroth pre-trained on the task's imperfect demonstrations (`zeroth pretrain`, cached under
 --work), or --start. Each runs in its own process on --threads threads and does RL with the
 default recipe's `rl` section (`zeroth.config.load_config()` + overrides, resolved with
-`resolve_rl`): zeroth through `zeroth.train.rl_step` (what `zeroth run` calls each step), TRL
+`resolve_rl`): zeroth through `zeroth.stages.rl.rl_step` (what `zeroth run` calls each step), TRL
 1.16 through `GRPOTrainer.train()`. Before step 1 and every --eval-every RL steps (and at the
 last one) the training clock is paused and the policy is scored by the SAME zeroth evaluation
-(`zeroth.evaluate.evaluate` on `task.eval_rows(--eval-problems, seed)`, the recipe's eval
+(`zeroth.stages.eval.evaluate` on `task.eval_rows(--eval-problems, seed)`, the recipe's eval
 settings with k = --eval-k): pass@1 is the mean accuracy of k samples at temperature 1. A system
 stops when pass@1 >= --target or after --max-steps RL steps. "Train wall s" is the time spent in
 training only: zeroth, the `rl_step` calls; TRL, from `on_train_begin` to each `on_step_end`
@@ -44,7 +44,7 @@ What differs, and cannot be made identical: the random streams (zeroth samples f
 see different samples and their curves differ by chance as well as by speed; TRL shuffles the
 256 completions before splitting them into minibatches, zeroth splits them in order; TRL's model
 is in train mode during updates and zeroth's in eval mode (the same here: the model has no
-dropout); TRL computes log-probs through its fused LM head, zeroth through zeroth.fastlm
+dropout); TRL computes log-probs through its fused LM head, zeroth through zeroth.models.lean
 (each group's prompt run once, the LM head on completion positions only).
 With a single seed and eval set, a crossing point is one sample of a noisy curve: compare several
 seeds (--seed) before reading much into small ratios.
@@ -114,7 +114,7 @@ def setup(args):
 
 
 def step_rows(task, seed: int, step: int, n: int) -> list[dict]:
-    """The prompts zeroth draws for RL step `step` (zeroth.train.sample_rollouts, round 0)."""
+    """The prompts zeroth draws for RL step `step` (zeroth.stages.rl.sample_rollouts, round 0)."""
     return task.train_rows(Random(f"{seed}-rl-{step}"), n)
 
 
@@ -161,7 +161,7 @@ class Clock:
         """Score the policy at RL step `step` off the clock; True once the target is reached."""
         import torch
 
-        from zeroth.evaluate import evaluate
+        from zeroth.stages.eval import evaluate
 
         t = time.perf_counter()
         train_s = 0.0 if self.t0 is None else self.train_s()
@@ -190,16 +190,16 @@ class Clock:
 def run_zeroth(args, folder: Path) -> dict:
     import torch
 
-    from zeroth.models import load_model
-    from zeroth.run import init_model, trainable
-    from zeroth.train import rl_step
+    from zeroth.models.hf import load_model
+    from zeroth.pipeline.run import init_model, trainable
+    from zeroth.stages.rl import rl_step
 
     cfg, rl, task = setup(args)
     cfg = replace(cfg, model=replace(cfg.model, path=str(folder)))
     torch.manual_seed(args.seed)
     model, tokenizer = init_model(cfg, task)
     ref = None
-    if rl.beta > 0:  # as zeroth.run.rl_stage: the start model, frozen
+    if rl.beta > 0:  # as zeroth.pipeline.run.rl_stage: the start model, frozen
         ref, _ = load_model(folder, dtype=cfg.model.dtype)
         ref.eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(trainable(model), lr=rl.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -221,7 +221,7 @@ def run_zeroth(args, folder: Path) -> dict:
 def trl_reward(name: str, fn, tokenizer, stops, rl, log: dict):
     """zeroth's reward `fn` as a TRL reward function: the text is decoded from the completion
     ids as zeroth decodes it, the dataset columns and zeroth's extra keywords are passed."""
-    from zeroth.evaluate import decode
+    from zeroth.stages.eval import decode
 
     def reward(prompts, completions, completion_ids, **kw):
         texts = decode(tokenizer, completion_ids, stops)
@@ -241,7 +241,7 @@ def trl_reward(name: str, fn, tokenizer, stops, rl, log: dict):
 
 def trl_checks(trainer, tokenizer, model_stops, texts: list[str]) -> dict:
     """Are TRL's prompt token ids (its batched chat-template call) and stop tokens zeroth's?"""
-    from zeroth.models import prompt_ids
+    from zeroth.models.hf import prompt_ids
 
     ids = tokenizer.apply_chat_template([[{"role": "user", "content": t}] for t in texts],
                                         add_generation_prompt=True, tokenize=True,
@@ -259,8 +259,8 @@ def trl_trainer(args, folder: Path, clock_of):
     from trl import GRPOConfig, GRPOTrainer
 
     from zeroth.rewards import overlong
-    from zeroth.rollout import stop_ids
-    from zeroth.train import step_weights
+    from zeroth.rollout.decoder import stop_ids
+    from zeroth.stages.rl import step_weights
 
     cfg, rl, task = setup(args)
     settings = trl_settings(rl, cfg.model)

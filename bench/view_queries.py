@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from zeroth.ledger import Ledger
+from zeroth.pipeline.ledger import Ledger
 
 GROUP, PROMPTS = 8, 125
 

@@ -31,7 +31,7 @@ def tiny_task(tiny_cfg):
 @pytest.fixture()
 def tiny_model(tiny_cfg, tiny_task):
     """(model, tokenizer): a fresh random tiny Qwen2 with a tokenizer trained here."""
-    from zeroth.run import init_model
+    from zeroth.pipeline.run import init_model
 
     return init_model(tiny_cfg, tiny_task)
 

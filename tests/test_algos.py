@@ -1,20 +1,17 @@
-"""zeroth.algos against numbers worked out by hand (derivations in the comments)."""
+"""zeroth.algorithms against numbers worked out by hand (derivations in the comments)."""
 
 import math
 
 import pytest
 import torch
 
-from zeroth.algos import (
-    ADVANTAGES,
-    AGGREGATIONS,
+from zeroth.algorithms import ADVANTAGES, LOSS_AGGREGATIONS
+from zeroth.algorithms.advantages import grpo_advantages, reinforce_pp_advantages, rloo_advantages
+from zeroth.algorithms.losses import (
     aggregate,
     clipped_surrogate,
-    grpo_advantages,
     kl_k3,
     policy_loss,
-    reinforce_pp_advantages,
-    rloo_advantages,
     token_logprobs,
 )
 
@@ -177,7 +174,7 @@ def test_three_aggregations_differ_on_ragged_mask():
     close(aggregate(PER_TOKEN, MASK, "constant"), 2.0)
     close(aggregate(PER_TOKEN, MASK, "constant", constant=8), 1.0)
     close(aggregate(PER_TOKEN, MASK.bool(), "seq"), 6.0)  # bool masks work too
-    assert set(AGGREGATIONS) == {"seq", "token", "constant"}
+    assert set(LOSS_AGGREGATIONS) == {"seq", "token", "constant"}
 
 
 def test_unknown_aggregation_names_valid_ones():
@@ -326,18 +323,18 @@ def test_token_logprobs_matches_manual_log_softmax():
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp"])
 def test_each_algorithm_name_resolves_to_its_table_row(name):
-    from zeroth.algos import ALGORITHMS
+    from zeroth.algorithms import ALGORITHMS
     from zeroth.config import RLConfig, resolve_rl
 
     rl = resolve_rl(RLConfig(algorithm=name))
     for key, value in ALGORITHMS[name].items():
         if key != "overlong":  # a reward, added by the RL step, not an rl field
             assert getattr(rl, key) == value, key
-    assert rl.advantage in ADVANTAGES and rl.loss_agg in AGGREGATIONS
+    assert rl.advantage in ADVANTAGES and rl.loss_agg in LOSS_AGGREGATIONS
 
 
 def test_the_papers_settings_in_the_table():
-    from zeroth.algos import ALGORITHMS
+    from zeroth.algorithms import ALGORITHMS
 
     dapo, dr = ALGORITHMS["dapo"], ALGORITHMS["dr_grpo"]
     assert (dapo["eps_low"], dapo["eps_high"], dapo["loss_agg"], dapo["beta"]) == \

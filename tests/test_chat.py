@@ -10,11 +10,10 @@ import sys
 import pytest
 import torch
 
-from zeroth import chat
-from zeroth.chat import ReasoningSplitter
-from zeroth.cli import main
+from zeroth.cli import chat, main
+from zeroth.cli.chat import ReasoningSplitter
 from zeroth.errors import UserError
-from zeroth.thoughts import split_reasoning
+from zeroth.record.thoughts import split_reasoning
 
 # ---------------------------------------------------------------------------------------------
 # The incremental splitter, on hand-made streams.
@@ -98,7 +97,7 @@ def run_dir(finished_tiny_run):
 
 def checkpoints(run_dir):
     """The run's checkpoint tags, in training order."""
-    from zeroth.evalcmd import checkpoint_tags
+    from zeroth.cli.eval import checkpoint_tags
 
     tags = checkpoint_tags(run_dir)
     assert tags
@@ -107,7 +106,7 @@ def checkpoints(run_dir):
 
 @pytest.fixture(scope="module")
 def loaded(run_dir):
-    from zeroth.models import load_model
+    from zeroth.models.hf import load_model
 
     model, tokenizer = load_model(run_dir / "final", dtype="auto")
     return model.eval(), tokenizer
@@ -119,7 +118,7 @@ def ask(question):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_stream_reply_arrives_in_pieces_and_equals_generate(loaded, seed):
-    from zeroth.rollout import generate, stop_ids
+    from zeroth.rollout.decoder import generate, stop_ids
 
     model, tokenizer = loaded
     stops = stop_ids(model, tokenizer)
@@ -139,7 +138,7 @@ def test_stream_reply_arrives_in_pieces_and_equals_generate(loaded, seed):
 
 
 def test_greedy_and_tiny_top_p_agree(loaded):
-    from zeroth.rollout import generate, stop_ids
+    from zeroth.rollout.decoder import generate, stop_ids
 
     model, tokenizer = loaded
     stops = stop_ids(model, tokenizer)
@@ -231,7 +230,7 @@ def capture():
 
 
 def test_by_default_every_question_is_a_training_prompt(loaded):
-    from zeroth.models import prompt_ids
+    from zeroth.models.hf import prompt_ids
 
     model, tokenizer = loaded
     session = chat.Chat(model, tokenizer, chat.Settings(max_new_tokens=6, temperature=1.0),
@@ -245,7 +244,7 @@ def test_by_default_every_question_is_a_training_prompt(loaded):
 
 
 def test_with_history_the_conversation_follows(loaded):
-    from zeroth.models import prompt_ids
+    from zeroth.models.hf import prompt_ids
 
     model, tokenizer = loaded
     assert chat.supports_history(tokenizer)

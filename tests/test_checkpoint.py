@@ -1,4 +1,4 @@
-"""Tests of zeroth.checkpoint: round trips, pruning, and survival of crashes at any moment."""
+"""Tests of zeroth.pipeline.checkpoint: round trips, pruning, and survival of crashes at any moment."""
 
 from __future__ import annotations
 
@@ -17,15 +17,9 @@ import pytest
 import torch
 import transformers
 
-from zeroth.checkpoint import (
-    _to_remove,
-    latest_checkpoint,
-    load_checkpoint,
-    model_dir,
-    save_checkpoint,
-    stage_and_step,
-)
 from zeroth.errors import UserError
+from zeroth.models.locate import latest_checkpoint, model_dir
+from zeroth.pipeline.checkpoint import _to_remove, load_checkpoint, save_checkpoint, stage_and_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -271,7 +265,7 @@ _SERVER = textwrap.dedent(
     """
     import os, sys
     import torch, transformers
-    from zeroth.checkpoint import save_checkpoint
+    from zeroth.pipeline.checkpoint import save_checkpoint
     torch.set_num_threads(1)
     run_dir = sys.argv[1]
     config = transformers.Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32,

@@ -107,7 +107,7 @@ def _interrupt(*_, **__):
 
 
 def test_ctrl_c_names_the_run_folder_once_it_exists(tmp_path, capsys, monkeypatch):
-    from zeroth import run as run_module
+    from zeroth.pipeline import run as run_module
 
     monkeypatch.setattr(run_module, "preflight", _interrupt)  # before the run directory
     assert main(["run", "tiny", f"run.out_dir={tmp_path}"]) == 130

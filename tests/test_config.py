@@ -12,7 +12,7 @@ from importlib.resources import files
 import pytest
 import yaml
 
-from zeroth.algos import ALGORITHMS
+from zeroth.algorithms import ALGORITHMS
 from zeroth.config import (
     Config,
     _check_rules,

@@ -7,13 +7,14 @@ from random import Random
 import pytest
 import torch
 
-from zeroth.evaluate import decode
-from zeroth.ledger import Ledger
-from zeroth.models import prompt_ids
+from zeroth.models.hf import prompt_ids
+from zeroth.pipeline.ledger import Ledger
 from zeroth.rewards import overlong
-from zeroth.rollout import generate, hash_seed, stop_ids
+from zeroth.rollout import hash_seed
+from zeroth.rollout.decoder import generate, stop_ids
 from zeroth.seeding import stable_fraction
-from zeroth.train import rl_step, step_weights, train
+from zeroth.stages.eval import decode
+from zeroth.stages.rl import rl_step, step_weights, train
 
 
 def _params(model):

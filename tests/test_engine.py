@@ -9,7 +9,8 @@ import torch
 from zeroth import rollout
 from zeroth.config import load_config
 from zeroth.errors import UserError
-from zeroth.train import rl_step, train
+from zeroth.rollout.torch_engine import TorchEngine
+from zeroth.stages.rl import rl_step, train
 
 
 class ScriptedEngine:
@@ -79,8 +80,9 @@ def test_train_uses_the_configured_engine_and_syncs_after_every_step(
 
 def test_the_default_engine_is_torch_and_unknown_ones_are_refused():
     assert load_config().rl.engine == "torch"
-    assert isinstance(rollout.make_engine("torch", torch.nn.Linear(1, 1)), rollout.TorchEngine)
+    engine = rollout.make_engine(load_config(), torch.nn.Linear(1, 1))
+    assert isinstance(engine, TorchEngine)
     with pytest.raises(UserError, match="rl.engine.*generation engine"):
         load_config(overrides=["rl.engine=vllm"])
-    with pytest.raises(ValueError, match="unknown engine 'vllm'"):
-        rollout.make_engine("vllm", None)
+    with pytest.raises(KeyError, match="unknown engine 'vllm'"):
+        rollout.ENGINES["vllm"]

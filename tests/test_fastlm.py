@@ -1,4 +1,4 @@
-"""zeroth.fastlm against transformers' own path: the same tokens, log-probs, gradients, updates.
+"""zeroth.models.lean against transformers' own path: the same tokens, log-probs, gradients, updates.
 
 Tiny Qwen2 (q/k/v biases, tied embeddings) and Llama (grouped-query attention, untied) models
 are built from configs here; token ids are plain integers, no tokenizer is needed.
@@ -12,10 +12,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
-from zeroth import fastlm, train
 from zeroth.config import ModelConfig, RLConfig, resolve_rl
-from zeroth.models import prepare_model
-from zeroth.rollout import _generate_batch, generate
+from zeroth.models import lean as fastlm
+from zeroth.models.hf import prepare_model
+from zeroth.rollout.decoder import _generate_batch, generate
+from zeroth.stages import rl as train
 
 VOCAB, PAD = 96, 0
 PROMPTS = [[5, 6, 7], [5, 6, 7], [5, 6, 7], [9, 10], [9, 10], [11, 12, 13, 14, 15, 16], [3],

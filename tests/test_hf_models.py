@@ -14,12 +14,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
 
-from zeroth import memory
-from zeroth.checkpoint import load_checkpoint, model_dir, save_checkpoint
 from zeroth.config import ModelConfig
 from zeroth.errors import UserError
-from zeroth.export import export_model, save_final, verify
-from zeroth.models import (
+from zeroth.models.hf import (
     CHAT_TEMPLATE,
     R1_TEMPLATE,
     is_lora,
@@ -31,7 +28,11 @@ from zeroth.models import (
     resolve_model_path,
     train_tokenizer,
 )
-from zeroth.rollout import generate
+from zeroth.models.locate import model_dir
+from zeroth.pipeline import memory
+from zeroth.pipeline.checkpoint import load_checkpoint, save_checkpoint
+from zeroth.pipeline.export import export_model, save_final, verify
+from zeroth.rollout.decoder import generate
 from zeroth.stages.pretrain import render
 
 LINES = ["What is 12+34? <think>2+4=6 1+3=4</think><answer>46</answer>",
@@ -364,7 +365,7 @@ def test_memory_counts_parameters_from_config_only(tiny_cfg, tiny_model, qwen_di
 
 
 def test_memory_counts_the_lean_decoders_weight_copy(tiny_cfg, qwen_dir):
-    """Generation through zeroth.fastlm copies the decoder layers' weights (fused, input-major);
+    """Generation through zeroth.models.lean copies the decoder layers' weights (fused, input-major);
     the estimate counts that copy beside the KV cache, and not for LoRA models (generic path)."""
     model, _ = load_model(qwen_dir)
     est = memory.estimate(_cfg(tiny_cfg, path=str(qwen_dir)))

@@ -1,4 +1,4 @@
-"""Tests of zeroth.ledger: round trips of every method, truncation, and crash safety."""
+"""Tests of zeroth.pipeline.ledger: round trips of every method, truncation, and crash safety."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from zeroth import ledger as _ledger
-from zeroth.ledger import Ledger
+from zeroth.pipeline import ledger as _ledger
+from zeroth.pipeline.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_meta_round_trip(ledger, tmp_path):
 _WRITER = textwrap.dedent(
     """
     import sys
-    from zeroth.ledger import Ledger
+    from zeroth.pipeline.ledger import Ledger
     led = Ledger(sys.argv[1])
     rows = [
         {"prompt_idx": i, "sample_idx": j, "prompt": "p" * 200, "completion": "c" * 500,

@@ -1,7 +1,7 @@
 import torch
 
-from zeroth.models import load_model, prompt_ids
-from zeroth.rollout import generate
+from zeroth.models.hf import load_model, prompt_ids
+from zeroth.rollout.decoder import generate
 
 
 def test_tokenizer_keeps_digits_and_tags_and_roundtrips(tiny_model):
@@ -64,7 +64,7 @@ def test_saved_tokenizer_reloads_identically_with_autotokenizer(tiny_cfg, tiny_t
 
     from transformers import AutoTokenizer
 
-    from zeroth.run import init_model
+    from zeroth.pipeline.run import init_model
 
     text = "What is 12+345? <think>1+5=06 é 日本</think><answer>357</answer>\n  x"
     for arch in ("qwen2", "llama"):
@@ -81,8 +81,8 @@ def test_saved_tokenizer_reloads_identically_with_autotokenizer(tiny_cfg, tiny_t
 
 
 def test_special_tokens_smuggled_into_an_answer_stay_visible(tiny_model):
-    from zeroth.evaluate import decode
     from zeroth.rewards import exact_answer
+    from zeroth.stages.eval import decode
 
     _, tok = tiny_model
     ids = tok("<answer>9<|user|>36</answer>", add_special_tokens=False)["input_ids"]
@@ -92,7 +92,7 @@ def test_special_tokens_smuggled_into_an_answer_stay_visible(tiny_model):
 
 
 def test_stop_ids_include_the_generation_config_eos(tiny_model):
-    from zeroth.rollout import stop_ids
+    from zeroth.rollout.decoder import stop_ids
 
     model, tok = tiny_model
     model.generation_config.eos_token_id = [tok.eos_token_id, 7]

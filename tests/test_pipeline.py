@@ -16,8 +16,8 @@ import yaml
 
 from zeroth.config import load_config, load_run_config, pipeline, stage_config
 from zeroth.errors import UserError
-from zeroth.progress import Display
-from zeroth.run import create_run_dir, execute, init_model, preflight
+from zeroth.pipeline.run import create_run_dir, execute, init_model, preflight
+from zeroth.record.progress import Display
 
 
 def tiny_overrides() -> list[str]:
@@ -99,7 +99,7 @@ def _coin(completions, **_):  # a deterministic "verifier" that passes about hal
 @pytest.fixture()
 def coin_tasks(monkeypatch):
     """Tasks whose verifier a barely trained tiny model can pass, so rejection keeps samples."""
-    from zeroth import run as run_module
+    from zeroth.pipeline import run as run_module
 
     real = run_module.load_task
 
@@ -165,7 +165,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("tag", ["sft-000002", "rl-000000"])
 def test_interrupted_pipeline_resumes_to_the_same_result(tmp_path, monkeypatch, tag,
                                                          uninterrupted):
-    from zeroth import run as run_module
+    from zeroth.pipeline import run as run_module
 
     original = run_module.save_checkpoint
 
@@ -194,7 +194,7 @@ def test_a_hub_id_is_a_model_path_only_where_the_hub_may_be_used(monkeypatch):
 
 
 def test_memory_estimate_counts_a_distill_stage():
-    from zeroth.memory import estimate
+    from zeroth.pipeline.memory import estimate
 
     assert estimate(load_config(None))["distill"] == 0
     small = estimate(load_config("distill"))

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from zeroth import plot
-from zeroth.cli import main
-from zeroth.ledger import Ledger
+from zeroth.cli import main, plot
+from zeroth.pipeline.ledger import Ledger
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

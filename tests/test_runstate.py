@@ -1,4 +1,4 @@
-"""zeroth.runstate: running / finished / stopped from the run's lock, and where a run stopped.
+"""zeroth.pipeline.runstate: running / finished / stopped from the run's lock, and where a run stopped.
 
 A real child process holds the lock the way `zeroth run` does (run.py lock_run_dir: the file
 opened for writing, flock LOCK_EX | LOCK_NB) and is killed with SIGKILL, as a user's kill -9
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from zeroth import runstate
-from zeroth.ledger import Ledger
-from zeroth.runstate import describe, position, run_state
+from zeroth.pipeline import runstate
+from zeroth.pipeline.ledger import Ledger
+from zeroth.pipeline.runstate import describe, position, run_state
 
 HOLD_LOCK = """
 import fcntl, sys
-handle = open(sys.argv[1], "w")  # as zeroth/run.py lock_run_dir
+handle = open(sys.argv[1], "w")  # as zeroth/pipeline/run.py lock_run_dir
 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 print("locked", flush=True)
 sys.stdin.read()  # until the test closes stdin, or kills us

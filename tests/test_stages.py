@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from zeroth.checkpoint import latest_checkpoint, load_checkpoint, model_dir, save_checkpoint
 from zeroth.errors import UserError
-from zeroth.evaluate import evaluate
-from zeroth.ledger import Ledger
-from zeroth.models import load_model, prompt_ids, train_tokenizer
-from zeroth.progress import Display
-from zeroth.rollout import stop_ids
+from zeroth.models.hf import load_model, prompt_ids, train_tokenizer
+from zeroth.models.locate import latest_checkpoint, model_dir
+from zeroth.pipeline.checkpoint import load_checkpoint, save_checkpoint
+from zeroth.pipeline.ledger import Ledger
+from zeroth.record.progress import Display
+from zeroth.rollout.decoder import stop_ids
 from zeroth.stages import distill, rejection, sft
+from zeroth.stages.eval import evaluate
 
 
 class Killed(Exception):
@@ -325,8 +326,8 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 def test_a_chatml_turn_ends_with_its_own_token_not_eos(tiny_model):
     """Qwen2.5 base models: ChatML template, eos <|endoftext|>. Generation must stop at
     <|im_end|> and SFT must teach it, or a tuned model never ends its turn."""
-    from zeroth.models import end_of_turn
-    from zeroth.rollout import stop_ids
+    from zeroth.models.hf import end_of_turn
+    from zeroth.rollout.decoder import stop_ids
     from zeroth.stages.sft import encode_pair
 
     model, tok = tiny_model

@@ -341,8 +341,8 @@ def _sums(n: int, demo: bool = True) -> list[dict]:
 def test_jsonl_with_demos_runs_from_scratch(tmp_path):
     """A 'demo' column is all a jsonl task needs to build a model from nothing: a tokenizer
     trained on the file's prompts and demonstrations, pre-training, RL."""
-    from zeroth.progress import Display
-    from zeroth.run import create_run_dir, execute, preflight
+    from zeroth.pipeline.run import create_run_dir, execute, preflight
+    from zeroth.record.progress import Display
 
     path = _jsonl(tmp_path / "sums.jsonl", _sums(120))
     cfg = load_config("tiny", ["task.name=jsonl", f"task.path={path}", "rl.steps=1",
@@ -354,7 +354,7 @@ def test_jsonl_with_demos_runs_from_scratch(tmp_path):
 
 
 def test_jsonl_without_demos_says_what_to_add(tmp_path, tiny_model):
-    from zeroth.run import preflight
+    from zeroth.pipeline.run import preflight
 
     rows = _sums(40)
     for row in rows[::2]:

@@ -1,8 +1,8 @@
-"""zeroth.thoughts: reasoning apart from the answer, and reflection phrases."""
+"""zeroth.record.thoughts: reasoning apart from the answer, and reflection phrases."""
 
 import pytest
 
-from zeroth.thoughts import reflect_rate, reflection_count, split_reasoning
+from zeroth.record.thoughts import reflect_rate, reflection_count, split_reasoning
 
 
 @pytest.mark.parametrize("text, want", [

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zeroth import tracking
 from zeroth.cli import main
-from zeroth.ledger import Ledger
+from zeroth.cli import metrics as tracking
+from zeroth.pipeline.ledger import Ledger
 
 
 def ledger_rows(run: Path) -> list[dict]:

@@ -4,8 +4,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from zeroth.evaluate import majority_correct, pass_at_k
-from zeroth.train import pack, rl_step
+from zeroth.stages.eval import majority_correct, pass_at_k
+from zeroth.stages.rl import pack, rl_step
 
 
 def test_pack_aligns_completion_mask_with_targets():
@@ -124,7 +124,7 @@ def test_rl_step_of_each_algorithm_moves_the_weights(tiny_cfg, tiny_task, tiny_m
 def test_step_reports_entropy_lr_reflection_and_rows_name_their_task(tiny_cfg, tiny_task,
                                                                       tiny_model):
     from zeroth.config import resolve_rl
-    from zeroth.train import _logprobs, sample_rollouts, update
+    from zeroth.stages.rl import _logprobs, sample_rollouts, update
 
     model, tok = tiny_model
     task = replace(tiny_task, rewards={**tiny_task.rewards, "shape": _shape_reward})

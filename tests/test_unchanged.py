@@ -79,9 +79,10 @@ def _coin(completions, **_):  # a deterministic "verifier" that passes about hal
 def make_run(tmp_path: Path, name: str) -> dict:
     """Run `name` of RUNS in tmp_path with the coin verifier (so rejection keeps samples)."""
     from test_pipeline import SMALL
+
     from zeroth.config import load_config
-    from zeroth.progress import Display
-    from zeroth.run import create_run_dir, execute, preflight
+    from zeroth.pipeline.run import create_run_dir, execute, preflight
+    from zeroth.record.progress import Display
 
     recipe, extra = RUNS[name]
     cfg = load_config(recipe, SMALL + [f"run.out_dir={tmp_path}", f"run.name={name}", *extra])
@@ -93,7 +94,7 @@ def make_run(tmp_path: Path, name: str) -> dict:
 
 @pytest.fixture()
 def coin(monkeypatch):
-    from zeroth import run as run_module
+    from zeroth.pipeline import run as run_module
 
     real = run_module.load_task
 
@@ -126,7 +127,7 @@ if __name__ == "__main__" and "--write" in sys.argv:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).parent))
-    from zeroth import run as run_module
+    from zeroth.pipeline import run as run_module
 
     real = run_module.load_task
     run_module.load_task = lambda cfg: replace(

@@ -22,8 +22,8 @@ import pytest
 
 from zeroth import cli
 from zeroth.errors import UserError
-from zeroth.ledger import Ledger
-from zeroth.thoughts import reflection_count, split_reasoning
+from zeroth.pipeline.ledger import Ledger
+from zeroth.record.thoughts import reflection_count, split_reasoning
 from zeroth.view import queries, server
 
 BIG_ROWS = 200_000  # 200 steps x 125 prompts x 8 samples

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from zeroth.ledger import Ledger
-from zeroth.thoughts import split_reasoning
+from zeroth.pipeline.ledger import Ledger
+from zeroth.record.thoughts import split_reasoning
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 POLL_MS = 300

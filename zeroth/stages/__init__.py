@@ -5,7 +5,7 @@
     rejection  sample N per prompt, keep the verified-correct ones, write an SFT dataset
     distill    a teacher's verified traces (and its logits, when tokenizers match) teach a student
 
-`r` is the pipeline's runner (zeroth.run): run dir, config, stage id, model, tokenizer, task,
+`r` is the pipeline's runner (zeroth.pipeline.run): run dir, config, stage id, model, tokenizer, task,
 ledger, display, state, save() and evaluate(). A stage producing a new policy assigns it to
 r.model / r.tokenizer; every random choice is seeded from (run seed, stage id), so a stage
 killed at a checkpoint and resumed ends where an uninterrupted one would.

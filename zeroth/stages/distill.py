@@ -24,9 +24,10 @@ from random import Random
 import torch
 import torch.nn.functional as F
 
-from zeroth.checkpoint import FINAL, locate_model, save_folder
 from zeroth.errors import UserError
-from zeroth.models import build_model, load_model, n_params, prepare_model
+from zeroth.models.hf import build_model, load_model, n_params, prepare_model
+from zeroth.models.locate import FINAL, locate_model
+from zeroth.pipeline.checkpoint import save_folder
 from zeroth.rollout import hash_seed
 from zeroth.stages import pretrain as pt
 from zeroth.stages.rejection import sample_verified, write_jsonl

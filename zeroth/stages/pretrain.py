@@ -11,7 +11,7 @@ from random import Random
 
 import torch
 
-from zeroth.models import end_of_turn
+from zeroth.models.hf import end_of_turn
 
 
 def demonstrations(task, n: int, seed: int) -> list[tuple[str, str, bool]]:

@@ -16,10 +16,11 @@ from random import Random
 
 import torch
 
-from zeroth.evaluate import decode
-from zeroth.models import prompt_ids
+from zeroth.models.hf import prompt_ids
 from zeroth.rewards import combine
-from zeroth.rollout import generate, hash_seed, stop_ids
+from zeroth.rollout import hash_seed
+from zeroth.rollout.decoder import generate, stop_ids
+from zeroth.stages.eval import decode
 
 
 def normalised(text: str) -> str:

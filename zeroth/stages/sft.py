@@ -20,9 +20,9 @@ from random import Random
 
 import torch
 
-from zeroth.checkpoint import load_checkpoint
 from zeroth.errors import UserError
-from zeroth.models import end_of_turn
+from zeroth.models.hf import end_of_turn
+from zeroth.pipeline.checkpoint import load_checkpoint
 from zeroth.stages import pretrain as pt
 
 ROLES = ("system", "user", "assistant")

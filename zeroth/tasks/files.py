@@ -78,12 +78,28 @@ def _csv(file: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def saved_records(folder: Path, split: str, key: str) -> list[dict]:
+    """The records of split `split` of a dataset folder written by `save_to_disk`."""
+    datasets = require("datasets", "reading a saved dataset folder")
+    if not ((folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()):
+        raise UserError(f"{key} '{folder}' is not a folder written by datasets' save_to_disk "
+                        "(no dataset_dict.json or state.json)")
+    try:
+        data = datasets.load_from_disk(str(folder))
+    except Exception as exc:  # noqa: BLE001 — datasets raises many types for a damaged folder
+        raise UserError(f"{key} '{folder}' could not be loaded ({type(exc).__name__})") from None
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise UserError(f"{key} '{folder}' has no split '{split}' — set task.options.split "
+                            f"/ eval_split to one of {', '.join(data)}")
+        data = data[split]
+    return data.to_list()
+
+
 def read_records(path: str, key: str = "task.path", split: str = "train") -> list[dict]:
     """The records (dicts) of a local file or saved `datasets` folder; UserError if unusable."""
     file = Path(path).expanduser()
     if file.is_dir():
-        from zeroth.tasks.local_datasets import saved_records
-
         records = saved_records(file, split, key)
     elif not file.is_file():
         raise UserError(f"{key} '{path}' does not exist — give a local file ({', '.join(SUFFIXES)}"

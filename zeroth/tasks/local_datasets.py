@@ -27,6 +27,7 @@ from zeroth.tasks.files import (
     load_rows,
     pick,
     require,
+    saved_records,
 )
 from zeroth.tasks.math_data import OPTIONS as MATH_OPTIONS
 from zeroth.tasks.math_data import allow_fallback, gsm8k_row, math_row, reference_solution
@@ -42,24 +43,6 @@ OPTIONS = {
 }
 _BUILDERS = {".json": "json", ".jsonl": "json", ".gz": "json", ".parquet": "parquet",
              ".csv": "csv"}
-
-
-def saved_records(folder: Path, split: str, key: str) -> list[dict]:
-    """The records of split `split` of a dataset folder written by `save_to_disk`."""
-    datasets = require("datasets", "reading a saved dataset folder")
-    if not ((folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()):
-        raise UserError(f"{key} '{folder}' is not a folder written by datasets' save_to_disk "
-                        "(no dataset_dict.json or state.json)")
-    try:
-        data = datasets.load_from_disk(str(folder))
-    except Exception as exc:  # noqa: BLE001 — datasets raises many types for a damaged folder
-        raise UserError(f"{key} '{folder}' could not be loaded ({type(exc).__name__})") from None
-    if isinstance(data, datasets.DatasetDict):
-        if split not in data:
-            raise UserError(f"{key} '{folder}' has no split '{split}' — set task.options.split "
-                            f"/ eval_split to one of {', '.join(data)}")
-        data = data[split]
-    return data.to_list()
 
 
 def hf_records(path: str, key: str, split: str) -> list[dict]:

@@ -13,8 +13,8 @@ import math
 import sqlite3
 from pathlib import Path
 
-from zeroth.ledger import EVAL_PREFIX, connect_readonly, merge_metrics, phase_kind
-from zeroth.thoughts import reflection_count, split_reasoning
+from zeroth.pipeline.ledger import EVAL_PREFIX, connect_readonly, merge_metrics, phase_kind
+from zeroth.record.thoughts import reflection_count, split_reasoning
 
 # ORDER BY clauses of /api/rollouts, each following an index on (phase, <column>) so a page
 # reads its rows in order instead of sorting the whole phase. Across phases (no phase filter)
@@ -226,7 +226,7 @@ def _saved_checkpoint(run_dir: Path, data: dict) -> dict | None:
         return {"tag": "final", "stage": None, "stage_index": None, "step": None}
     if model.name != "model" or model.parent.parent.name != "checkpoints":
         return None
-    from zeroth.evalcmd import checkpoint_info
+    from zeroth.cli.eval import checkpoint_info
 
     return checkpoint_info(run_dir / "checkpoints" / model.parent.name)
 

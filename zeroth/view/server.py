@@ -9,7 +9,7 @@ follows runs that are still writing and runs started after the server.
 The JSON API the page uses (GET; errors are `{"error": "one line"}` with 400/403/404/500; NaN
 and infinities are null, or the strings "nan"/"inf" in reward components):
     /api/runs                          every run: status (running | finished | stopped |
-                                       starting | unreadable; zeroth/runstate.py), status_text
+                                       starting | unreadable; zeroth/pipeline/runstate.py), status_text
                                        ("stopped at rl step 34 (resume from rl-000030)"), at
                                        {stage, step, checkpoint, after}, resume (the command
                                        that continues a stopped run, else null), task,
@@ -43,8 +43,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from zeroth.errors import UserError
-from zeroth.runstate import last_write, run_state
-from zeroth.thoughts import REFLECTION_PHRASES
+from zeroth.pipeline.runstate import last_write, run_state
+from zeroth.record.thoughts import REFLECTION_PHRASES
 from zeroth.view import queries
 
 STATIC = Path(__file__).with_name("static")

@@ -29,7 +29,7 @@ class RunConfig:
     pipeline: list[Any] = field(default_factory=lambda: ["pretrain", "rl"])  # stages, in order
     memory_check: bool = True  # refuse to start when the memory estimate exceeds what is free
     # checkpoints kept: 0 -> every one; N -> the newest N, and always LATEST's and each stage's
-    # last (zeroth.checkpoint)
+    # last (zeroth.pipeline.checkpoint)
     keep_checkpoints: int = 0
 
 
@@ -109,7 +109,7 @@ class RLConfig:
     eps_low: float | None = None  # lower clip range; null -> the algorithm's
     eps_high: float | None = None  # upper clip range (DAPO clip-higher); null -> the algorithm's
     beta: float | None = None  # KL coefficient; 0 -> no reference model; null -> the algorithm's
-    advantage: str | None = None  # a key of zeroth.algos.ADVANTAGES; null -> the algorithm's
+    advantage: str | None = None  # a key of zeroth.algorithms.ADVANTAGES; null -> the algorithm's
     scale_rewards: bool | None = None  # divide advantages by the group std; null -> algorithm's
     loss_agg: str | None = None  # seq (GRPO) | token (DAPO) | constant (Dr. GRPO); null -> alg.
     dynamic_sampling: bool | None = None  # DAPO: drop all-equal groups, sample more; null -> alg.
@@ -377,7 +377,7 @@ DEFAULT_ENGINE = "torch"  # zeroth.rollout.ENGINES has it; checking another name
 
 
 def _engines() -> list[str]:
-    from zeroth.rollout import ENGINES  # torch and transformers load only when this is checked
+    from zeroth.rollout import ENGINES
 
     return list(ENGINES)
 
@@ -404,7 +404,7 @@ def _model_dir(v: str | None) -> Path | None:
 def _has_model(v: str, key: str) -> bool:
     """Whether folder `v` is, or leads to, a model with a config.json: a model folder, a
     checkpoint, or a run directory (its final/, else its latest checkpoint's model)."""
-    from zeroth.checkpoint import locate_model
+    from zeroth.models.locate import locate_model
 
     folder = _model_dir(v)
     return folder.is_dir() and (locate_model(folder, key)[0] / "config.json").is_file()
@@ -653,8 +653,8 @@ def stage_config(cfg: Config, index: int, resolve: bool = True) -> Config:
 
 
 def resolve_rl(rl: RLConfig) -> RLConfig:
-    """`rl` with every null field set by its algorithm (zeroth.algos.ALGORITHMS)."""
-    from zeroth.algos import ALGORITHMS
+    """`rl` with every null field set by its algorithm (zeroth.algorithms.ALGORITHMS)."""
+    from zeroth.algorithms import ALGORITHMS
 
     preset = ALGORITHMS.get(rl.algorithm)
     if preset is None:

@@ -43,8 +43,8 @@ from transformers import (
     Qwen2Config,
 )
 
-from zeroth.checkpoint import locate_model
 from zeroth.errors import UserError
+from zeroth.models.locate import locate_model
 
 SPECIAL = {"bos": "<|bos|>", "eos": "<|end|>", "pad": "<|pad|>", "unk": "<|unk|>"}
 ROLES = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -146,7 +146,7 @@ def _is_hub_id(text: str) -> bool:
 
 def resolve_model_path(path: str | Path) -> Path | str:
     """A local folder (Path; a run directory's final/ or latest checkpoint's model, a
-    checkpoint's model/: see `zeroth.checkpoint.locate_model`), or a hub id (str) when there is
+    checkpoint's model/: see `zeroth.pipeline.checkpoint.locate_model`), or a hub id (str) when there is
     no such folder and the hub may be used (HF_HUB_OFFLINE is not 1); otherwise a UserError."""
     folder = Path(path).expanduser()
     if folder.is_dir():

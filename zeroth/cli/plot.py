@@ -20,8 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zeroth.errors import UserError
-from zeroth.tracking import (
+from zeroth.cli.metrics import (
     eval_stage,
     is_eval,
     number,
@@ -32,6 +31,7 @@ from zeroth.tracking import (
     run_dir,
     unique_names,
 )
+from zeroth.errors import UserError
 
 GROUPS = ("reward", "accuracy", "length", "kl", "entropy", "reflection", "lr", "loss", "summary")
 ACCURACY_REWARDS = ("correct", "math_accuracy", "code_tests")  # preferred, in this order

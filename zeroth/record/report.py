@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from zeroth.progress import results_table
+from zeroth.record.progress import results_table
 
 
 def _pct(x) -> str:

@@ -17,9 +17,10 @@ from math import comb
 
 import torch
 
-from zeroth.models import prompt_ids
+from zeroth.models.hf import prompt_ids
 from zeroth.rewards import combine, extract_answer
-from zeroth.rollout import generate, hash_seed, stop_ids
+from zeroth.rollout import hash_seed
+from zeroth.rollout.decoder import generate, stop_ids
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
                      "run.threads=N and run.keep_checkpoints=N")
     run.add_argument("--force", action="store_true", help="replace an existing run directory")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    from zeroth.evalcmd import add_parser as add_eval_parser
+    from zeroth.cli.eval import add_parser as add_eval_parser
 
     add_eval_parser(sub)
     for kind, text in STAGE_HELP.items():
@@ -99,13 +99,15 @@ def parser() -> argparse.ArgumentParser:
 def _command_modules() -> dict:
     """The commands that live in their own module: each has `add_parser(subparsers)` and
     `run(ns) -> int`, and imports its heavy libraries only inside `run`."""
-    from zeroth import chat, plot, tracking, view
+    from zeroth import view
+    from zeroth.cli import chat, plot
+    from zeroth.cli import metrics as tracking
 
     return {"view": view, "chat": chat, "plot": plot, "metrics": tracking}
 
 
 def cmd_export(ns) -> int:
-    from zeroth.export import export_model
+    from zeroth.pipeline.export import export_model
 
     print(f"exported to {export_model(ns.source, ns.out, ns.force)} (loads with "
           "AutoModelForCausalLM.from_pretrained)")
@@ -138,15 +140,15 @@ def cmd_run(ns) -> int:
 
         cfg = load_config(recipe, overrides)  # no torch yet: a mistake is answered at once
         task = load_task(cfg)  # task options, data files, reward names: no torch either
-        from zeroth.run import create_run_dir, preflight
+        from zeroth.pipeline.run import create_run_dir, preflight
 
         estimate = preflight(cfg, task)  # model folder, memory: before anything is written
         name = Path(recipe).stem if recipe else "default"
         run_dir = create_run_dir(cfg, ns.command if ns.command != "run" else name, ns.force)
     ns.run_dir = run_dir
-    from zeroth.progress import Display
-    from zeroth.report import print_results
-    from zeroth.run import execute
+    from zeroth.pipeline.run import execute
+    from zeroth.record.progress import Display
+    from zeroth.record.report import print_results
 
     display = Display(quiet=ns.quiet)
     display.print(f"run directory: {run_dir}", highlight=False)
@@ -159,7 +161,7 @@ def cmd_run(ns) -> int:
 
 
 def _resume_config(ns, recipe: str | None, overrides: list[str]):
-    """The config `--resume` continues with (zeroth.run.resume_config)."""
+    """The config `--resume` continues with (zeroth.pipeline.run.resume_config)."""
     if ns.force:
         raise UserError("--resume continues a run and --force replaces one: give only one")
     if recipe:
@@ -168,7 +170,7 @@ def _resume_config(ns, recipe: str | None, overrides: list[str]):
     from zeroth.config import load_run_config, resume_overrides
 
     resume_overrides(load_run_config(ns.resume), overrides)  # mistakes answered before torch
-    from zeroth.run import resume_config
+    from zeroth.pipeline.run import resume_config
 
     return resume_config(ns.resume, overrides)
 
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ns.args = list(getattr(ns, "args", [])) + extra
     _quiet_libraries()
     try:
-        from zeroth.evalcmd import cmd_eval
+        from zeroth.cli.eval import cmd_eval
 
         commands = {"run": cmd_run, "eval": cmd_eval, "export": cmd_export,
                     **dict.fromkeys(STAGE_HELP, cmd_run),
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         run_dir = getattr(ns, "run_dir", None)  # set by cmd_run once the run directory exists
         if run_dir:
-            from zeroth.runstate import resume_command
+            from zeroth.pipeline.runstate import resume_command
 
             hint = f" — continue with {resume_command(run_dir)}"
         else:

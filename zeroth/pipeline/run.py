@@ -32,14 +32,6 @@ from random import Random
 
 import torch
 
-from zeroth import export, memory
-from zeroth.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    model_dir,
-    save_checkpoint,
-    save_folder,
-)
 from zeroth.config import (
     Config,
     dump_config,
@@ -50,9 +42,7 @@ from zeroth.config import (
     stage_config,
 )
 from zeroth.errors import UserError
-from zeroth.evaluate import evaluate
-from zeroth.ledger import Ledger
-from zeroth.models import (
+from zeroth.models.hf import (
     apply_template,
     build_model,
     check_model_dir,
@@ -62,10 +52,15 @@ from zeroth.models import (
     prepare_model,
     train_tokenizer,
 )
+from zeroth.models.locate import latest_checkpoint, model_dir
+from zeroth.pipeline import export, memory
+from zeroth.pipeline.checkpoint import load_checkpoint, save_checkpoint, save_folder
+from zeroth.pipeline.ledger import Ledger
 from zeroth.rewards.resolve import absolute_reference, rename_rewards
 from zeroth.stages import pretrain as pt
+from zeroth.stages.eval import evaluate
+from zeroth.stages.rl import step_weights, train
 from zeroth.tasks import load_task
-from zeroth.train import step_weights, train
 
 
 def preflight(cfg: Config, task=None) -> str:
@@ -281,7 +276,7 @@ def load_state_index(ckpt: Path) -> int:
     return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["index"]
 
 
-LOCK_TRIES = 20  # 20 x 50 ms: a viewer's momentary shared lock (zeroth.runstate) is waited out
+LOCK_TRIES = 20  # 20 x 50 ms: a viewer's momentary shared lock (zeroth.pipeline.runstate) is waited out
 
 
 def lock_run_dir(run_dir: Path):

@@ -39,28 +39,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zeroth.errors import UserError
+from zeroth.models.locate import (
+    LATEST,
+    OLD_PREFIX,
+    checkpoints_dir,
+    is_checkpoint,
+    leftover_tag,
+    model_dir,
+)
 
 if TYPE_CHECKING:
     import torch
 
-LATEST = "LATEST"
-FINAL = "final"  # a run's finished model, beside checkpoints/
-_TMP, _OLD, _TRASH, _LATEST_TMP = ".tmp-", ".old-", ".trash-", ".LATEST-"
+_TMP, _TRASH, _LATEST_TMP = ".tmp-", ".trash-", ".LATEST-"
 _TAG = re.compile(r"(.+)-(\d+)")  # <stage id>-<step>
 OPTIMIZER_KEPT = 2  # the newest checkpoints that keep their optimizer state
-
-
-def model_dir(path: str | Path) -> Path:
-    """The Hugging Face model folder of a checkpoint: load it with `from_pretrained`."""
-    return Path(path) / "model"
-
-
-def _root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def _is_complete(path: Path) -> bool:
-    return path.is_dir() and (path / "state.json").is_file()
 
 
 def fsync_path(path: Path) -> None:
@@ -148,8 +141,8 @@ def _restore_rng(states: dict, generators: dict[str, torch.Generator] | None) ->
 
 def _save_model(model: Any, tokenizer: Any, target: Path) -> None:
     """save_pretrained as safetensors; a LoRA (peft) model as its base model plus the adapter,
-    self-contained, which `zeroth.models.load_model` reads back exactly."""
-    from zeroth.models import save_model
+    self-contained, which `zeroth.models.hf.load_model` reads back exactly."""
+    from zeroth.models.hf import save_model
 
     save_model(model, tokenizer, target)
 
@@ -188,26 +181,13 @@ def _write_latest(root: Path, tag: str) -> None:
     fsync_path(root)
 
 
-def _read_latest(root: Path) -> str | None:
-    try:
-        tag = (root / LATEST).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    return tag or None
-
-
-def _split_leftover(name: str, prefix: str) -> str:
-    """The tag inside a leftover name `<prefix><tag>-<pid>`."""
-    return name[len(prefix) :].rsplit("-", 1)[0]
-
-
 def _clean_leftovers(root: Path) -> None:
     """Remove what interrupted saves left behind; put back a replaced checkpoint if needed."""
     for entry in sorted(root.iterdir()):
         name = entry.name
-        if name.startswith(_OLD):
-            final = root / _split_leftover(name, _OLD)
-            if not _is_complete(final) and _is_complete(entry):
+        if name.startswith(OLD_PREFIX):
+            final = root / leftover_tag(name, OLD_PREFIX)
+            if not is_checkpoint(final) and is_checkpoint(entry):
                 if final.exists():
                     _discard(final)
                 os.replace(entry, final)  # a crash fell between "old away" and "new in"
@@ -256,7 +236,7 @@ def _to_remove(names: list[str], keep: int, latest: str) -> list[str]:
 def _prune(root: Path, keep: int, latest: str) -> None:
     """Discard the complete checkpoints `keep` does not keep, and the optimizer state of all but
     the newest OPTIMIZER_KEPT (see the module docstring)."""
-    found = [p for p in root.iterdir() if not p.name.startswith(".") and _is_complete(p)]
+    found = [p for p in root.iterdir() if not p.name.startswith(".") and is_checkpoint(p)]
     found.sort(key=lambda p: ((p / "state.json").stat().st_mtime_ns, p.name), reverse=True)
     names = [p.name for p in found]
     removed = set(_to_remove(names, keep, latest))
@@ -290,7 +270,7 @@ def save_checkpoint(
     if keep < 0:
         raise UserError(f"checkpoint keep must be >= 0 (0 keeps every one), got {keep}")
     state_text = json.dumps(state, indent=2)  # fails early, before anything is written
-    root = _root(run_dir)
+    root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(root)
 
@@ -308,7 +288,7 @@ def save_checkpoint(
         raise
 
     final = root / tag
-    old = root / f"{_OLD}{tag}-{os.getpid()}"
+    old = root / f"{OLD_PREFIX}{tag}-{os.getpid()}"
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
@@ -318,62 +298,6 @@ def save_checkpoint(
         _discard(old)
     _prune(root, keep, tag)
     return final
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint named by LATEST, or None when there is no LATEST.
-
-    Raises UserError when LATEST names a checkpoint that is missing or lacks state.json.
-    """
-    root = _root(run_dir)
-    tag = _read_latest(root)
-    if tag is None:
-        return None
-    path = root / tag
-    if _is_complete(path):
-        return path
-    # A save replacing this same tag was killed between its two renames: the old copy is whole.
-    for old in sorted(root.iterdir()):
-        is_old = old.name.startswith(_OLD) and _split_leftover(old.name, _OLD) == tag
-        if is_old and _is_complete(old):
-            return old
-    raise UserError(f"{root / LATEST} names checkpoint {tag!r}, but {path} is missing or partial")
-
-
-def is_model(folder: Path) -> bool:
-    """A Hugging Face model folder, or a LoRA adapter folder (adapter_config.json)."""
-    return (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()
-
-
-def is_run_dir(path: str | Path) -> bool:
-    """A zeroth run directory: config.yaml, final/ or checkpoints/ inside (and no model)."""
-    path = Path(path)
-    return not is_model(path) and ((path / "config.yaml").is_file() or
-                                    (path / FINAL).is_dir() or (path / "checkpoints").is_dir())
-
-
-def locate_model(path: str | Path, what: str = "model path") -> tuple[Path, Path | None]:
-    """(model folder, run directory or None) behind an existing folder `path`: a model folder as
-    it is; a checkpoint's model/; a run directory's final/ when the run is finished, else its
-    LATEST checkpoint's model/ (UserError, naming `what`, when it has neither yet). Any other
-    folder comes back as it is, for the caller to judge."""
-    path = Path(path).expanduser()
-    if is_model(path):
-        return path, None
-    if _is_complete(path) and model_dir(path).is_dir():  # a checkpoint
-        return model_dir(path), None
-    if not is_run_dir(path):
-        return path, None
-    final = is_model(path / FINAL)
-    if final and (path / "summary.json").is_file():
-        return path / FINAL, path
-    ckpt = latest_checkpoint(path)  # a finished run resumed for more steps is ahead of final/
-    if ckpt is None and final:
-        return path / FINAL, path
-    if ckpt is None:
-        raise UserError(f"{what} '{path}': the run has no final model and no checkpoint yet — "
-                        "use it once its first checkpoint is written")
-    return model_dir(ckpt), path
 
 
 def load_checkpoint(
@@ -391,7 +315,7 @@ def load_checkpoint(
     import torch
 
     path = Path(path)
-    if not _is_complete(path):
+    if not is_checkpoint(path):
         raise UserError(f"{path} is not a complete checkpoint (no state.json)")
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     if optimizer is not None:

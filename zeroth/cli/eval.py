@@ -29,8 +29,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from zeroth.checkpoint import FINAL, is_model, locate_model, model_dir
 from zeroth.errors import UserError
+from zeroth.models.locate import FINAL, is_model, locate_model, model_dir
 
 NOT_A_TARGET = ("give a model folder (with config.json) or a run directory (runs/<name>) of an "
                 "earlier `zeroth run`")
@@ -60,7 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def resolve_target(target: str | Path) -> tuple[Path, Path | None]:
-    """(model folder, run directory or None) for TARGET (see `zeroth.checkpoint.locate_model`)."""
+    """(model folder, run directory or None) for TARGET (see `zeroth.pipeline.checkpoint.locate_model`)."""
     path = Path(target).expanduser()
     if not path.is_dir():
         raise UserError(f"eval target '{target}' does not exist — {NOT_A_TARGET}")
@@ -203,7 +203,7 @@ def already_done(path: Path, wanted: dict, force: bool, skip_same: bool) -> bool
 def load_for_eval(folder: Path, cfg):
     """(model, tokenizer) in eval mode on run.device, in the dtype it was saved in, with the
     chat template model.template asks for."""
-    from zeroth import models
+    from zeroth.models import hf as models
 
     model, tokenizer = models.load_model(folder, dtype="auto", template=cfg.model.template)
     return model.to(models.pick_device(cfg.run.device)).eval(), tokenizer
@@ -237,7 +237,7 @@ def plan(ns, cfg, task_name: str, problems: int) -> tuple[list, int, Path | None
 
 def score(folder: Path, cfg, task, rows, display) -> dict:
     """The metrics of one model (by_difficulty among them)."""
-    from zeroth.evaluate import evaluate
+    from zeroth.stages.eval import evaluate
 
     model, tokenizer = load_for_eval(folder, cfg)
     with display.stage("eval", total=1) as update:
@@ -247,7 +247,7 @@ def score(folder: Path, cfg, task, rows, display) -> dict:
 
 
 def report(display, result: dict, folder: Path, out: Path, temperature: float) -> None:
-    from zeroth.report import difficulty_table, eval_table
+    from zeroth.record.report import difficulty_table, eval_table
 
     metrics, levels = result["metrics"], result["by_difficulty"]
     title = (f"{result['task']} · {folder} · {result['problems']} held-out problems · "
@@ -261,7 +261,7 @@ def report(display, result: dict, folder: Path, out: Path, temperature: float) -
 def cmd_eval(ns) -> int:
     import torch
 
-    from zeroth.progress import Display
+    from zeroth.record.progress import Display
     from zeroth.tasks import load_task
 
     _, run_dir = resolve_target(ns.target)
@@ -289,7 +289,7 @@ def cmd_eval(ns) -> int:
 
 def summarise(display, run_dir: Path, task_name: str, wanted: dict) -> None:
     """The table of every checkpoint scored with these settings, this time or before."""
-    from zeroth.report import checkpoints_table
+    from zeroth.record.report import checkpoints_table
 
     results = []
     for folder, info in pick_models(run_dir, ALL):
@@ -307,7 +307,7 @@ def summarise(display, run_dir: Path, task_name: str, wanted: dict) -> None:
 def evaluate_one(folder: Path, info: dict | None, out: Path, job: tuple, header: dict,
                  display) -> None:
     """Score one model, write its JSON (`header` + which model + numbers), print its tables."""
-    from zeroth.run import write_json
+    from zeroth.pipeline.run import write_json
 
     cfg, task, rows = job
     t0 = time.time()

@@ -174,7 +174,7 @@ def _head_logprobs(model, hidden: Tensor, ids: Tensor, temperature: float) -> Te
     in the backward pass instead of kept: memory of one chunk, one more LM-head forward."""
     from torch.utils.checkpoint import checkpoint
 
-    from zeroth.algos import token_logprobs
+    from zeroth.algorithms.losses import token_logprobs
 
     def piece(h: Tensor, t: Tensor) -> Tensor:
         return token_logprobs(model.lm_head(h)[None], t[None], temperature)[0]

@@ -1,14 +1,8 @@
-"""Generation engines: sample completions for batches of prompts.
+"""The decoder: completions for batches of prompts, sampled token by token over a KV cache.
 
-The RL loop talks to one small interface, `Engine` (below): `generate(prompts, ...)` returns
-completion token ids, and `sync(model)` is called after every optimiser step so the engine
-samples from the current policy. A GPU engine (vLLM, SGLang) is a class with these two methods,
-registered in `ENGINES` and chosen with `rl.engine`; the loop does not change.
-
-The built-in engine, "torch", generates in this process from the policy model itself (so `sync`
-costs nothing): through zeroth.fastlm's lean decoder for Qwen2/Llama models (each group's prompt
-prefilled once, a preallocated KV cache, finished rows dropped from the batch), else through
-transformers' forward with a KV cache. Both sample with `fastlm.sample` from an explicit
+Qwen2/Llama models decode through zeroth.models.lean (each group's prompt prefilled once, a
+preallocated KV cache, finished rows dropped from the batch), any other model through
+transformers' forward with a KV cache. Both sample with `lean.sample` from an explicit
 `torch.Generator` (so a run is a function of its seed and resumes exactly) and give the same
 tokens. A CPU generator samples on the CPU even for a GPU model; results come back as lists.
 """
@@ -16,14 +10,12 @@ tokens. A CPU generator samples on the CPU even for a GPU model; results come ba
 from __future__ import annotations
 
 import inspect
-from typing import Protocol
 
 import torch
 from transformers import DynamicCache
 
-from zeroth import fastlm
-from zeroth.models import end_of_turn
-from zeroth.seeding import stable_hash
+from zeroth.models import lean as fastlm
+from zeroth.models.hf import end_of_turn
 
 
 def _cache_kwarg(model) -> str:
@@ -32,11 +24,6 @@ def _cache_kwarg(model) -> str:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
-
-
-def hash_seed(tag: str) -> int:
-    """A 63-bit seed from a text tag, so each random stream (eval, RL step n) is its own."""
-    return stable_hash(tag) >> 1
 
 
 @torch.no_grad()
@@ -100,36 +87,3 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperatur
     return completions
 
 
-class Engine(Protocol):
-    """What the RL loop needs from a generation engine."""
-
-    def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-                 generator: torch.Generator | None, eos_id: int | set[int], pad_id: int,
-                 batch_size: int = 256, greedy: bool = False) -> list[list[int]]:
-        """Completion ids per prompt, as `generate` below."""
-
-    def sync(self, model) -> None:
-        """The policy changed (an optimiser step): sample from `model` from now on."""
-
-
-class TorchEngine:
-    """Generation in this process, from the policy model's own weights."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def generate(self, prompts, **kwargs) -> list[list[int]]:
-        return generate(self.model, prompts, **kwargs)
-
-    def sync(self, model) -> None:
-        self.model = model  # the same tensors: nothing to copy
-
-
-ENGINES = {"torch": TorchEngine}  # rl.engine -> class(model)
-
-
-def make_engine(name: str, model) -> Engine:
-    """The engine `rl.engine` names, over the policy `model`."""
-    if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}: one of {', '.join(ENGINES)}")
-    return ENGINES[name](model)

@@ -40,7 +40,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from zeroth.ledger import EVAL_PREFIX, connect_readonly
+from zeroth.pipeline.ledger import EVAL_PREFIX, connect_readonly
 
 LOCK, SUMMARY, LEDGER = ".lock", "summary.json", "ledger.sqlite"
 RUNNING_WITHIN_S = 120.0  # a run folder without a lock file: "running" if written this recently

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from zeroth.checkpoint import locate_model, save_folder
 from zeroth.errors import UserError
-from zeroth.models import is_lora, load_model, save_model
+from zeroth.models.hf import is_lora, load_model, save_model
+from zeroth.models.locate import locate_model
+from zeroth.pipeline.checkpoint import save_folder
 
 
 def resolve_source(source: str | Path) -> Path:

@@ -17,7 +17,7 @@ weight is read. Terms, in bytes:
                  their batch_size); T: prompt tokens + max_new_tokens.
     kv_cache     the largest generation: rows x T x layers x 2 x kv_heads x head_dim x bytes
                  (rl: prompts_per_step x group_size rows; eval and rejection: their batch_size)
-    decode       zeroth.fastlm's decoding copy of the decoder layers' weights (fused, input-
+    decode       zeroth.models.lean's decoding copy of the decoder layers' weights (fused, input-
                  major), made for each generation when the lean path applies (Qwen2/Llama,
                  no LoRA)
 
@@ -38,8 +38,8 @@ import torch
 
 from zeroth.config import Config, pipeline, resolve_rl, stage_config
 from zeroth.errors import UserError
-from zeroth.fastlm import SUPPORTED
-from zeroth.models import TAGS, as_dtype, hf_config, lora_config, pick_device
+from zeroth.models.hf import TAGS, as_dtype, hf_config, lora_config, pick_device
+from zeroth.models.lean import SUPPORTED
 
 PROMPT_TOKENS = 128  # a prompt's length in tokens when the caller does not know it
 PARTS = [("weights", "weights"), ("grads", "grads"), ("optimizer", "AdamW"),

@@ -7,7 +7,7 @@ Each line read from stdin is a question. The reply streams as it is sampled: the
 <think>…</think> dim and italic under a "thinking" label, the rest under an "answer" label (plain
 `[thinking]` / `[answer]` labels when stdout is not a terminal; --raw prints the completion as
 written, tags and all). Questions are rendered with the chat template the model was trained with
-(the one saved with its tokenizer) through `zeroth.models.prompt_ids`, so a question looks to the
+(the one saved with its tokenizer) through `zeroth.models.hf.prompt_ids`, so a question looks to the
 model exactly like a training prompt. zeroth's models learn from single-turn prompts, so by default
 each question is asked on its own and earlier turns are not sent; --history (or /history on) keeps
 the conversation instead, for models that handle several turns. Sampling and stop tokens are those
@@ -106,8 +106,8 @@ def _merge(pieces: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of a conversation ready for the assistant's turn. A lone question goes through
-    `zeroth.models.prompt_ids`, the very function that renders training prompts."""
-    from zeroth.models import prompt_ids
+    `zeroth.models.hf.prompt_ids`, the very function that renders training prompts."""
+    from zeroth.models.hf import prompt_ids
 
     if len(messages) == 1 and messages[0]["role"] == "user":
         return prompt_ids(tokenizer, [messages[0]["content"]])[0]
@@ -137,7 +137,7 @@ def _pick(logits, temperature: float, top_p: float, generator):
     sampler) over the top-p nucleus."""
     import torch
 
-    from zeroth.fastlm import sample
+    from zeroth.models.lean import sample
 
     if temperature <= 0:
         return sample(logits, 1.0, generator, greedy=True)
@@ -157,8 +157,8 @@ def sample_tokens(model, prompt: list[int], *, max_new_tokens: int, temperature:
     import torch
     from transformers import DynamicCache
 
-    from zeroth.models import model_device
-    from zeroth.rollout import _cache_kwarg
+    from zeroth.models.hf import model_device
+    from zeroth.rollout.decoder import _cache_kwarg
 
     stops = set(stops)
     cache = {_cache_kwarg(model): DynamicCache()}
@@ -263,7 +263,7 @@ def stream_reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int,
                  stops: Iterable[int] | None = None,
                  sampled: list[int] | None = None) -> Iterator[str]:
     """The assistant's reply to `messages`, streamed as text pieces while it is generated."""
-    from zeroth.rollout import stop_ids
+    from zeroth.rollout.decoder import stop_ids
 
     stops = stop_ids(model, tokenizer) if stops is None else set(stops)
     tokens = sample_tokens(model, chat_ids(tokenizer, messages), max_new_tokens=max_new_tokens,
@@ -364,7 +364,7 @@ class Chat:
 
     def __init__(self, model, tokenizer, settings: Settings, generator=None,
                  history: bool = False):
-        from zeroth.rollout import stop_ids
+        from zeroth.rollout.decoder import stop_ids
 
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.generator, self.history = generator, False
@@ -470,8 +470,8 @@ def run_dir_of(path: Path) -> Path | None:
 
 def model_folder(source: str, tag: str | None) -> Path:
     """The model folder behind SOURCE (and --checkpoint TAG)."""
-    from zeroth.checkpoint import model_dir
-    from zeroth.export import resolve_source
+    from zeroth.models.locate import model_dir
+    from zeroth.pipeline.export import resolve_source
 
     path = Path(source).expanduser()
     if not path.is_dir():
@@ -482,7 +482,7 @@ def model_folder(source: str, tag: str | None) -> Path:
     root = path / "checkpoints"
     if not root.is_dir():
         raise UserError(f"--checkpoint needs a run directory, and '{source}' has no checkpoints/")
-    from zeroth.evalcmd import checkpoint_tags
+    from zeroth.cli.eval import checkpoint_tags
 
     tags = checkpoint_tags(path)
     if tag not in tags:
@@ -528,7 +528,7 @@ def check_settings(s: Settings, names: dict[str, str] = OPTIONS) -> None:
 def open_chat(ns, renderer: Renderer) -> Chat:
     import torch
 
-    from zeroth import models
+    from zeroth.models import hf as models
 
     folder = model_folder(ns.source, ns.checkpoint)
     settings = settings_for(ns, folder)

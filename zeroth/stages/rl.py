@@ -11,7 +11,7 @@ turn scores into group-relative advantages, take clipped policy-gradient steps, 
         engine.sync(policy)                                  # the engine samples the new policy
         ledger.log_rollouts / log_metrics; checkpoint         # ledger
 
-`rl.algorithm` (zeroth.algos.ALGORITHMS) fills every rl field left null. Departures from the
+`rl.algorithm` (zeroth.algorithms.ALGORITHMS) fills every rl field left null. Departures from the
 GRPO paper: the clip range is decoupled (eps_low / eps_high); the loss aggregation is a choice
 (seq = GRPO, token = DAPO, constant = Dr. GRPO); with beta = 0 no reference model exists at all.
 With a single optimiser step per batch (mu = 1, one minibatch) the old log-probs are the current
@@ -38,14 +38,17 @@ from random import Random
 
 import torch
 
-from zeroth import fastlm
-from zeroth.algos import ADVANTAGES, ALGORITHMS, kl_k3, policy_loss, token_logprobs
+from zeroth.algorithms import ADVANTAGES, ALGORITHMS
+from zeroth.algorithms.losses import kl_k3, policy_loss, token_logprobs
 from zeroth.config import resolve_rl
-from zeroth.evaluate import decode, difficulty_of
-from zeroth.models import prompt_ids
+from zeroth.models import lean as fastlm
+from zeroth.models.hf import prompt_ids
+from zeroth.record.thoughts import reflect_rate
 from zeroth.rewards import combine, overlong
-from zeroth.rollout import TorchEngine, hash_seed, make_engine, stop_ids
-from zeroth.thoughts import reflect_rate
+from zeroth.rollout import hash_seed, make_engine
+from zeroth.rollout.decoder import stop_ids
+from zeroth.rollout.torch_engine import TorchEngine
+from zeroth.stages.eval import decode, difficulty_of
 
 
 def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
@@ -156,7 +159,7 @@ def advantages(batch: dict, rl) -> torch.Tensor:
 
 def _logprobs(model, prompts, completions, pad_id: int, temperature: float, fast: bool):
     """(logp, mask) of the completion tokens of one minibatch: the lean path (each group's
-    prompt run once, log-probs on completion positions only; zeroth.fastlm) when the model
+    prompt run once, log-probs on completion positions only; zeroth.models.lean) when the model
     allows it, else transformers' forward over the packed sequences."""
     if fast:
         return fastlm.completion_logprobs(model, prompts, completions, pad_id, temperature)
@@ -279,7 +282,7 @@ def train(model, optimizer, ref_model, tokenizer, task, cfg, *, start: int, ledg
     rl = cfg.rl
     shown_acc = next((f"reward_{n}" for n in (task.accuracy, "correct")
                       if n in (rl.reward_weights or task.weights)), None)
-    engine = make_engine(rl.engine, model)
+    engine = make_engine(cfg, model)
     for step in range(start, rl.steps):
         metrics, rows = rl_step(model, optimizer, ref_model, tokenizer, task, rl,
                                 cfg.run.seed, step, phase, engine)

@@ -1,0 +1,1 @@
+"""Orchestration of a run: the stages in order, checkpoints, the ledger, run state, export."""

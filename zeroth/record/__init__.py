@@ -1,0 +1,1 @@
+"""What a run shows while and after it works: live progress, result tables, reading thoughts."""
