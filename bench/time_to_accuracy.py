@@ -190,8 +190,8 @@ class Clock:
 def run_zeroth(args, folder: Path) -> dict:
     import torch
 
-    from zeroth.models.hf import load_model
-    from zeroth.pipeline.run import init_model, trainable
+    from zeroth.models.hf import load_model, trainable
+    from zeroth.pipeline.run import init_model
     from zeroth.stages.rl import rl_step
 
     cfg, rl, task = setup(args)

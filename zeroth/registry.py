@@ -3,7 +3,7 @@
 Tasks, rewards, engines, advantage estimators, loss aggregations and stages are each chosen by
 name in a recipe. Config checks need the names at once (before torch loads, so a typo is
 answered in well under a second); the run needs the implementation. A `Registry` maps each
-name to "module:attribute" and imports it on first use, so adding one is one module and one
+name to "module:attribute" (or to a whole "module") and imports it on first use, so adding one is one module and one
 entry here or in the package that owns the registry.
 """
 
@@ -28,12 +28,13 @@ class Registry(MutableMapping):
             raise KeyError(self.unknown(name))
         if name not in self._loaded:
             module, _, attr = self._entries[name].partition(":")
-            self._loaded[name] = getattr(importlib.import_module(module), attr)
+            loaded = importlib.import_module(module)
+            self._loaded[name] = getattr(loaded, attr) if attr else loaded
         return self._loaded[name]
 
     def __setitem__(self, name: str, target: Any) -> None:
         self._loaded.pop(name, None)
-        if isinstance(target, str) and ":" in target:
+        if isinstance(target, str):
             self._entries[name] = target
         else:
             self._entries[name] = f"<registered>:{name}"

@@ -437,3 +437,8 @@ def prompt_ids(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def trainable(model) -> list:
+    """The parameters an optimiser updates (LoRA: the adapters only)."""
+    return [p for p in model.parameters() if p.requires_grad]

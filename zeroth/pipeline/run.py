@@ -54,12 +54,13 @@ from zeroth.models.hf import (
 )
 from zeroth.models.locate import latest_checkpoint, model_dir
 from zeroth.pipeline import export, memory
-from zeroth.pipeline.checkpoint import load_checkpoint, save_checkpoint, save_folder
+from zeroth.pipeline.checkpoint import load_checkpoint, save_checkpoint
 from zeroth.pipeline.ledger import Ledger
 from zeroth.rewards.resolve import absolute_reference, rename_rewards
+from zeroth.stages import STAGES
+from zeroth.stages import eval as eval_stage
 from zeroth.stages import pretrain as pt
-from zeroth.stages.eval import evaluate
-from zeroth.stages.rl import step_weights, train
+from zeroth.stages.eval import headline
 from zeroth.tasks import load_task
 
 
@@ -205,11 +206,6 @@ def init_model(cfg: Config, task):
     return prepare_model(model, m, cfg.run.device), tokenizer
 
 
-def trainable(model) -> list:
-    """The parameters an optimiser updates (LoRA: the adapters only)."""
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 class Runner:
     """What the stages share: the run dir, ledger, task, current model and tokenizer, and the
     resumable state. `enter(i)` points it at pipeline stage i: `stage_id`, the stage's `cfg`,
@@ -258,18 +254,8 @@ class Runner:
                         keep=self.base_cfg.run.keep_checkpoints)
 
     def evaluate(self, phase: str) -> dict:
-        self.ledger.clear_phase(phase)
-        rows = self.task.eval_rows(self.cfg.task.eval_problems, self.cfg.run.seed)
-        with self.display.stage(phase, total=1) as update:
-            metrics, samples = evaluate(self.model, self.tokenizer, self.task, rows,
-                                        self.cfg.eval, self.cfg.run.seed)
-            update(1, pass1=metrics["pass1"], greedy=metrics["greedy"])
-        self.ledger.log_eval(phase, samples)
-        self.ledger.log_metrics(phase, 0, _headline(metrics))  # numbers only
-        if metrics.get("by_difficulty"):
-            self.ledger.set_meta(f"{phase}_by_difficulty", metrics["by_difficulty"])
-        return metrics
-
+        """The held-out evaluation of the current model, recorded under `phase`."""
+        return eval_stage.run(self, phase)
 
 def load_state_index(ckpt: Path) -> int:
     """The pipeline stage a checkpoint was saved in."""
@@ -294,94 +280,6 @@ def lock_run_dir(run_dir: Path):
                     "wait for it to finish or stop it first")
 
 
-def pretrain_stage(r: Runner) -> dict:
-    """Next-token prediction on the task's demonstrations."""
-    cfg, p = r.cfg, r.cfg.pretrain
-    if r.task.demonstration is None:
-        if p.steps > 0:
-            raise UserError(f"task '{r.task.name}' has no demonstrations — set pretrain.steps=0")
-        return {"steps": 0}
-    seqs, stats = pt.build_corpus(r.task, r.tokenizer, cfg.demos.n, cfg.run.seed)
-    optimizer = torch.optim.AdamW(trainable(r.model), lr=p.lr, betas=(0.9, 0.95),
-                                  weight_decay=p.weight_decay)
-    start = r.state["step"]
-    if r.resume_ckpt is not None:
-        load_checkpoint(r.resume_ckpt, optimizer=optimizer)
-    r.ledger.truncate_after(r.stage_id, start)
-    r.model.train()
-    progress = r.state.setdefault(r.stage_id, {})  # saved with each checkpoint
-    with r.display.stage(r.stage_id, total=p.steps, done=start) as update:
-        for step in range(start, p.steps):
-            ids, labels = pt.batch_at(seqs, step, p.batch_size, cfg.run.seed,
-                                      r.tokenizer.pad_token_id)
-            lr = p.lr * pt.lr_at(step, p.steps, p.warmup)
-            loss = pt.train_step(r.model, optimizer, ids.to(r.device), labels.to(r.device), lr)
-            progress["loss"] = loss
-            if (step + 1) % 10 == 0 or step + 1 == p.steps:
-                r.ledger.log_metrics(r.stage_id, step + 1, {"loss": loss, "lr": lr})
-            update(step + 1, loss=loss)
-            if (step + 1) % p.checkpoint_every == 0 or step + 1 == p.steps:
-                r.save(step + 1, optimizer)
-    r.model.eval()
-    return {**stats, "steps": p.steps, "final_loss": progress.get("loss")}
-
-
-def rl_stage(r: Runner) -> dict:
-    """GRPO-family RL from the current policy; with beta > 0 the policy at the stage's start is
-    the frozen reference (saved to reference/ when the stage starts)."""
-    rl = r.cfg.rl
-    optimizer = torch.optim.AdamW(trainable(r.model), lr=rl.lr, betas=(0.9, 0.99),
-                                  weight_decay=0.0)
-    start = r.state["step"]
-    if r.resume_ckpt is not None:
-        load_checkpoint(r.resume_ckpt, optimizer=optimizer)
-    r.ledger.truncate_after(r.stage_id, start)
-    r.model.eval()  # no dropout: sampling, old and new log-probs must see the same network
-    ref = None
-    if rl.beta > 0:  # beta = 0: no reference model is loaded at all
-        if not (r.dir / "reference" / "config.json").is_file():
-            raise UserError(f"{r.dir / 'reference'} is missing — the run's reference policy "
-                            "is gone; start a new run")
-        ref, _ = load_model(r.dir / "reference", dtype=r.model_cfg.dtype)
-        ref.to(r.device).eval().requires_grad_(False)
-
-    with r.display.stage(r.stage_id, total=rl.steps, done=start) as update:
-        train(r.model, optimizer, ref, r.tokenizer, r.task, r.cfg, start=start,
-              ledger=r.ledger, update=update, save=lambda step: r.save(step, optimizer),
-              phase=r.stage_id)
-    settings = ("algorithm", "advantage", "scale_rewards", "loss_agg", "eps_low", "eps_high",
-                "beta", "dynamic_sampling", "lr")
-    return {"steps": rl.steps, **{k: getattr(rl, k) for k in settings},
-            "reward_weights": step_weights(rl, r.task)}
-
-
-def start_stage(r: Runner, kind: str) -> None:
-    """Work done once when a stage starts fresh, before its first checkpoint."""
-    if kind == "rl" and r.cfg.rl.beta > 0:
-        save_folder(r.model, r.tokenizer, r.dir / "reference")  # the frozen reference
-
-
-def rejection_stage(r: Runner) -> dict:
-    from zeroth.stages import rejection
-
-    return rejection.run(r)
-
-
-def sft_stage(r: Runner) -> dict:
-    from zeroth.stages import sft
-
-    return sft.run(r)
-
-
-def distill_stage(r: Runner) -> dict:
-    from zeroth.stages import distill
-
-    return distill.run(r)
-
-
-STAGES = {"pretrain": pretrain_stage, "sft": sft_stage, "rl": rl_stage,
-          "rejection": rejection_stage, "distill": distill_stage}
-CHANGES_MODEL = ("pretrain", "sft", "rl", "distill")  # evaluated after they finish
 
 
 def run_pipeline(r: Runner) -> None:
@@ -400,12 +298,14 @@ def run_pipeline(r: Runner) -> None:
         index = r.state["index"]
         sid, kind, _ = stages[index]
         r.enter(index)
+        stage = STAGES[kind]
         if r.state["step"] == 0 and r.resume_ckpt is None and not r.state.get("entered"):
-            start_stage(r, kind)
+            if hasattr(stage, "start"):  # work done once, before the stage's first checkpoint
+                stage.start(r)
             r.state["entered"] = True
             r.save(0)
-        r.state["results"][sid] = STAGES[kind](r)
-        if kind in CHANGES_MODEL:
+        r.state["results"][sid] = stage.run(r)
+        if stage.CHANGES_MODEL:
             r.state["evals"][sid] = r.evaluate(f"eval_{sid}")
         r.state.update(index=index + 1, step=0, entered=False)
         r.ckpt = None  # later stages start fresh
@@ -433,19 +333,12 @@ def summary_of(r: Runner) -> dict:
         out["base_by_difficulty"] = base.get("by_difficulty")
         out["final_by_difficulty"] = final["by_difficulty"]
     out["stages"] = [{"stage": sid, "kind": kind, "result": res.get(sid),
-                      "eval": _headline(evals.get(sid))} for sid, kind, _ in stages]
+                      "eval": headline(evals.get(sid))} for sid, kind, _ in stages]
     if "start" in evals:
         out["stages"].insert(0, {"stage": "start", "kind": "eval", "result": None,
-                                 "eval": _headline(evals["start"])})
+                                 "eval": headline(evals["start"])})
     out["wall_s"] = round(r.wall0 + time.time() - r.t0, 1)
     return out
-
-
-def _headline(metrics: dict | None) -> dict | None:
-    """The numbers of an evaluation worth a line in the summary's stage list."""
-    if metrics is None:
-        return None
-    return {k: v for k, v in metrics.items() if k != "by_difficulty"}
 
 
 def save_final(r: Runner) -> None:

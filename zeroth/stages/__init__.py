@@ -10,3 +10,8 @@ ledger, display, state, save() and evaluate(). A stage producing a new policy as
 r.model / r.tokenizer; every random choice is seeded from (run seed, stage id), so a stage
 killed at a checkpoint and resumed ends where an uninterrupted one would.
 """
+
+from zeroth.registry import Registry
+
+STAGES = Registry("stage", {kind: f"zeroth.stages.{kind}" for kind in (
+    "pretrain", "sft", "rl", "rejection", "distill")})  # run.pipeline kinds -> stage modules

@@ -33,6 +33,8 @@ from zeroth.stages import pretrain as pt
 from zeroth.stages.rejection import sample_verified, write_jsonl
 from zeroth.stages.sft import fit, prepare, read_jsonl
 
+CHANGES_MODEL = True  # the held-out set is evaluated after this stage (the student)
+
 
 def token_kl(teacher_logits, student_logits, mask, chunk: int = 1024) -> torch.Tensor:
     """Mean over the tokens where `mask` of KL(teacher || student) over the shared vocabulary.

@@ -162,3 +162,28 @@ def evaluate(model, tokenizer, task, rows: list[dict], eval_cfg,
         for i in range(n)
     ]
     return metrics, ledger_rows
+
+
+def headline(metrics: dict | None) -> dict | None:
+    """The numbers of an evaluation worth a line in the summary's stage list."""
+    if metrics is None:
+        return None
+    return {k: v for k, v in metrics.items() if k != "by_difficulty"}
+
+
+def run(r, phase: str | None = None) -> dict:
+    """The eval stage: the current model on the held-out rows, every sample to the ledger under
+    `phase` (default eval_<stage id>); run by the pipeline at the start and after every stage
+    that changes the model."""
+    phase = phase or f"eval_{r.stage_id}"
+    r.ledger.clear_phase(phase)
+    rows = r.task.eval_rows(r.cfg.task.eval_problems, r.cfg.run.seed)
+    with r.display.stage(phase, total=1) as update:
+        metrics, samples = evaluate(r.model, r.tokenizer, r.task, rows, r.cfg.eval,
+                                    r.cfg.run.seed)
+        update(1, pass1=metrics["pass1"], greedy=metrics["greedy"])
+    r.ledger.log_eval(phase, samples)
+    r.ledger.log_metrics(phase, 0, headline(metrics))  # numbers only
+    if metrics.get("by_difficulty"):
+        r.ledger.set_meta(f"{phase}_by_difficulty", metrics["by_difficulty"])
+    return metrics

@@ -11,7 +11,11 @@ from random import Random
 
 import torch
 
-from zeroth.models.hf import end_of_turn
+from zeroth.errors import UserError
+from zeroth.models.hf import end_of_turn, trainable
+from zeroth.pipeline.checkpoint import load_checkpoint
+
+CHANGES_MODEL = True  # the held-out set is evaluated after this stage
 
 
 def demonstrations(task, n: int, seed: int) -> list[tuple[str, str, bool]]:
@@ -71,3 +75,35 @@ def train_step(model, optimizer, ids, labels, lr: float, max_grad_norm: float = 
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return loss.item()
+
+
+def run(r) -> dict:
+    """The pretrain stage: next-token prediction on the task's demonstrations."""
+    cfg, p = r.cfg, r.cfg.pretrain
+    if r.task.demonstration is None:
+        if p.steps > 0:
+            raise UserError(f"task '{r.task.name}' has no demonstrations — set pretrain.steps=0")
+        return {"steps": 0}
+    seqs, stats = build_corpus(r.task, r.tokenizer, cfg.demos.n, cfg.run.seed)
+    optimizer = torch.optim.AdamW(trainable(r.model), lr=p.lr, betas=(0.9, 0.95),
+                                  weight_decay=p.weight_decay)
+    start = r.state["step"]
+    if r.resume_ckpt is not None:
+        load_checkpoint(r.resume_ckpt, optimizer=optimizer)
+    r.ledger.truncate_after(r.stage_id, start)
+    r.model.train()
+    progress = r.state.setdefault(r.stage_id, {})  # saved with each checkpoint
+    with r.display.stage(r.stage_id, total=p.steps, done=start) as update:
+        for step in range(start, p.steps):
+            ids, labels = batch_at(seqs, step, p.batch_size, cfg.run.seed,
+                                      r.tokenizer.pad_token_id)
+            lr = p.lr * lr_at(step, p.steps, p.warmup)
+            loss = train_step(r.model, optimizer, ids.to(r.device), labels.to(r.device), lr)
+            progress["loss"] = loss
+            if (step + 1) % 10 == 0 or step + 1 == p.steps:
+                r.ledger.log_metrics(r.stage_id, step + 1, {"loss": loss, "lr": lr})
+            update(step + 1, loss=loss)
+            if (step + 1) % p.checkpoint_every == 0 or step + 1 == p.steps:
+                r.save(step + 1, optimizer)
+    r.model.eval()
+    return {**stats, "steps": p.steps, "final_loss": progress.get("loss")}

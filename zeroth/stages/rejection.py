@@ -22,6 +22,8 @@ from zeroth.rollout import hash_seed
 from zeroth.rollout.decoder import generate, stop_ids
 from zeroth.stages.eval import decode
 
+CHANGES_MODEL = False  # sampling changes no weights: no evaluation after it
+
 
 def normalised(text: str) -> str:
     """The duplicate key of a completion: whitespace runs collapsed, ends stripped."""

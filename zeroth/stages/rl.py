@@ -41,8 +41,10 @@ import torch
 from zeroth.algorithms import ADVANTAGES, ALGORITHMS
 from zeroth.algorithms.losses import kl_k3, policy_loss, token_logprobs
 from zeroth.config import resolve_rl
+from zeroth.errors import UserError
 from zeroth.models import lean as fastlm
-from zeroth.models.hf import prompt_ids
+from zeroth.models.hf import load_model, prompt_ids, trainable
+from zeroth.pipeline.checkpoint import load_checkpoint, save_folder
 from zeroth.record.thoughts import reflect_rate
 from zeroth.rewards import combine, overlong
 from zeroth.rollout import hash_seed, make_engine
@@ -50,6 +52,7 @@ from zeroth.rollout.decoder import stop_ids
 from zeroth.rollout.torch_engine import TorchEngine
 from zeroth.stages.eval import decode, difficulty_of
 
+CHANGES_MODEL = True  # the held-out set is evaluated after this stage
 
 def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
     """Right-padded prompt+completion: ids (B, T), attention (B, T), completion mask (B, T-1)
@@ -296,3 +299,37 @@ def train(model, optimizer, ref_model, tokenizer, task, cfg, *, start: int, ledg
         update(step + 1, **shown)
         if (step + 1) % rl.checkpoint_every == 0 or step + 1 == rl.steps:
             save(step + 1)
+
+
+def run(r) -> dict:
+    """The rl stage: GRPO-family RL from the current policy; with beta > 0 the policy at the stage's start is
+    the frozen reference (saved to reference/ when the stage starts)."""
+    rl = r.cfg.rl
+    optimizer = torch.optim.AdamW(trainable(r.model), lr=rl.lr, betas=(0.9, 0.99),
+                                  weight_decay=0.0)
+    start = r.state["step"]
+    if r.resume_ckpt is not None:
+        load_checkpoint(r.resume_ckpt, optimizer=optimizer)
+    r.ledger.truncate_after(r.stage_id, start)
+    r.model.eval()  # no dropout: sampling, old and new log-probs must see the same network
+    ref = None
+    if rl.beta > 0:  # beta = 0: no reference model is loaded at all
+        if not (r.dir / "reference" / "config.json").is_file():
+            raise UserError(f"{r.dir / 'reference'} is missing — the run's reference policy "
+                            "is gone; start a new run")
+        ref, _ = load_model(r.dir / "reference", dtype=r.model_cfg.dtype)
+        ref.to(r.device).eval().requires_grad_(False)
+
+    with r.display.stage(r.stage_id, total=rl.steps, done=start) as update:
+        train(r.model, optimizer, ref, r.tokenizer, r.task, r.cfg, start=start,
+              ledger=r.ledger, update=update, save=lambda step: r.save(step, optimizer),
+              phase=r.stage_id)
+    settings = ("algorithm", "advantage", "scale_rewards", "loss_agg", "eps_low", "eps_high",
+                "beta", "dynamic_sampling", "lr")
+    return {"steps": rl.steps, **{k: getattr(rl, k) for k in settings},
+            "reward_weights": step_weights(rl, r.task)}
+
+def start(r) -> None:
+    """Once, as the stage starts fresh: with beta > 0, the policy now is the frozen reference."""
+    if r.cfg.rl.beta > 0:
+        save_folder(r.model, r.tokenizer, r.dir / "reference")  # the frozen reference

@@ -25,6 +25,8 @@ from zeroth.models.hf import end_of_turn
 from zeroth.pipeline.checkpoint import load_checkpoint
 from zeroth.stages import pretrain as pt
 
+CHANGES_MODEL = True  # the held-out set is evaluated after this stage
+
 ROLES = ("system", "user", "assistant")
 MAX_ROUNDS = 20  # `reasoned`: rounds of sft.n demonstrations drawn at most
 
