@@ -15,7 +15,7 @@ import yaml
 from zeroth.algorithms import ALGORITHMS
 from zeroth.config import (
     Config,
-    _check_rules,
+    check_rules,
     config_from_dict,
     config_to_dict,
     dump_config,
@@ -272,14 +272,14 @@ def test_config_mistakes_are_reported_before_torch_is_imported(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_validation_never_needs_the_algorithm_presets():
-    """Validation leaves the fields an algorithm fills null (reading the presets imports
-    torch): each preset must pass the rules itself, and does fill them."""
+def test_every_algorithm_preset_passes_the_rules():
+    """The rl fields an algorithm fills are checked as filled: each preset must pass the rules
+    itself, and does fill them."""
     for name in ALGORITHMS:
         cfg = load_config(None, [f"rl.algorithm={name}"])
         resolved = replace(cfg, rl=resolve_rl(cfg.rl))
         assert resolved.rl.loss_agg is not None and resolved.rl.advantage is not None
-        assert _check_rules(resolved, "") is None  # raises UserError on a broken rule
+        assert check_rules(resolved, "") is None  # raises UserError on a broken rule
 
 
 def test_every_embedded_recipe_has_a_one_line_summary():

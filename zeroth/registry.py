@@ -44,6 +44,9 @@ class Registry(MutableMapping):
         del self._entries[name]
         self._loaded.pop(name, None)
 
+    def __contains__(self, name: object) -> bool:  # a name check imports nothing
+        return name in self._entries
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
