@@ -102,7 +102,7 @@ def run_zeroth(args, folder: Path) -> dict:
 
     from zeroth.config import RLConfig
     from zeroth.models.hf import load_model
-    from zeroth.stages.rl import rl_step
+    from zeroth.stages.rl import RLContext, rl_step
     from zeroth.types import Task
 
     model, tokenizer = load_model(folder)
@@ -126,9 +126,10 @@ def run_zeroth(args, folder: Path) -> dict:
                   eps_high=0.2, beta=args.beta, loss_agg="seq", scale_rewards=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=rl.lr)
     times, tokens = [], []
+    ctx = RLContext(model, optimizer, ref, tokenizer, task, rl, seed=0)
     for step in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        metrics, rows = rl_step(model, optimizer, ref, tokenizer, task, rl, 0, step)
+        metrics, rows = rl_step(ctx, step)
         times.append(time.perf_counter() - t0)
         tokens.append(sum(r["n_tokens"] for r in rows))
     prompt_len = len(tokenizer.apply_chat_template([{"role": "user", "content": texts[0]}],

@@ -192,7 +192,7 @@ def run_zeroth(args, folder: Path) -> dict:
 
     from zeroth.models.hf import load_model, trainable
     from zeroth.pipeline.run import init_model
-    from zeroth.stages.rl import rl_step
+    from zeroth.stages.rl import RLContext, rl_step
 
     cfg, rl, task = setup(args)
     cfg = replace(cfg, model=replace(cfg.model, path=str(folder)))
@@ -209,8 +209,9 @@ def run_zeroth(args, folder: Path) -> dict:
     done = clock.evaluate(0)
     clock.start()
     step = 0
+    ctx = RLContext(model, optimizer, ref, tokenizer, task, cfg.rl, seed=args.seed)
     while not done and step < args.max_steps:
-        metrics, _ = rl_step(model, optimizer, ref, tokenizer, task, cfg.rl, args.seed, step)
+        metrics, _ = rl_step(ctx, step)
         step += 1
         train_acc.append(round(metrics.get(f"reward_{task.accuracy}", float("nan")), 4))
         if clock.due(step):

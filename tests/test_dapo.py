@@ -14,7 +14,7 @@ from zeroth.rollout import hash_seed
 from zeroth.rollout.decoder import generate, stop_ids
 from zeroth.seeding import stable_fraction
 from zeroth.stages.eval import decode
-from zeroth.stages.rl import rl_step, step_weights, train
+from zeroth.stages.rl import RLContext, rl_step, step_weights, train
 
 
 def _params(model):
@@ -56,7 +56,7 @@ def test_dynamic_sampling_drops_flat_groups_and_refills_from_new_prompts(
     task, rl = _dapo(tiny_cfg, tiny_task, _stub({first[0], first[2]}))
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
     before = _params(model)
-    metrics, rows = rl_step(model, opt, None, tok, task, rl, seed=0, step=0)
+    metrics, rows = rl_step(RLContext(model, opt, None, tok, task, rl, seed=0), 0)
 
     assert (metrics["groups_kept"], metrics["sample_rounds"]) == (P, 2)
     assert metrics["groups_flat"] == 2 / P  # share of flat groups in the first round
@@ -83,7 +83,7 @@ def test_dynamic_sampling_trains_on_what_it_found_after_max_rounds(
     first = _prompts(tiny_task, "0-rl-0", P)
     task, rl = _dapo(tiny_cfg, tiny_task, _stub(set(first[1:])), max_sample_rounds=1)
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
-    metrics, rows = rl_step(model, opt, None, tok, task, rl, seed=0, step=0)
+    metrics, rows = rl_step(RLContext(model, opt, None, tok, task, rl, seed=0), 0)
     assert (metrics["groups_kept"], metrics["sample_rounds"]) == (1, 1)
     kept = [r for r in rows if "dropped" not in r["extra"]]
     assert [r["prompt"] for r in kept] == [first[0]] * G
@@ -100,7 +100,7 @@ def test_a_step_where_every_group_is_flat_changes_no_weights(tiny_cfg, tiny_task
     task, rl = _dapo(tiny_cfg, tiny_task, constant, max_sample_rounds=2)
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
     before = _params(model)
-    metrics, rows = rl_step(model, opt, None, tok, task, rl, seed=0, step=0)
+    metrics, rows = rl_step(RLContext(model, opt, None, tok, task, rl, seed=0), 0)
     assert not _moved(before, model)
     assert not opt.state  # AdamW never stepped
     assert (metrics["groups_kept"], metrics["sample_rounds"], metrics["groups_flat"]) == \
@@ -129,7 +129,7 @@ def test_dapo_adds_the_overlong_reward_with_the_configured_cache(
     rl = replace(tiny_cfg.rl, algorithm="dapo", reward_weights={"stub": 1.0},
                  overlong_cache=30, max_new_tokens=40)
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
-    metrics, rows = rl_step(model, opt, None, tok, task, rl, seed=0, step=0)
+    metrics, rows = rl_step(RLContext(model, opt, None, tok, task, rl, seed=0), 0)
     assert "reward_overlong" in metrics
     for r in rows:
         expected = 0.0 if r["n_tokens"] <= 10 else max(-1.0, -(r["n_tokens"] - 10) / 30)
@@ -152,8 +152,8 @@ def test_phase_rl_keeps_the_old_random_streams(tiny_cfg, tiny_task, tiny_model):
     model, tok = tiny_model
     rl, P, G = tiny_cfg.rl, tiny_cfg.rl.prompts_per_step, tiny_cfg.rl.group_size
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: both calls see the same model
-    _, rows = rl_step(model, opt, None, tok, tiny_task, rl, seed=0, step=3)
-    _, other = rl_step(model, opt, None, tok, tiny_task, rl, seed=0, step=3, phase="rl2")
+    _, rows = rl_step(RLContext(model, opt, None, tok, tiny_task, rl, seed=0), 3)
+    _, other = rl_step(RLContext(model, opt, None, tok, tiny_task, rl, phase="rl2"), 3)
     old_rows = tiny_task.train_rows(Random("0-rl-3"), P)  # the tag before stages had ids
     assert [r["prompt"] for r in rows] == [r["prompt"] for r in old_rows for _ in range(G)]
     assert [r["prompt"] for r in other][::G] == _prompts(tiny_task, "0-rl2-3", P)
@@ -173,8 +173,8 @@ def test_train_logs_under_its_stage_id(tiny_cfg, tiny_task, tiny_model, tmp_path
     cfg = replace(tiny_cfg, rl=replace(tiny_cfg.rl, steps=1))
     ledger, shown, saved = Ledger(tmp_path / "ledger.sqlite"), [], []
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.rl.lr)
-    train(model, opt, None, tok, tiny_task, cfg, start=0, ledger=ledger,
-          update=lambda step, **kw: shown.append(step), save=saved.append, phase="rl2")
+    train(RLContext(model, opt, None, tok, tiny_task, cfg.rl, phase="rl2"), start=0,
+          ledger=ledger, show=lambda step, **kw: shown.append(step), save=saved.append)
     assert {r["phase"] for r in ledger.rollouts()} == {"rl2"}
     assert [m["phase"] for m in ledger.metrics()] == ["rl2"]
     assert (shown, saved) == ([1], [1])

@@ -10,7 +10,7 @@ from zeroth import rollout
 from zeroth.config import load_config
 from zeroth.errors import UserError
 from zeroth.rollout.torch_engine import TorchEngine
-from zeroth.stages.rl import rl_step, train
+from zeroth.stages.rl import RLContext, rl_step, train
 
 
 class ScriptedEngine:
@@ -41,8 +41,8 @@ def test_a_custom_engine_drives_rl_step(tiny_cfg, tiny_task, tiny_model):
     rl = replace(tiny_cfg.rl, prompts_per_step=1, group_size=4, lr=1e-2)
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
     before = [p.detach().clone() for p in model.parameters()]
-    metrics, ledger_rows = rl_step(model, opt, None, tok, tiny_task, rl, seed=0, step=0,
-                                   engine=engine)
+    ctx = RLContext(model, opt, None, tok, tiny_task, rl, seed=0, engine=engine)
+    metrics, ledger_rows = rl_step(ctx, 0)
     assert engine.calls == [4] and metrics["reward_correct"] == 0.5
     assert [r["rewards"]["correct"] for r in ledger_rows] == [1.0, 0.0, 1.0, 0.0]
     assert [r["advantage"] > 0 for r in ledger_rows] == [True, False, True, False]
@@ -72,8 +72,9 @@ def test_train_uses_the_configured_engine_and_syncs_after_every_step(
             pass
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    train(model, opt, None, tok, tiny_task, cfg, start=0, ledger=Ledger(),
-          update=lambda *a, **k: None, save=lambda step: None)
+    engine = rollout.make_engine(cfg, model)
+    train(RLContext(model, opt, None, tok, tiny_task, cfg.rl, engine=engine), start=0,
+          ledger=Ledger())
     assert len(made) == 1 and made[0].calls == [4, 4, 4] and made[0].syncs == 3
     assert logged == [(1, 4), (2, 4), (3, 4)]
 
@@ -84,5 +85,5 @@ def test_the_default_engine_is_torch_and_unknown_ones_are_refused():
     assert isinstance(engine, TorchEngine)
     with pytest.raises(UserError, match="rl.engine.*generation engine"):
         load_config(overrides=["rl.engine=vllm"])
-    with pytest.raises(KeyError, match="unknown engine 'vllm'"):
+    with pytest.raises(KeyError, match="unknown (generation )?engine 'vllm'"):
         rollout.ENGINES["vllm"]

@@ -4,8 +4,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from zeroth.algorithms.update import pack
 from zeroth.stages.eval import majority_correct, pass_at_k
-from zeroth.stages.rl import pack, rl_step
+from zeroth.stages.rl import RLContext, rl_step
 
 
 def test_pack_aligns_completion_mask_with_targets():
@@ -52,7 +53,7 @@ def test_rl_step_moves_weights_with_a_user_reward(tiny_cfg, tiny_task, tiny_mode
                  **overrides)
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
     before = _params(model)
-    metrics, rows = rl_step(model, opt, None, tok, task, rl, seed=0, step=0)
+    metrics, rows = rl_step(RLContext(model, opt, None, tok, task, rl, seed=0), 0)
     assert len(rows) == rl.prompts_per_step * rl.group_size
     assert {"reward", "reward_shape", "reward_correct", "mean_len", "loss", "grad_norm"} <= \
         set(metrics)
@@ -69,8 +70,8 @@ def test_rl_step_with_reference_reports_kl(tiny_cfg, tiny_task, tiny_model):
     task = replace(tiny_task, rewards={**tiny_task.rewards, "shape": _shape_reward})
     rl = replace(tiny_cfg.rl, reward_weights={"shape": 1.0}, beta=0.1, mu=2, lr=1e-2)
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
-    first, _ = rl_step(model, opt, ref, tok, task, rl, seed=0, step=0)
-    second, _ = rl_step(model, opt, ref, tok, task, rl, seed=0, step=1)
+    first, _ = rl_step(RLContext(model, opt, ref, tok, task, rl, seed=0), 0)
+    second, _ = rl_step(RLContext(model, opt, ref, tok, task, rl, seed=0), 1)
     assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # sampled from the reference itself
     assert second["kl"] > 0.0  # the policy has left the reference
     assert 0.0 <= second["clip_frac"] <= 1.0
@@ -89,7 +90,7 @@ def test_verifier_failure_gets_no_advantage(tiny_cfg, tiny_task, tiny_model):
                                        "shape": _shape_reward})
     rl = replace(tiny_cfg.rl, reward_weights={"flaky": 1.0, "shape": 1.0})
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
-    _, rows = rl_step(model, opt, None, tok, task, rl, seed=0, step=0)
+    _, rows = rl_step(RLContext(model, opt, None, tok, task, rl, seed=0), 0)
     assert all(r["rewards"]["flaky"] is None and r["advantage"] == 0.0 for r in rows)
 
 
@@ -114,7 +115,7 @@ def test_rl_step_of_each_algorithm_moves_the_weights(tiny_cfg, tiny_task, tiny_m
     ref = copy.deepcopy(model).requires_grad_(False) if resolve_rl(rl).beta > 0 else None
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr)
     before = _params(model)
-    metrics, rows = rl_step(model, opt, ref, tok, task, rl, seed=0, step=0)
+    metrics, rows = rl_step(RLContext(model, opt, ref, tok, task, rl, seed=0), 0)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert ("kl" in metrics) == (ref is not None)
     assert ("reward_overlong" in metrics) == (algorithm == "dapo")
@@ -123,24 +124,26 @@ def test_rl_step_of_each_algorithm_moves_the_weights(tiny_cfg, tiny_task, tiny_m
 
 def test_step_reports_entropy_lr_reflection_and_rows_name_their_task(tiny_cfg, tiny_task,
                                                                       tiny_model):
+    from zeroth.algorithms.update import completion_logprobs, update
     from zeroth.config import resolve_rl
-    from zeroth.stages.rl import _logprobs, sample_rollouts, update
+    from zeroth.stages.rl import sample, score
 
     model, tok = tiny_model
     task = replace(tiny_task, rewards={**tiny_task.rewards, "shape": _shape_reward})
     rl = resolve_rl(replace(tiny_cfg.rl, reward_weights={"shape": 1.0, "correct": 1.0}))
-    batch = sample_rollouts(model, tok, task, rl, seed=0, step=0)
-    with torch.no_grad():  # the sampled tokens' mean surprisal under the sampling policy
-        logp, mask = _logprobs(model, batch["prompts"], batch["completions"], tok.pad_token_id,
-                               rl.temperature, fast=False)
-    want = float(-(logp * mask).sum() / mask.sum())
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the update leaves the policy
-    stats = update(model, opt, None, batch, torch.linspace(-1, 1, len(batch["texts"])), rl,
-                   tok.pad_token_id)
+    ctx = RLContext(model, opt, None, tok, task, rl)
+    batch = sample(ctx, step=0)
+    score(ctx, batch)
+    with torch.no_grad():  # the sampled tokens' mean surprisal under the sampling policy
+        logp, mask = completion_logprobs(model, batch.prompts, batch.completions,
+                                         tok.pad_token_id, rl.temperature, fast=False)
+    want = float(-(logp * mask).sum() / mask.sum())
+    stats = update(ctx, batch, torch.linspace(-1, 1, len(batch)))
     assert stats["entropy"] == pytest.approx(want, rel=1e-4) and stats["entropy"] > 0
     assert stats["lr"] == 0.0
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    metrics, rows = rl_step(model, opt, None, tok, task, rl, seed=0, step=0)
+    metrics, rows = rl_step(RLContext(model, opt, None, tok, task, rl, seed=0), 0)
     assert metrics["lr"] == 3e-4 and 0.0 <= metrics["reflect_rate"] <= 1.0
     assert {r["task"] for r in rows} == {task.name}
     assert all(r["difficulty"] is None or isinstance(r["difficulty"], str) for r in rows)

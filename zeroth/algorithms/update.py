@@ -1,0 +1,132 @@
+"""The policy update of the GRPO family: log-probs of sampled completions, then mu passes of
+clipped policy-gradient steps over minibatches (zeroth.algorithms.losses.policy_loss).
+
+    before = logprobs_before(ctx, batch)   # old log-probs (not on-policy) and the reference's
+    stats  = update(ctx, batch, adv, before)
+
+`ctx` is the RL stage's context (zeroth.stages.rl.RLContext: policy, optimizer, ref, rl,
+pad_id); `batch` a zeroth.rollout.batch.Rollouts of whole groups. With a single optimiser step
+per batch (mu = 1, one minibatch) the old log-probs are the current ones detached (ratio = 1,
+pure on-policy policy gradient) and are not computed apart; otherwise they are computed once
+before the first update, as in PPO. Log-probs go through the lean path (each group's prompt run
+once; zeroth.models.lean) when the model allows it, else transformers' forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from zeroth.algorithms.losses import kl_k3, policy_loss, token_logprobs
+from zeroth.models import lean
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
+    """Right-padded prompt+completion: ids (B, T), attention (B, T), completion mask (B, T-1)
+    aligned with the next-token targets ids[:, 1:]."""
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
+    comp = torch.zeros((len(seqs), width), dtype=torch.float32)  # (B, T)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        attn[i, : len(p) + len(c)] = 1
+        comp[i, len(p): len(p) + len(c)] = 1.0
+    return ids, attn, comp[:, 1:]
+
+
+def logprobs(model, ids, attn, temperature: float) -> torch.Tensor:
+    """(B, T-1) log-probs of ids[:, 1:] under `model` at the sampling temperature."""
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+    return token_logprobs(logits, ids[:, 1:], temperature)
+
+
+def completion_logprobs(model, prompts, completions, pad_id: int, temperature: float,
+                        fast: bool):
+    """(logp, mask) of the completion tokens of one minibatch: the lean path when `fast`, else
+    transformers' forward over the packed sequences."""
+    if fast:
+        return lean.completion_logprobs(model, prompts, completions, pad_id, temperature)
+    device = next(model.parameters()).device
+    ids, attn, mask = (t.to(device) for t in pack(prompts, completions, pad_id))
+    return logprobs(model, ids, attn, temperature), mask
+
+
+@dataclass
+class Before:
+    """What is computed once before the update, without grad: per minibatch, the old
+    log-probs and masks (None on-policy) and the reference's log-probs (None without one);
+    `kl`, the mean k3 KL(policy || ref) over the sampled tokens (None when not both)."""
+
+    chunks: list[slice]
+    fast: bool
+    old: list | None
+    ref: list | None
+    kl: float | None
+
+
+def _minibatches(ctx, batch) -> tuple[list[slice], list[tuple]]:
+    size = ctx.rl.minibatch_size
+    chunks = [slice(i, i + size) for i in range(0, len(batch), size)]
+    return chunks, [(batch.prompts[c], batch.completions[c]) for c in chunks]
+
+
+@torch.no_grad()
+def logprobs_before(ctx, batch) -> Before:
+    """Old log-probs (not needed on-policy: ratio 1) and the reference's, per minibatch."""
+    rl, pad = ctx.rl, ctx.pad_id
+    chunks, parts = _minibatches(ctx, batch)
+    fast = lean.supports(ctx.policy, grad=True) and (
+        ctx.ref is None or lean.supports(ctx.ref))
+    on_policy = rl.mu == 1 and len(chunks) == 1
+    old = None if on_policy else [
+        completion_logprobs(ctx.policy, *part, pad, rl.temperature, fast) for part in parts]
+    ref = None if ctx.ref is None else [
+        completion_logprobs(ctx.ref, *part, pad, rl.temperature, fast)[0] for part in parts]
+    kl = None
+    if ref is not None and old is not None:  # KL(policy || ref) on the tokens sampled
+        kl_sum = sum(float((kl_k3(o, r) * m).sum()) for (o, m), r in zip(old, ref))
+        kl = kl_sum / max(1.0, sum(float(m.sum()) for _, m in old))
+    return Before(chunks, fast, old, ref, kl)
+
+
+def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -> dict:
+    """mu passes of clipped policy-gradient steps over minibatches; returns mean stats."""
+    rl, model, optimizer = ctx.rl, ctx.policy, ctx.optimizer
+    before = before or logprobs_before(ctx, batch)
+    advantages = advantages.to(next(model.parameters()).device)
+    _, parts = _minibatches(ctx, batch)
+    on_policy, passes = before.old is None, rl.mu * len(before.chunks)
+    totals: dict[str, float] = {}
+    neg_logp, n_tokens = 0.0, 0.0  # first pass: mean -log p of the sampled tokens = entropy
+    for epoch in range(rl.mu):
+        for i, (c, part) in enumerate(zip(before.chunks, parts)):
+            logp, mask = completion_logprobs(model, *part, ctx.pad_id, rl.temperature,
+                                             before.fast)
+            if epoch == 0:
+                neg_logp -= float((logp.detach() * mask).sum())
+                n_tokens += float(mask.sum())
+            loss, stats = policy_loss(
+                logp, logp.detach() if on_policy else before.old[i][0], advantages[c], mask,
+                eps_low=rl.eps_low, eps_high=rl.eps_high, loss_agg=rl.loss_agg,
+                ref_logp=None if before.ref is None else before.ref[i], beta=rl.beta,
+                agg_constant=float(rl.max_new_tokens))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                                      rl.max_grad_norm))
+            optimizer.step()
+            stats["loss"] = loss.item()
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value / passes
+    # The policy's per-token entropy, estimated without bias by the sampled tokens' mean
+    # surprisal (they were drawn from this policy at this temperature); costs no extra pass.
+    totals["entropy"] = neg_logp / max(1.0, n_tokens)
+    totals["lr"] = float(optimizer.param_groups[0]["lr"])
+    if not on_policy or before.ref is None:  # after updates, on older samples: biased
+        totals.pop("kl", None)
+        if before.kl is not None:
+            totals["kl"] = before.kl
+    return totals
