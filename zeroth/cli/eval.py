@@ -322,3 +322,6 @@ def evaluate_one(folder: Path, info: dict | None, out: Path, job: tuple, header:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     report(display, result, folder, out, cfg.eval.temperature)
+
+
+run = cmd_eval  # the command module's entry point (zeroth.cli.command_modules)

@@ -1,0 +1,102 @@
+"""`zeroth run`: a recipe end to end, or resumed; and `zeroth pretrain|sft|rl|rejection|distill`,
+one stage alone (the same run with a one-stage pipeline).
+
+Everything that can be checked is checked before a run directory is written: the config and
+the task's data before torch is imported, then the model folder and the memory estimate.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zeroth.errors import UserError
+
+STAGE_HELP = {
+    "pretrain": "next-token prediction on the task's demonstrations",
+    "sft": "supervised fine-tuning on chat data (sft.data), loss on the answer only",
+    "rl": "reinforcement learning with the GRPO family (rl.algorithm)",
+    "rejection": "sample, keep verified-correct answers, write an SFT dataset",
+    "distill": "a teacher's verified traces (and logits) teach a student",
+}
+
+
+def recipes_help() -> str:
+    """The embedded recipes, one line each (the first comment line of each file)."""
+    from zeroth.config import embedded_recipes, recipe_summary
+
+    names = embedded_recipes()
+    width = max(len(n) for n in names) + 2
+    lines = [f"  {name:<{width}}{recipe_summary(name)}" for name in names]
+    return "embedded recipes (zeroth run NAME, or a YAML file of your own):\n" + "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    run = subparsers.add_parser("run", help="run a recipe end to end (default: the embedded "
+                                "default)", epilog=recipes_help(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("args", nargs="*", metavar="RECIPE|KEY=VALUE",
+                     help="a recipe name or YAML file, then section.field=value overrides")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; it takes "
+                     "only rl.steps=N (more steps for a last rl stage, a finished run too), "
+                     "run.threads=N and run.keep_checkpoints=N")
+    run.add_argument("--force", action="store_true", help="replace an existing run directory")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    for kind, text in STAGE_HELP.items():
+        one = subparsers.add_parser(kind, help=f"run only the {kind} stage: {text}")
+        one.add_argument("args", nargs="*", metavar="RECIPE|KEY=VALUE",
+                         help=f"a recipe, then overrides (the {kind} section: {kind}.field=value)")
+        one.add_argument("--force", action="store_true", help="replace an existing run directory")
+        one.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(ns) -> int:
+    """`zeroth run` (and each one-stage command): check everything, make or reopen the run
+    directory (kept in ns.run_dir for the Ctrl-C message), run it, print the results."""
+    overrides = list(ns.args)
+    recipe = overrides.pop(0) if overrides and "=" not in overrides[0] else None
+    if ns.command != "run":  # one stage alone: the same run, with a one-stage pipeline
+        overrides.append(f"run.pipeline=[{ns.command}]")
+        ns.resume = None
+    estimate = None
+    if ns.resume:
+        run_dir, cfg = Path(ns.resume), _resume_config(ns, recipe, overrides)
+    else:
+        from zeroth.config import load_config
+        from zeroth.tasks import load_task
+
+        cfg = load_config(recipe, overrides)  # no torch yet: a mistake is answered at once
+        task = load_task(cfg)  # task options, data files, reward names: no torch either
+        from zeroth.pipeline.run import create_run_dir, preflight
+
+        estimate = preflight(cfg, task)  # model folder, memory: before anything is written
+        name = Path(recipe).stem if recipe else "default"
+        run_dir = create_run_dir(cfg, ns.command if ns.command != "run" else name, ns.force)
+    ns.run_dir = run_dir
+    from zeroth.pipeline.run import execute
+    from zeroth.record.progress import Display
+    from zeroth.record.report import print_results
+
+    display = Display(quiet=ns.quiet)
+    display.print(f"run directory: {run_dir}", highlight=False)
+    if estimate:
+        display.print(estimate, highlight=False)
+    with display:
+        summary = execute(run_dir, cfg, display)
+    print_results(display.console, summary, run_dir)
+    return 0
+
+
+def _resume_config(ns, recipe: str | None, overrides: list[str]):
+    """The config `--resume` continues with (zeroth.pipeline.run.resume_config)."""
+    if ns.force:
+        raise UserError("--resume continues a run and --force replaces one: give only one")
+    if recipe:
+        raise UserError(f"--resume takes no recipe ('{recipe}'): a run continues with the "
+                        "config saved in its directory")
+    from zeroth.config import load_run_config, resume_overrides
+
+    resume_overrides(load_run_config(ns.resume), overrides)  # mistakes answered before torch
+    from zeroth.pipeline.run import resume_config
+
+    return resume_config(ns.resume, overrides)
