@@ -256,6 +256,17 @@ def test_reward_curve_has_a_point_per_step(page, runs):
     assert "kl" in absent
 
 
+def test_step_timers_are_charted_in_the_order_the_step_runs_them(page):
+    p = page()
+    p.tab.wait_for_selector("svg[data-metric=time_gen]", state="attached")
+    names = p.tab.locator("svg[data-metric^=time_]").evaluate_all(
+        "els => els.map(e => e.dataset.metric)")
+    assert names == ["time_gen", "time_reward", "time_adv", "time_ref", "time_update",
+                     "time_sync", "time_record"]
+    caption = p.tab.locator("figure.chart", has=p.tab.locator("svg[data-metric=time_gen]"))
+    assert "seconds: sample" in caption.text_content()  # among the other metrics, folded
+
+
 def test_runs_overlay_in_one_chart(page):
     p = page("")  # no ?runs=: every run is drawn (there are only two)
     p.tab.wait_for_selector("svg[data-metric=reward] path.series[data-run=synth]")

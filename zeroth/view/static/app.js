@@ -61,7 +61,25 @@ const LABELS = {
   lr: "learning rate",
   grad_norm: "gradient norm",
   loss: "loss",
+  time_gen: "seconds: sample",
+  time_reward: "seconds: score",
+  time_adv: "seconds: advantages",
+  time_ref: "seconds: old & reference log-probs",
+  time_update: "seconds: update",
+  time_sync: "seconds: engine sync",
+  time_record: "seconds: record",
 };
+// An RL step's timers (zeroth/stages/rl.py), charted first among the other metrics, in the
+// order the step runs them.
+const TIMERS = [
+  "time_gen",
+  "time_reward",
+  "time_adv",
+  "time_ref",
+  "time_update",
+  "time_sync",
+  "time_record",
+];
 const EVAL_ORDER = [
   "pass@1",
   "greedy",
@@ -416,10 +434,10 @@ function metricsOf(phase) {
   }
   if (phase.kind !== "rl" && keys.has("loss")) main.unshift(["loss", "loss"]);
   const used = new Set(main.map((m) => m[1]));
-  const other = [...keys]
-    .filter((k) => !used.has(k))
-    .sort()
-    .map((k) => [k, k]);
+  const timers = TIMERS.filter((k) => keys.has(k) && !used.has(k));
+  const other = timers.concat(
+    [...keys].filter((k) => !used.has(k) && !timers.includes(k)).sort(),
+  ).map((k) => [k, k]);
   return { main, other };
 }
 
