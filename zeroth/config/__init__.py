@@ -34,10 +34,10 @@ from zeroth.config.schema import (
     SFTConfig,
     TaskConfig,
 )
-from zeroth.config.stages import STAGE_KINDS, pipeline, resolve_rl, stage_config
+from zeroth.config.stages import pipeline, resolve_rl, stage_config
 
 __all__ = [
-    "GENERIC_WEIGHTS", "RESUMABLE", "STAGE_KINDS", "Config", "DemoConfig", "DistillConfig",
+    "GENERIC_WEIGHTS", "RESUMABLE", "Config", "DemoConfig", "DistillConfig",
     "EvalConfig", "ModelConfig", "PretrainConfig", "RLConfig", "RejectionConfig", "RunConfig",
     "SFTConfig", "SandboxConfig", "TaskConfig", "check_rules", "config_from_dict",
     "config_to_dict", "dump_config", "embedded_recipes", "hub_id", "load_config",

@@ -269,4 +269,3 @@ def _registry_of(key: str):
 
 _NULLABLE = {f"rl.{k}" for k in ("eps_low", "eps_high", "beta", "advantage", "scale_rewards",
                                   "loss_agg", "dynamic_sampling")}  # null: the algorithm's
-STAGE_KINDS = ("pretrain", "sft", "rl", "rejection", "distill")  # each has a section

@@ -12,8 +12,6 @@ from zeroth.config.schema import Config, RLConfig
 from zeroth.errors import UserError
 from zeroth.stages import STAGES
 
-STAGE_KINDS = tuple(STAGES)  # each has a config section of its name
-
 
 def pipeline(cfg: Config) -> list[tuple[str, str, dict]]:
     """(stage id, kind, section overrides) for each stage of run.pipeline, in order.
@@ -31,11 +29,11 @@ def pipeline(cfg: Config) -> list[tuple[str, str, dict]]:
         else:
             raise UserError(f"pipeline stage {i + 1} must be a stage name or {{name: {{field: "
                             f"value}}}}, got {show(entry)} — e.g. pipeline: [pretrain, rl]")
-        if kind not in STAGE_KINDS:
-            close = difflib.get_close_matches(str(kind), STAGE_KINDS, n=1)
+        if kind not in STAGES:  # each stage has a config section of its name
+            close = difflib.get_close_matches(str(kind), list(STAGES), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise UserError(f"pipeline stage {i + 1}: unknown stage {kind!r} — {hint}stages: "
-                            f"{', '.join(STAGE_KINDS)}")
+                            f"{', '.join(STAGES)}")
         if not isinstance(overrides, dict):
             raise UserError(f"pipeline stage {i + 1} ({kind}) must map to field: value "
                             f"overrides of the '{kind}' section, got {show(overrides)}")
