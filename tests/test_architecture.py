@@ -92,8 +92,8 @@ def test_the_folder_list_is_the_documented_one():
                       if p.is_dir() and (p / "__init__.py").is_file())
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert len(top) <= 6, top  # zeroth/ itself holds only a handful of modules
-    listed = re.search(r"```\nzeroth/\n(.*?)```", DOC, re.S).group(1)
-    names = re.findall(r"^  (\w+)(?:/|\.py)", listed, re.M)
+    listed = re.search(r"```\nzeroth/\n(.*?)```", DOC, re.DOTALL).group(1)
+    names = re.findall(r"^  (\w+)(?:/|\.py)", listed, re.MULTILINE)
     assert sorted(n for n in names if (PACKAGE / n).is_dir()) == packages
     assert {f"{n}.py" for n in names if not (PACKAGE / n).is_dir()} <= set(top)
 
@@ -102,9 +102,9 @@ def test_no_function_is_longer_than_sixty_lines():
     long = []
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                if node.end_lineno - node.lineno + 1 > 60:
-                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+            is_function = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            if is_function and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert long == []
 
 
@@ -135,7 +135,7 @@ def test_registries_list_names_without_importing_what_they_name():
 def _example(heading: str) -> list[str]:
     """The python code blocks under `heading` in docs/architecture.md."""
     section = DOC.split(f"### {heading}\n", 1)[1].split("\n### ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
 
 
 def test_the_documented_task_example_trains(monkeypatch, tmp_path):
