@@ -161,6 +161,7 @@ class Clock:
         """Score the policy at RL step `step` off the clock; True once the target is reached."""
         import torch
 
+        from zeroth.rollout import make_engine
         from zeroth.stages.eval import evaluate
 
         t = time.perf_counter()
@@ -168,8 +169,8 @@ class Clock:
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
-            metrics, _ = evaluate(self.model, self.tokenizer, self.task, self.rows,
-                                  self.cfg.eval, self.args.seed)
+            metrics, _ = evaluate(make_engine(self.cfg, self.model), self.tokenizer, self.task,
+                                  self.rows, self.cfg.eval, self.args.seed)
         self.model.train(was_training)
         point = {"step": step, "train_s": round(train_s, 2), "pass1": round(metrics["pass1"], 4),
                  "greedy": round(metrics["greedy"], 4), "mean_len": round(metrics["mean_len"], 1)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,22 @@ def finished_tiny_run(tmp_path_factory) -> Path:
                           cwd=base, env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return base / "runs" / "t"
+
+
+def _coin(completions, **_):  # a deterministic "verifier" that passes about half of any text
+    return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
+
+
+@pytest.fixture()
+def coin_tasks(monkeypatch):
+    """Tasks whose verifier a barely trained tiny model can pass, so rejection keeps samples."""
+    from zeroth.pipeline import run as run_module
+
+    real = run_module.load_task
+
+    def load(cfg):
+        task = real(cfg)
+        return replace(task, rewards={**task.rewards, "correct": _coin,
+                                      "format": lambda c, **_: [1.0] * len(c)})
+
+    monkeypatch.setattr(run_module, "load_task", load)

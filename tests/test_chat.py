@@ -6,14 +6,19 @@ import copy
 import io
 import shutil
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 
+from zeroth import rollout
 from zeroth.cli import chat, main
 from zeroth.cli.chat import ReasoningSplitter
+from zeroth.config import load_run_config
 from zeroth.errors import UserError
 from zeroth.record.thoughts import split_reasoning
+from zeroth.rollout import reply
+from zeroth.rollout.torch_engine import TorchEngine
 
 # ---------------------------------------------------------------------------------------------
 # The incremental splitter, on hand-made streams.
@@ -41,7 +46,7 @@ def test_splitter_matches_split_reasoning_whatever_the_cuts():
             assert joined["thinking"].strip() == reasoning
             assert joined["answer"].strip() == answer
     out, _ = split_stream(list(WELL_FORMED))  # one character at a time
-    assert [kind for kind, _ in chat._merge(out)] == ["thinking", "answer"]
+    assert [kind for kind, _ in reply._merge(out)] == ["thinking", "answer"]
 
 
 def test_splitter_holds_a_possible_tag_until_it_is_unambiguous():
@@ -123,18 +128,18 @@ def test_stream_reply_arrives_in_pieces_and_equals_generate(loaded, seed):
     model, tokenizer = loaded
     stops = stop_ids(model, tokenizer)
     sampled = []
-    pieces = list(chat.stream_reply(model, tokenizer, ask("What is 12+34?"), max_new_tokens=40,
+    pieces = list(reply.stream_reply(chat.engine_for(model), tokenizer, ask("What is 12+34?"), max_new_tokens=40,
                                     temperature=1.0, generator=torch.Generator().manual_seed(seed),
                                     sampled=sampled))
-    full = generate(model, [chat.chat_ids(tokenizer, ask("What is 12+34?"))],
+    full = generate(model, [reply.chat_ids(tokenizer, ask("What is 12+34?"))],
                     max_new_tokens=40, temperature=1.0, eos_id=stops,
                     generator=torch.Generator().manual_seed(seed), pad_id=tokenizer.pad_token_id)[0]
     assert len(pieces) > 1
     assert all(pieces) and not any(p.endswith("\ufffd") for p in pieces[:-1])
-    assert "".join(pieces) == chat.reply_text(tokenizer, full, stops)
+    assert "".join(pieces) == reply.reply_text(tokenizer, full, stops)
     assert sampled == full[:len(sampled)]  # stopped early only at </answer>
     if len(sampled) < len(full):
-        assert "".join(pieces).endswith(chat.STOP_TEXT)
+        assert "".join(pieces).endswith(reply.STOP_TEXT)
 
 
 def test_greedy_and_tiny_top_p_agree(loaded):
@@ -142,23 +147,24 @@ def test_greedy_and_tiny_top_p_agree(loaded):
 
     model, tokenizer = loaded
     stops = stop_ids(model, tokenizer)
-    prompt = chat.chat_ids(tokenizer, ask("What is 5+6?"))
-    greedy = list(chat.sample_tokens(model, prompt, max_new_tokens=12, temperature=0.0,
-                                     stops=stops))
-    nucleus = list(chat.sample_tokens(model, prompt, max_new_tokens=12, temperature=1.0,
-                                      top_p=1e-6, generator=torch.Generator().manual_seed(3),
-                                      stops=stops))
+    prompt = reply.chat_ids(tokenizer, ask("What is 5+6?"))
+    engine = chat.engine_for(model)
+    greedy = list(engine.stream(prompt, max_new_tokens=12, temperature=0.0, top_p=1.0,
+                                generator=None, eos_id=stops))
+    nucleus = list(engine.stream(prompt, max_new_tokens=12, temperature=1.0, top_p=1e-6,
+                                 generator=torch.Generator().manual_seed(3), eos_id=stops))
     reference = generate(model, [prompt], max_new_tokens=12, greedy=True, eos_id=stops,
                          pad_id=tokenizer.pad_token_id)[0]
     assert greedy == nucleus == reference
 
 
-def test_sample_tokens_yields_the_stop_token_last(loaded):
+def test_engine_stream_yields_the_stop_token_last(loaded):
     model, tokenizer = loaded
-    prompt = chat.chat_ids(tokenizer, ask("What is 1+1?"))
-    every = range(len(tokenizer))
-    assert len(list(chat.sample_tokens(model, prompt, max_new_tokens=9, temperature=1.0,
-                                       stops=every))) == 1
+    prompt = reply.chat_ids(tokenizer, ask("What is 1+1?"))
+    every = set(range(len(tokenizer)))
+    assert len(list(chat.engine_for(model).stream(prompt, max_new_tokens=9, temperature=1.0,
+                                                  top_p=1.0, generator=None,
+                                                  eos_id=every))) == 1
 
 
 def test_stream_text_waits_for_whole_characters_and_stops(loaded):
@@ -167,12 +173,12 @@ def test_stream_text_waits_for_whole_characters_and_stops(loaded):
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     # the multi-byte characters take several tokens: some prefixes end inside one
     assert any(tokenizer.decode(ids[:i]).endswith("\ufffd") for i in range(1, len(ids)))
-    pieces = list(chat.stream_text(tokenizer, iter(ids)))
+    pieces = list(reply.stream_text(tokenizer, iter(ids)))
     assert "".join(pieces) == "<think>é 漢字</think><answer>4</answer>"
     assert not any("\ufffd" in p for p in pieces)
     eos = tokenizer.eos_token_id
     seen = []
-    pieces = list(chat.stream_text(tokenizer, iter(ids[:3] + [eos] + ids[3:]), {eos},
+    pieces = list(reply.stream_text(tokenizer, iter(ids[:3] + [eos] + ids[3:]), {eos},
                                    sampled=seen))
     assert "".join(pieces) == tokenizer.decode(ids[:3]) and seen == ids[:3] + [eos]
 
@@ -194,10 +200,10 @@ def test_stream_text_decodes_a_short_window_per_token(loaded):
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(ids) > 400
     counting = CountingTokenizer(tokenizer)
-    pieces = list(chat.stream_text(counting, iter(ids + ids)))
+    pieces = list(reply.stream_text(counting, iter(ids + ids)))
     assert "".join(pieces) == text and len(pieces) > 100  # cut after the first </answer>
     assert not any("\ufffd" in p for p in pieces)
-    assert max(counting.sizes) <= 2 * chat.MAX_PENDING  # never the whole reply
+    assert max(counting.sizes) <= 2 * reply.MAX_PENDING  # never the whole reply
     assert len(counting.sizes) <= 2 * len(ids) + 2
 
 
@@ -206,17 +212,17 @@ def test_stream_text_joins_to_the_decoded_reply_however_it_ends(loaded):
     text = "a é 漢字 </ans wer> </answ"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     for n in range(len(ids) + 1):  # cut inside characters, inside a would-be stop text
-        assert "".join(chat.stream_text(tokenizer, iter(ids[:n]))) == \
-            chat.reply_text(tokenizer, ids[:n])
+        assert "".join(reply.stream_text(tokenizer, iter(ids[:n]))) == \
+            reply.reply_text(tokenizer, ids[:n])
     stop = tokenizer("</answer>", add_special_tokens=False)["input_ids"]
-    assert "".join(chat.stream_text(tokenizer, iter(ids + stop + ids))) == text + "</answer>"
+    assert "".join(reply.stream_text(tokenizer, iter(ids + stop + ids))) == text + "</answer>"
     # a byte that never makes a character (a lead byte again and again) is shown after a while
     lead = [t for t in ids if tokenizer.decode([t]) == "\ufffd"][:1]
     assert lead
-    broken = lead * (3 * chat.MAX_PENDING)
-    pieces = list(chat.stream_text(tokenizer, iter(broken + ids)))
-    assert pieces[0].startswith("\ufffd" * chat.MAX_PENDING)
-    assert "".join(pieces) == chat.reply_text(tokenizer, broken + ids)
+    broken = lead * (3 * reply.MAX_PENDING)
+    pieces = list(reply.stream_text(tokenizer, iter(broken + ids)))
+    assert pieces[0].startswith("\ufffd" * reply.MAX_PENDING)
+    assert "".join(pieces) == reply.reply_text(tokenizer, broken + ids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,15 +253,15 @@ def test_with_history_the_conversation_follows(loaded):
     from zeroth.models.hf import prompt_ids
 
     model, tokenizer = loaded
-    assert chat.supports_history(tokenizer)
+    assert reply.supports_history(tokenizer)
     session = chat.Chat(model, tokenizer, chat.Settings(max_new_tokens=6, temperature=1.0),
                         torch.Generator().manual_seed(0), history=True)
     renderer = capture()
     first = session.prompt("What is 1+2?", renderer)
     assert first == prompt_ids(tokenizer, ["What is 1+2?"])[0]
-    reply = session.ask("What is 1+2?", renderer)
+    answer = session.ask("What is 1+2?", renderer)
     assert session.turns == [{"role": "user", "content": "What is 1+2?"},
-                             {"role": "assistant", "content": reply}]
+                             {"role": "assistant", "content": answer}]
     second = session.prompt("And 3+4?", renderer)
     rendered = tokenizer.decode(second, skip_special_tokens=False)
     assert second[:len(first)] == first
@@ -278,7 +284,7 @@ def test_system_prompt_and_single_turn_templates(loaded):
     single.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' %}"
                             "{{ raise_exception('one turn only') }}{% endif %}"
                             "{{ m['content'] }}{% endfor %}")
-    assert not chat.supports_history(single)
+    assert not reply.supports_history(single)
     with pytest.raises(UserError, match="holds one turn only"):
         chat.Chat(model, single, chat.Settings(4, 1.0), history=True)
     session = chat.Chat(model, single, chat.Settings(4, 1.0))
@@ -361,7 +367,7 @@ def test_cli_chats_over_piped_stdin(run_dir, loaded, monkeypatch, capsys, histor
         turns = turns if history else []
         turns.append({"role": "user", "content": question})
         expected.start()
-        pieces = list(chat.stream_reply(model, tokenizer, turns, max_new_tokens=8,
+        pieces = list(reply.stream_reply(chat.engine_for(model), tokenizer, turns, max_new_tokens=8,
                                         temperature=1.0, generator=generator))
         for piece in pieces:
             expected.feed(piece)
@@ -373,16 +379,16 @@ def test_cli_chats_over_piped_stdin(run_dir, loaded, monkeypatch, capsys, histor
 
 
 def scripted(tokenizer, text):
-    """A stand-in for sample_tokens that 'generates' `text` token by token."""
+    """A stand-in for the engine's stream that 'generates' `text` token by token."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
-    def fake(model, prompt, **kwargs):
+    def fake(engine, prompt, **kwargs):
         yield from ids[:kwargs["max_new_tokens"]]
     return fake
 
 
 def test_cli_labels_reasoning_and_answer(run_dir, loaded, monkeypatch, capsys):
-    monkeypatch.setattr(chat, "sample_tokens",
+    monkeypatch.setattr(TorchEngine, "stream",
                         scripted(loaded[1], "<think>3 plus 4</think> <answer>7</answer>"))
     tag = checkpoints(run_dir)[0]
     code, out, _ = chat_cli(monkeypatch, capsys, [run_dir, "--checkpoint", tag],
@@ -402,17 +408,36 @@ def test_cli_labels_reasoning_and_answer(run_dir, loaded, monkeypatch, capsys):
     assert out.count("tokens/s]") == 1
 
 
+def test_chat_streams_from_the_engine_the_run_config_names(run_dir, loaded, monkeypatch,
+                                                           capsys):
+    made = []
+
+    class Scripted(TorchEngine):
+        stream = scripted(loaded[1], "<think>3 plus 4</think> <answer>7</answer>")
+
+        def __init__(self, model):
+            super().__init__(model)
+            made.append(self)
+
+    monkeypatch.setitem(rollout.ENGINES, "scripted", Scripted)
+    cfg = load_run_config(run_dir)  # the run's config, naming the scripted engine
+    cfg = replace(cfg, rl=replace(cfg.rl, engine="scripted"))
+    monkeypatch.setattr(chat, "run_config", lambda folder: cfg)
+    code, out, _ = chat_cli(monkeypatch, capsys, [run_dir], "What is 3+4?\n")
+    assert code == 0 and len(made) == 1 and "[answer]\n7\n" in out
+
+
 def test_ctrl_c_stops_a_reply_and_quits_at_the_prompt(run_dir, loaded, monkeypatch, capsys):
     calls = []
 
-    def interrupted(model, prompt, **kwargs):
+    def interrupted(engine, prompt, **kwargs):
         calls.append(1)
         yield from loaded[1]("<think>a b c", add_special_tokens=False)["input_ids"]
         if len(calls) == 1:
             raise KeyboardInterrupt
         yield loaded[1].eos_token_id
 
-    monkeypatch.setattr(chat, "sample_tokens", interrupted)
+    monkeypatch.setattr(TorchEngine, "stream", interrupted)
     code, out, _ = chat_cli(monkeypatch, capsys, [run_dir], "first\nsecond\n")
     assert code == 0 and len(calls) == 2
     assert "interrupted]" in out.split("[thinking]")[1] and out.count("tokens/s") == 2

@@ -87,3 +87,21 @@ def test_the_default_engine_is_torch_and_unknown_ones_are_refused():
         load_config(overrides=["rl.engine=vllm"])
     with pytest.raises(KeyError, match="unknown (generation )?engine 'vllm'"):
         rollout.ENGINES["vllm"]
+
+
+def test_evaluation_and_rejection_sampling_sample_through_the_engine(tiny_cfg, tiny_task,
+                                                                     tiny_model):
+    from zeroth.stages.eval import evaluate
+    from zeroth.stages.rejection import sample_verified
+
+    model, tok = tiny_model
+    rows = tiny_task.eval_rows(3, 0)
+    engine = ScriptedEngine(model, tok, [rows[0]["answer"], "-1"])
+    metrics, samples = evaluate(engine, tok, tiny_task, rows, replace(tiny_cfg.eval, k=2), 0)
+    assert engine.calls == [6, 3]  # k samples of each problem, then the greedy ones
+    assert metrics["problems"] == 3 and samples[0]["completion"].startswith("<think>guess")
+    kept, rollouts, _ = sample_verified(engine, tok, tiny_task, rows, samples=2,
+                                        temperature=1.0, max_new_tokens=64, keep_per_prompt=1,
+                                        require_format=True, batch_size=4, seed_tag="t")
+    assert engine.calls[2:] == [4, 2] and len(rollouts) == 6
+    assert [k["answer"] for k in kept] == [rows[0]["answer"]]

@@ -14,6 +14,7 @@ from zeroth.config import dump_config, load_config
 from zeroth.errors import UserError
 from zeroth.models.hf import load_model
 from zeroth.pipeline.checkpoint import save_checkpoint
+from zeroth.rollout.torch_engine import TorchEngine
 from zeroth.stages.eval import (
     accuracy,
     by_difficulty,
@@ -116,7 +117,7 @@ def test_evaluate_breakdown_on_a_model(tiny_model, tiny_task, tiny_cfg):
     task = Task(name="even", train_rows=tiny_task.train_rows, eval_rows=tiny_task.eval_rows,
                 rewards={**tiny_task.rewards, "correct": _even_length})
     ev = replace(tiny_cfg.eval, k=4, max_new_tokens=12)
-    metrics, samples = evaluate(model, tokenizer, task, rows, ev, seed=0)
+    metrics, samples = evaluate(TorchEngine(model), tokenizer, task, rows, ev, seed=0)
     assert 0.0 < metrics["pass1"] < 1.0
     assert {"pass1", "pass@1", "pass@2", "pass@4", "maj@4", "greedy"} <= set(metrics)
     assert metrics["pass1"] == pytest.approx(metrics["pass@1"])
@@ -182,7 +183,7 @@ def test_run_dir_uses_final_then_latest_checkpoint_and_its_config(tmp_path, tiny
                                   "step": 2}  # state.json was empty: the step from the tag
     model, tokenizer = tiny_model
     task = load_task(cfg)
-    metrics, _ = evaluate(model, tokenizer, task, task.eval_rows(8, 7), cfg.eval, 7)
+    metrics, _ = evaluate(TorchEngine(model), tokenizer, task, task.eval_rows(8, 7), cfg.eval, 7)
     metrics.pop("by_difficulty")
     assert data["metrics"] == pytest.approx(metrics)  # what the run's own evaluation reports
 
@@ -261,8 +262,8 @@ def test_checkpoint_tag_scores_that_checkpoint_with_the_runs_config(tiny_run, ca
     cfg = load_config(tiny_run / "config.yaml", list(FAST))
     model, tokenizer = load_model(folder)
     task = load_task(cfg)
-    metrics, _ = evaluate(model.eval(), tokenizer, task, task.eval_rows(8, cfg.run.seed),
-                          cfg.eval, cfg.run.seed)
+    metrics, _ = evaluate(TorchEngine(model.eval()), tokenizer, task,
+                          task.eval_rows(8, cfg.run.seed), cfg.eval, cfg.run.seed)
     assert data["by_difficulty"] == metrics.pop("by_difficulty", None)  # addition: no levels
     assert data["metrics"] == pytest.approx(metrics)
 

@@ -7,16 +7,19 @@ are built from configs here; token ids are plain integers, no tokenizer is neede
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
+from zeroth.algorithms import update as train
 from zeroth.config import ModelConfig, RLConfig, resolve_rl
 from zeroth.models import lean as fastlm
 from zeroth.models.hf import prepare_model
-from zeroth.rollout.decoder import _generate_batch, generate
-from zeroth.stages import rl as train
+from zeroth.rollout import decoder
+from zeroth.rollout.batch import Rollouts
+from zeroth.rollout.decoder import HFForward, generate, stream
 
 VOCAB, PAD = 96, 0
 PROMPTS = [[5, 6, 7], [5, 6, 7], [5, 6, 7], [9, 10], [9, 10], [11, 12, 13, 14, 15, 16], [3],
@@ -40,10 +43,15 @@ def model(request):
     return _model(request.param)
 
 
-def _gen(fn, model, prompts, seed, stops, greedy, max_new_tokens=10, temperature=1.0):
-    return fn(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-              generator=torch.Generator().manual_seed(seed), eos_ids=stops, pad_id=PAD,
-              greedy=greedy)
+LEAN, HF = fastlm.Decoding, HFForward  # the decoder loop's two forward backends
+
+
+def _gen(backend, model, prompts, seed, stops, greedy, max_new_tokens=10, temperature=1.0):
+    """One batch through the decoder loop with the given backend."""
+    return decoder.complete(backend(model, prompts, PAD, max_new_tokens), len(prompts),
+                            max_new_tokens=max_new_tokens, temperature=temperature,
+                            generator=torch.Generator().manual_seed(seed), eos_ids=stops,
+                            pad_id=PAD, greedy=greedy)
 
 
 def _stop_set(rows: list[list[int]], max_new_tokens: int) -> set[int]:
@@ -95,7 +103,7 @@ def test_share_prompts_groups_consecutive_identical_prompts_only():
 def test_sample_greedy_is_argmax():
     logits = torch.randn(6, VOCAB, generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
-    assert torch.equal(fastlm.sample(logits, 0.7, gen, True), logits.argmax(-1))
+    assert torch.equal(decoder.sample(logits, 0.7, gen, True), logits.argmax(-1))
     assert torch.equal(gen.get_state(), torch.Generator().manual_seed(1).get_state())  # no draw
 
 
@@ -103,7 +111,7 @@ def test_sample_greedy_is_argmax():
 def test_sample_frequencies_match_softmax(temperature):
     logits = torch.randn(8, generator=torch.Generator().manual_seed(2)) * 2  # (V,) V = 8
     draws = 20000
-    tokens = fastlm.sample(logits.expand(draws, -1), temperature,
+    tokens = decoder.sample(logits.expand(draws, -1), temperature,
                            torch.Generator().manual_seed(3), False)
     freq = torch.bincount(tokens, minlength=8).float() / draws
     expected = torch.softmax(logits / temperature, -1)
@@ -116,11 +124,29 @@ def test_sample_rows_batch_invariance():
     gen_all, gen_sub = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     idx = torch.tensor([0, 3, 6])
     for _ in range(4):  # the streams stay aligned step after step
-        full = fastlm.sample(logits, 1.0, gen_all, False)
-        sub = fastlm.sample(logits[idx], 1.0, gen_sub, False, rows=idx, batch=7)
+        full = decoder.sample(logits, 1.0, gen_all, False)
+        sub = decoder.sample(logits[idx], 1.0, gen_sub, False, rows=idx, batch=7)
         assert torch.equal(sub, full[idx])
         logits = logits.roll(1, dims=-1)
     assert len(set(full.tolist())) > 1  # really sampled, not a constant
+
+
+def test_sample_top_p_keeps_the_nucleus_with_the_same_draws():
+    logits = torch.randn(5, VOCAB, generator=torch.Generator().manual_seed(6)) * 3
+    plain = decoder.sample(logits, 0.8, torch.Generator().manual_seed(7), False)
+    assert torch.equal(decoder.sample(logits, 0.8, torch.Generator().manual_seed(7), False,
+                                      top_p=1.0), plain)
+    tiny = decoder.sample(logits, 0.8, torch.Generator().manual_seed(7), False, top_p=1e-6)
+    assert torch.equal(tiny, logits.argmax(-1))  # the nucleus of one token
+    probs = torch.softmax(logits / 0.8, -1)
+    kept = decoder.nucleus(logits, 0.8, 0.5) > float("-inf")  # (5, V)
+    for row, p in zip(kept, probs):
+        inside = p[row].sum()
+        assert inside >= 0.5 and inside - p[row].min() < 0.5  # the smallest set that reaches p
+    gen = torch.Generator().manual_seed(8)
+    for _ in range(50):
+        token = decoder.sample(logits, 0.8, gen, False, top_p=0.5)
+        assert kept[torch.arange(5), token].all()
 
 
 # --- generate ---------------------------------------------------------------------------------
@@ -131,12 +157,12 @@ def test_sample_rows_batch_invariance():
 def test_generate_matches_transformers_token_for_token(model, seed, greedy):
     prompts = PROMPTS if not greedy else [[seed + 3, 8]] + PROMPTS  # greedy groups: equal rows
     temp = (1.0, 0.7, 1.3)[seed]
-    free = _gen(fastlm.generate, model, prompts, seed, set(), greedy, temperature=temp)
-    assert free == _gen(_generate_batch, model, prompts, seed, set(), greedy, temperature=temp)
+    free = _gen(LEAN, model, prompts, seed, set(), greedy, temperature=temp)
+    assert free == _gen(HF, model, prompts, seed, set(), greedy, temperature=temp)
     assert all(len(r) == 10 for r in free)
     stops = _stop_set(free, 10)
-    fast = _gen(fastlm.generate, model, prompts, seed, stops, greedy, temperature=temp)
-    assert fast == _gen(_generate_batch, model, prompts, seed, stops, greedy, temperature=temp)
+    fast = _gen(LEAN, model, prompts, seed, stops, greedy, temperature=temp)
+    assert fast == _gen(HF, model, prompts, seed, stops, greedy, temperature=temp)
     lengths = [len(r) for r in fast]
     assert min(lengths) < 10 and max(lengths) == 10 and len(set(lengths)) > 2
     for row, whole in zip(fast, free):  # a stop only cuts a row: others' draws are unchanged
@@ -146,8 +172,8 @@ def test_generate_matches_transformers_token_for_token(model, seed, greedy):
 
 def test_generate_dispatches_to_fastlm_and_back(model, monkeypatch):
     calls = []
-    real = fastlm.generate
-    monkeypatch.setattr(fastlm, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = fastlm.Decoding
+    monkeypatch.setattr(fastlm, "Decoding", lambda *a: calls.append(1) or real(*a))
     kw = {"max_new_tokens": 6, "eos_id": {4, 5}, "pad_id": PAD}
     fast = generate(model, PROMPTS, generator=torch.Generator().manual_seed(0), batch_size=4,
                     **kw)
@@ -160,13 +186,34 @@ def test_generate_dispatches_to_fastlm_and_back(model, monkeypatch):
 
 def test_generate_one_token_and_all_rows_stopping(model):
     for n in (1, 3):
-        fast = _gen(fastlm.generate, model, PROMPTS, 0, set(), False, max_new_tokens=n)
-        assert fast == _gen(_generate_batch, model, PROMPTS, 0, set(), False, max_new_tokens=n)
+        fast = _gen(LEAN, model, PROMPTS, 0, set(), False, max_new_tokens=n)
+        assert fast == _gen(HF, model, PROMPTS, 0, set(), False, max_new_tokens=n)
         assert all(len(r) == n for r in fast)
     every = set(range(VOCAB))  # every row stops at its first token
-    fast = _gen(fastlm.generate, model, PROMPTS, 0, every, False)
-    assert fast == _gen(_generate_batch, model, PROMPTS, 0, every, False)
+    fast = _gen(LEAN, model, PROMPTS, 0, every, False)
+    assert fast == _gen(HF, model, PROMPTS, 0, every, False)
     assert all(len(r) == 1 for r in fast)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_stream_is_generate_of_the_prompt_alone(model, monkeypatch, lean):
+    """Chat's streaming goes through the same loop: token for token what `generate` samples
+    for the prompt alone (both backends; greedy at temperature 0; a stop token last)."""
+    if not lean:
+        monkeypatch.setattr(fastlm, "supports", lambda *a, **k: False)
+    prompt = PROMPTS[5]
+    for seed, temp in ((0, 1.0), (1, 0.7)):
+        whole = generate(model, [prompt], max_new_tokens=12, temperature=temp, eos_id=set(),
+                         generator=torch.Generator().manual_seed(seed), pad_id=PAD)[0]
+        streamed = stream(model, prompt, max_new_tokens=12, temperature=temp, eos_id=set(),
+                          generator=torch.Generator().manual_seed(seed))
+        assert list(streamed) == whole and len(whole) == 12
+        cut = stream(model, prompt, max_new_tokens=12, temperature=temp, eos_id={whole[4]},
+                     generator=torch.Generator().manual_seed(seed))
+        assert list(cut) == whole[: whole.index(whole[4]) + 1]
+    greedy = generate(model, [prompt], max_new_tokens=8, greedy=True, eos_id=set(), pad_id=PAD)
+    assert list(stream(model, prompt, max_new_tokens=8, temperature=0.0, eos_id=set())) == \
+        greedy[0]
 
 
 # --- completion_logprobs ----------------------------------------------------------------------
@@ -249,25 +296,26 @@ def test_llama_with_biases_wide_heads_and_scaled_rope_matches_transformers():
     model = _model("llama", attention_bias=True, mlp_bias=True, head_dim=16,
                    rope_parameters=rope)  # 4 heads x 16 != hidden 48
     assert model.model.rotary_emb.rope_type == "llama3" and fastlm.supports(model)
-    free = _gen(fastlm.generate, model, PROMPTS, 3, set(), False, max_new_tokens=12)
+    free = _gen(LEAN, model, PROMPTS, 3, set(), False, max_new_tokens=12)
     stops = _stop_set(free, 12)
-    assert _gen(fastlm.generate, model, PROMPTS, 3, stops, False, max_new_tokens=12) == \
-        _gen(_generate_batch, model, PROMPTS, 3, stops, False, max_new_tokens=12)
+    assert _gen(LEAN, model, PROMPTS, 3, stops, False, max_new_tokens=12) == \
+        _gen(HF, model, PROMPTS, 3, stops, False, max_new_tokens=12)
     completions = _completions(5, len(PROMPTS))
     fast, fmask = fastlm.completion_logprobs(model, PROMPTS, completions, PAD, 0.7)
     slow, smask = _transformers_logprobs(model, PROMPTS, completions, 0.7)
     assert torch.allclose(fast[fmask == 1], slow[smask == 1], atol=1e-5, rtol=0)
 
 
-# --- train.update -----------------------------------------------------------------------------
+# --- zeroth.algorithms.update ------------------------------------------------------------------
 
 
 def _update(model, ref, rl, batch, adv):
-    """One train.update with a fresh AdamW. Adam divides a step by |grad|, so on an entry whose
+    """One update with a fresh AdamW. Adam divides a step by |grad|, so on an entry whose
     gradient is near 0 float rounding alone would move it by up to lr: eps=1e-3 bounds that
     to lr * |rounding| / eps, far below the tolerance, and leaves larger entries Adam-like."""
     opt = torch.optim.AdamW(model.parameters(), lr=rl.lr, eps=1e-3)
-    return train.update(model, opt, ref, batch, adv, rl, PAD)
+    ctx = SimpleNamespace(policy=model, optimizer=opt, ref=ref, rl=rl, pad_id=PAD)
+    return train.update(ctx, batch, adv)
 
 
 @pytest.mark.parametrize(("case", "use_ref"), [
@@ -285,7 +333,9 @@ def test_update_fast_equals_transformers_path(model, monkeypatch, case, use_ref)
         with torch.no_grad():
             for i, p in enumerate(ref.parameters()):  # a reference away from the policy
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
-    batch = {"prompts": PROMPTS, "completions": _completions(11, len(PROMPTS))}
+    n = len(PROMPTS)
+    batch = Rollouts(rows=[{}] * n, prompts=PROMPTS, completions=_completions(11, n),
+                     texts=[""] * n, rewards=torch.zeros(n), parts=[{}] * n, rounds=[0] * n)
     adv = torch.randn(len(PROMPTS), generator=torch.Generator().manual_seed(12))
     slow_model, before = copy.deepcopy(model), copy.deepcopy(model)
     calls = []
@@ -296,7 +346,7 @@ def test_update_fast_equals_transformers_path(model, monkeypatch, case, use_ref)
     chunks = -(-len(PROMPTS) // rl.minibatch_size)
     on_policy = rl.mu == 1 and chunks == 1
     assert len(calls) == (rl.mu + (not on_policy) + use_ref) * chunks  # the lean path ran
-    monkeypatch.setattr(train.fastlm, "supports", lambda *a, **k: False)
+    monkeypatch.setattr(train.lean, "supports", lambda *a, **k: False)
     slow_stats = _update(slow_model, ref, rl, batch, adv)
     assert len(calls) == (rl.mu + (not on_policy) + use_ref) * chunks  # transformers' only
     assert fast_stats.keys() == slow_stats.keys()

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import sqlite3
-from dataclasses import replace
 from importlib.resources import files
 
 import pytest
@@ -90,25 +89,6 @@ def _fingerprint(run_dir):
     db.close()
     weights = (run_dir / "final" / "model.safetensors").read_bytes()
     return summary, evals, rollouts, weights
-
-
-def _coin(completions, **_):  # a deterministic "verifier" that passes about half of any text
-    return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
-
-
-@pytest.fixture()
-def coin_tasks(monkeypatch):
-    """Tasks whose verifier a barely trained tiny model can pass, so rejection keeps samples."""
-    from zeroth.pipeline import run as run_module
-
-    real = run_module.load_task
-
-    def load(cfg):
-        task = real(cfg)
-        return replace(task, rewards={**task.rewards, "correct": _coin,
-                                      "format": lambda c, **_: [1.0] * len(c)})
-
-    monkeypatch.setattr(run_module, "load_task", load)
 
 
 def test_r1_recipe_runs_every_stage_and_reports_each(tmp_path, coin_tasks):

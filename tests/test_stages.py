@@ -16,7 +16,8 @@ from zeroth.pipeline.checkpoint import load_checkpoint, save_checkpoint
 from zeroth.pipeline.ledger import Ledger
 from zeroth.record.progress import Display
 from zeroth.rollout.decoder import stop_ids
-from zeroth.stages import distill, rejection, sft
+from zeroth.rollout.torch_engine import TorchEngine
+from zeroth.stages import distill, rejection, sft, supervised
 from zeroth.stages.eval import evaluate
 
 
@@ -48,8 +49,8 @@ class FakeRunner:
 
     def evaluate(self, phase):
         rows = self.task.eval_rows(self.cfg.task.eval_problems, self.cfg.run.seed)
-        metrics, samples = evaluate(self.model, self.tokenizer, self.task, rows, self.cfg.eval,
-                                    self.cfg.run.seed)
+        metrics, samples = evaluate(TorchEngine(self.model), self.tokenizer, self.task, rows,
+                                    self.cfg.eval, self.cfg.run.seed)
         self.ledger.log_eval(phase, samples)
         self.ledger.log_metrics(phase, 0, metrics)
         return metrics
@@ -98,7 +99,7 @@ def _weights(model):
 
 
 def _mean_loss(model, examples):
-    ids, labels = sft.batch_at(examples, 0, 16, "probe", 0)
+    ids, labels = supervised.batch_at(examples, 0, 16, "probe-sft", 0)
     with torch.no_grad():
         return model(input_ids=ids, labels=labels).loss.item()
 
@@ -187,7 +188,7 @@ def test_sft_lowers_the_loss_on_its_data(tmp_path, cfg, tiny_task, tiny_model):
 # ---- rejection sampling ---------------------------------------------------------------------
 
 
-def test_rejection_keeps_verified_well_formed_distinct(monkeypatch, tiny_task, tiny_model):
+def test_rejection_keeps_verified_well_formed_distinct(tiny_task, tiny_model):
     model, tok = tiny_model
     task = replace(tiny_task)  # real verifiers: exact answer and the strict R1 format
     rows = [{"prompt": "What is 3+4?", "answer": "7"}, {"prompt": "What is 1+1?", "answer": "2"}]
@@ -198,10 +199,14 @@ def test_rejection_keeps_verified_well_formed_distinct(monkeypatch, tiny_task, t
         "<answer>2</answer> and more", "<think>1 + 1</think><answer>2</answer>",
         "<answer>2</answer>"]
     eos = tok.eos_token_id
-    monkeypatch.setattr(rejection, "generate", lambda model, prompts, **kw: [
-        tok(t, add_special_tokens=False)["input_ids"] + [eos] for t in scripted[:len(prompts)]])
+
+    class Scripted(TorchEngine):  # the model's stop tokens, the scripted completions
+        def generate(self, prompts, **kw):
+            return [tok(t, add_special_tokens=False)["input_ids"] + [eos]
+                    for t in scripted[:len(prompts)]]
+
     kept, rollouts, stats = rejection.sample_verified(
-        model, tok, task, rows, samples=5, temperature=1.0, max_new_tokens=16,
+        Scripted(model), tok, task, rows, samples=5, temperature=1.0, max_new_tokens=16,
         keep_per_prompt=2, require_format=True, batch_size=64, seed_tag="t")
     # prompt 0: a whitespace duplicate, a wrong answer and a bare answer are dropped;
     # prompt 1: text after </answer> breaks the format; the cap keeps the first two
@@ -246,8 +251,9 @@ def test_rejection_stage_writes_a_deterministic_dataset(tmp_path, cfg, coin_task
 
 def test_logit_kl_is_zero_for_the_same_model_and_positive_otherwise(tiny_model, tiny_cfg):
     model, tok = tiny_model
-    ids, labels = sft.batch_at([sft.encode_pair(tok, "What is 1+2?", "<answer>3</answer>")],
-                               0, 2, "kl", tok.pad_token_id)
+    ids, labels = supervised.batch_at(
+        [sft.encode_pair(tok, "What is 1+2?", "<answer>3</answer>")], 0, 2, "kl-sft",
+        tok.pad_token_id)
     _, stats = distill.distill_loss(model, model, ids, labels, alpha=0.5)
     assert abs(stats["kl"]) < 1e-6
     torch.manual_seed(1)

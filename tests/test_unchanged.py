@@ -72,13 +72,9 @@ def fingerprint(run_dir: Path) -> dict:
             "weights": hashlib.sha256(weights).hexdigest()}
 
 
-def _coin(completions, **_):  # a deterministic "verifier" that passes about half of any text
-    return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
-
-
 def make_run(tmp_path: Path, name: str) -> dict:
     """Run `name` of RUNS in tmp_path with the coin verifier (so rejection keeps samples)."""
-    from test_pipeline import SMALL
+    from test_pipeline import SMALL  # the tiny recipe with small sft, rejection and distill
 
     from zeroth.config import load_config
     from zeroth.pipeline.run import create_run_dir, execute, preflight
@@ -92,22 +88,8 @@ def make_run(tmp_path: Path, name: str) -> dict:
     return fingerprint(run_dir)
 
 
-@pytest.fixture()
-def coin(monkeypatch):
-    from zeroth.pipeline import run as run_module
-
-    real = run_module.load_task
-
-    def load(cfg):
-        task = real(cfg)
-        return replace(task, rewards={**task.rewards, "correct": _coin,
-                                      "format": lambda c, **_: [1.0] * len(c)})
-
-    monkeypatch.setattr(run_module, "load_task", load)
-
-
 @pytest.mark.parametrize("name", sorted(RUNS))
-def test_tiny_runs_give_the_pinned_results(tmp_path, coin, name):
+def test_tiny_runs_give_the_pinned_results(tmp_path, coin_tasks, name):
     pinned = json.loads(PINNED.read_text())[name]
     got = make_run(tmp_path, name)
     assert got["summary"] == pinned["summary"]
@@ -126,7 +108,8 @@ if __name__ == "__main__" and "--write" in sys.argv:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import _coin
+
     from zeroth.pipeline import run as run_module
 
     real = run_module.load_task

@@ -10,9 +10,11 @@ written, tags and all). Questions are rendered with the chat template the model 
 (the one saved with its tokenizer) through `zeroth.models.hf.prompt_ids`, so a question looks to the
 model exactly like a training prompt. zeroth's models learn from single-turn prompts, so by default
 each question is asked on its own and earlier turns are not sent; --history (or /history on) keeps
-the conversation instead, for models that handle several turns. Sampling and stop tokens are those
-of the rollouts (`fastlm.sample`, `rollout.stop_ids`), so with the same seed a reply is the
-completion `rollout.generate` samples, cut after `</answer>`.
+the conversation instead, for models that handle several turns. Replies stream from the
+generation engine the run samples with (`make_engine`: the run's `rl.engine`, the default config's
+for a model folder outside a run), through the rollouts' decoder loop and stop tokens
+(zeroth.rollout.decoder, `stop_ids`), so with the same seed a reply is the completion
+`decoder.generate` samples, cut after `</answer>`; --top-p filters the nucleus first.
 
 Commands: /history on|off, /reset (forget the conversation), /temp T, /top_p P, /max N, /help,
 /exit (or EOF). Ctrl-C stops a reply; at the prompt it quits.
@@ -24,15 +26,18 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from zeroth.errors import UserError
+from zeroth.rollout.reply import (
+    ReasoningSplitter,
+    chat_ids,
+    opens_thinking,
+    stream_text,
+    supports_history,
+)
 
-STOP_TEXT = "</answer>"  # a reply ends with its answer block
-TAG_KINDS = {"<think>": "thinking", "</think>": "answer", "<answer>": "answer",
-             "</answer>": "answer"}  # the kind of text after each tag
 DEFAULTS = {"temperature": 0.7, "max_new_tokens": 512, "top_p": 1.0}  # for a bare model folder
 STYLES = {"thinking": "dim italic", "answer": ""}  # of the reply's text on a terminal
 HELP = ("/history on|off keeps or drops the conversation, /reset clears it, /temp T, /top_p P, "
@@ -43,233 +48,13 @@ MULTI_TURN = ("(multi-turn: earlier questions and replies are sent with each que
               "/history off asks each on its own, as the model was trained)")
 
 
-# ---------------------------------------------------------------------------------------------
-# Reasoning apart from the answer, as the text streams.
-# ---------------------------------------------------------------------------------------------
+def engine_for(model, cfg=None):
+    """The generation engine chat streams from: `make_engine` with the run's config `cfg`, or the
+    default config's when the model comes from no run."""
+    from zeroth.config import Config
+    from zeroth.rollout import make_engine
 
-
-class ReasoningSplitter:
-    """Cuts streamed text into ("thinking" | "answer", text) pieces: text inside <think>…</think>
-    is thinking, the rest is answer; the tags themselves are dropped. A tag may arrive split
-    across pieces, so a trailing "<…" that could still become a tag is held back until it is
-    one or cannot be one; `flush()` gives what is left at the end (an unclosed think block stays
-    thinking). Start with `thinking=True` when the prompt itself opened the think block."""
-
-    def __init__(self, thinking: bool = False):
-        self.kind = "thinking" if thinking else "answer"
-        self.held = ""
-
-    def feed(self, text: str) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        rest = self.held + text
-        while rest:
-            cut = rest.find("<")
-            if cut < 0:
-                out.append((self.kind, rest))
-                rest = ""
-                break
-            out.append((self.kind, rest[:cut]))
-            rest = rest[cut:]
-            tag = next((t for t in TAG_KINDS if rest.startswith(t)), None)
-            if tag is not None:
-                self.kind, rest = TAG_KINDS[tag], rest[len(tag):]
-            elif any(t.startswith(rest) for t in TAG_KINDS):
-                break  # "<thi" may still become "<think>": wait for more text
-            else:
-                out.append((self.kind, "<"))
-                rest = rest[1:]
-        self.held = rest
-        return _merge(out)
-
-    def flush(self) -> list[tuple[str, str]]:
-        out, self.held = [(self.kind, self.held)], ""
-        return _merge(out)
-
-
-def _merge(pieces: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Consecutive pieces of one kind joined, empty ones dropped."""
-    out: list[tuple[str, str]] = []
-    for kind, text in pieces:
-        if not text:
-            continue
-        if out and out[-1][0] == kind:
-            out[-1] = (kind, out[-1][1] + text)
-        else:
-            out.append((kind, text))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Prompts and streamed generation.
-# ---------------------------------------------------------------------------------------------
-
-
-def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a conversation ready for the assistant's turn. A lone question goes through
-    `zeroth.models.hf.prompt_ids`, the very function that renders training prompts."""
-    from zeroth.models.hf import prompt_ids
-
-    if len(messages) == 1 and messages[0]["role"] == "user":
-        return prompt_ids(tokenizer, [messages[0]["content"]])[0]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                         return_dict=False)
-
-
-def supports_history(tokenizer) -> bool:
-    """Does the chat template render a conversation of several turns?"""
-    turns = [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"},
-             {"role": "user", "content": "3"}]
-    try:
-        text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-    except Exception:  # noqa: BLE001 — a template that refuses history means single turns
-        return False
-    return all(t["content"] in text for t in turns)
-
-
-def opens_thinking(tokenizer, ids: list[int]) -> bool:
-    """Does the prompt end inside an open think block (templates that start the reasoning)?"""
-    tail = tokenizer.decode(ids[-8:], skip_special_tokens=False).rstrip()
-    return tail.endswith("<think>")
-
-
-def _pick(logits, temperature: float, top_p: float, generator):
-    """One token from logits (1, V): greedy at temperature 0, else `fastlm.sample` (the rollouts'
-    sampler) over the top-p nucleus."""
-    import torch
-
-    from zeroth.models.lean import sample
-
-    if temperature <= 0:
-        return sample(logits, 1.0, generator, greedy=True)
-    if top_p < 1.0:
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the first always stays
-        drop = torch.zeros_like(outside).scatter(-1, order, outside)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return sample(logits, temperature, generator, greedy=False)
-
-
-def sample_tokens(model, prompt: list[int], *, max_new_tokens: int, temperature: float = 1.0,
-                  top_p: float = 1.0, generator=None, stops: Iterable[int] = ()) -> Iterator[int]:
-    """Token ids as they are sampled, one forward pass each over a KV cache; a stop token is
-    yielded last. Closing the iterator early stops the generation."""
-    import torch
-    from transformers import DynamicCache
-
-    from zeroth.models.hf import model_device
-    from zeroth.rollout.decoder import _cache_kwarg
-
-    stops = set(stops)
-    cache = {_cache_kwarg(model): DynamicCache()}
-    ids = torch.tensor([prompt], dtype=torch.long, device=model_device(model))
-    for _ in range(max_new_tokens):
-        with torch.no_grad():
-            logits = model(input_ids=ids, use_cache=True, logits_to_keep=1, **cache).logits
-        token = _pick(logits[:, -1, :], temperature, top_p, generator)
-        yield int(token)
-        if int(token) in stops:
-            return
-        ids = token.view(1, 1)
-
-
-def stream_text(tokenizer, tokens: Iterable[int], stops: Iterable[int] = (),
-                stop_text: str = STOP_TEXT, sampled: list[int] | None = None) -> Iterator[str]:
-    """The text of streamed token ids, piece by piece: stops at a stop token (left out) or after
-    `stop_text`; a piece ending inside a multi-byte character waits for the rest of it. The
-    pieces join to `reply_text` of the same ids. `sampled` (a list) collects the ids used.
-
-    Incremental: each token decodes only a short window, the tokens of the piece shown last
-    (context for decoders that merge across tokens) and those not shown yet, so a reply costs
-    linear time. Pending tokens that still end in a broken character after MAX_PENDING tokens
-    (invalid bytes, not a character being spelled out) are shown as they decode."""
-    stops, ids = set(stops), []
-    window = _Window(stop_text)
-    for token in tokens:
-        if sampled is not None:
-            sampled.append(token)
-        if token in stops:
-            break
-        ids.append(token)
-        piece = window.next_piece(tokenizer, ids)
-        end = window.stop_at(piece)
-        if end >= 0:
-            yield from _nonempty(piece[:end])
-            return
-        if piece.endswith("\ufffd") and len(ids) - window.read < MAX_PENDING:
-            continue
-        window.advance(ids, piece)
-        yield from _nonempty(piece)
-    piece = window.next_piece(tokenizer, ids)
-    end = window.stop_at(piece)
-    yield from _nonempty(piece if end < 0 else piece[:end])
-
-
-MAX_PENDING = 8  # tokens a broken character may wait for (UTF-8 needs at most 4 bytes)
-
-
-class _Window:
-    """Where streamed decoding stands: ids[prefix:read] made the piece shown last, ids[read:]
-    are not shown yet; `tail` is the end of the text shown, to find a stop text split across
-    pieces."""
-
-    def __init__(self, stop_text: str):
-        self.stop_text = stop_text
-        self.prefix = self.read = 0
-        self.tail = ""
-
-    def next_piece(self, tokenizer, ids: list[int]) -> str:
-        """The text the ids after `read` add to what is shown."""
-        if self.read >= len(ids):
-            return ""
-        shown = tokenizer.decode(ids[self.prefix:self.read], skip_special_tokens=False)
-        text = tokenizer.decode(ids[self.prefix:], skip_special_tokens=False)
-        return text[len(shown):]
-
-    def stop_at(self, piece: str) -> int:
-        """Where `piece` must be cut to end right after the first stop text; -1: none in it."""
-        found = (self.tail + piece).find(self.stop_text) if self.stop_text else -1
-        return -1 if found < 0 else found + len(self.stop_text) - len(self.tail)
-
-    def advance(self, ids: list[int], piece: str) -> None:
-        """`piece` (the text of every id so far) is shown."""
-        self.prefix, self.read = self.read, len(ids)
-        shown = self.tail + piece  # a stop text may start in what is shown: keep its length
-        self.tail = shown[max(len(shown) - len(self.stop_text) + 1, 0):]
-
-
-def _nonempty(piece: str) -> Iterator[str]:
-    if piece:
-        yield piece
-
-
-def reply_text(tokenizer, ids: list[int], stops: Iterable[int] = (),
-               stop_text: str = STOP_TEXT) -> str:
-    """The reply of completion `ids` as a whole: decoded up to its stop token (special tokens
-    kept, as evaluation decodes), cut after the first `stop_text`."""
-    stops = set(stops)
-    ids = list(ids)
-    for i, token in enumerate(ids):
-        if token in stops:
-            ids = ids[:i]
-            break
-    text = tokenizer.decode(ids, skip_special_tokens=False)
-    end = text.find(stop_text)
-    return text if end < 0 else text[:end + len(stop_text)]
-
-
-def stream_reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int,
-                 temperature: float = 1.0, top_p: float = 1.0, generator=None,
-                 stops: Iterable[int] | None = None,
-                 sampled: list[int] | None = None) -> Iterator[str]:
-    """The assistant's reply to `messages`, streamed as text pieces while it is generated."""
-    from zeroth.rollout.decoder import stop_ids
-
-    stops = stop_ids(model, tokenizer) if stops is None else set(stops)
-    tokens = sample_tokens(model, chat_ids(tokenizer, messages), max_new_tokens=max_new_tokens,
-                           temperature=temperature, top_p=top_p, generator=generator,
-                           stops=stops)
-    return stream_text(tokenizer, tokens, stops, sampled=sampled)
+    return make_engine(cfg if cfg is not None else Config(), model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,14 +144,16 @@ class Settings:
 
 
 class Chat:
-    """A conversation with one model: its sampling settings and random stream, and its history
-    when `history` is on (off by default: each question alone, as in training)."""
+    """A conversation with one model: its sampling settings and random stream, the engine that
+    samples it (default: `engine_for(model)`), and its history when `history` is on (off by
+    default: each question alone, as in training)."""
 
     def __init__(self, model, tokenizer, settings: Settings, generator=None,
-                 history: bool = False):
+                 history: bool = False, engine=None):
         from zeroth.rollout.decoder import stop_ids
 
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.engine = engine if engine is not None else engine_for(model)
         self.generator, self.history = generator, False
         self.stops = stop_ids(model, tokenizer)
         self.context = getattr(model.config, "max_position_embeddings", None)
@@ -406,9 +193,10 @@ class Chat:
         """Stream the reply to `question` into `renderer`; returns the reply text. Ctrl-C stops
         the reply (it is then left out of the history)."""
         ids = self.prompt(question, renderer)
-        tokens = sample_tokens(self.model, ids, max_new_tokens=self.settings.max_new_tokens,
-                               temperature=self.settings.temperature, top_p=self.settings.top_p,
-                               generator=self.generator, stops=self.stops)
+        tokens = self.engine.stream(ids, max_new_tokens=self.settings.max_new_tokens,
+                                    temperature=self.settings.temperature,
+                                    top_p=self.settings.top_p, generator=self.generator,
+                                    eos_id=self.stops)
         sampled: list[int] = []
         renderer.start(thinking=opens_thinking(self.tokenizer, ids))
         t0, parts, interrupted = time.perf_counter(), [], False
@@ -491,14 +279,21 @@ def model_folder(source: str, tag: str | None) -> Path:
     return model_dir(root / tag)
 
 
+def run_config(folder: Path):
+    """The config of the run `folder` belongs to, None outside a run."""
+    run_dir = run_dir_of(folder)
+    if run_dir is None:
+        return None
+    from zeroth.config import load_run_config
+
+    return load_run_config(run_dir)
+
+
 def settings_for(ns, folder: Path) -> Settings:
     """Command-line values, else the run's eval section, else DEFAULTS."""
     base = dict(DEFAULTS)
-    run_dir = run_dir_of(folder)
-    if run_dir is not None:
-        from zeroth.config import load_run_config
-
-        cfg = load_run_config(run_dir)
+    cfg = run_config(folder)
+    if cfg is not None:
         base.update(temperature=cfg.eval.temperature, max_new_tokens=cfg.eval.max_new_tokens)
     chosen = {"temperature": ns.temperature, "max_new_tokens": ns.max_new_tokens,
               "top_p": ns.top_p}
@@ -540,7 +335,8 @@ def open_chat(ns, renderer: Renderer) -> Chat:
         generator.seed()
     else:
         generator.manual_seed(ns.seed)
-    chat = Chat(model, tokenizer, settings, generator, history=ns.history)
+    chat = Chat(model, tokenizer, settings, generator, history=ns.history,
+                engine=engine_for(model, run_config(folder)))
     renderer.line(f"chatting with {folder} (temperature {settings.temperature}, top-p "
                   f"{settings.top_p}, at most {settings.max_new_tokens} new tokens) — {HELP}")
     renderer.line(MULTI_TURN if chat.history else SINGLE_TURN)

@@ -237,11 +237,13 @@ def plan(ns, cfg, task_name: str, problems: int) -> tuple[list, int, Path | None
 
 def score(folder: Path, cfg, task, rows, display) -> dict:
     """The metrics of one model (by_difficulty among them)."""
+    from zeroth.rollout import make_engine
     from zeroth.stages.eval import evaluate
 
     model, tokenizer = load_for_eval(folder, cfg)
     with display.stage("eval", total=1) as update:
-        metrics, _ = evaluate(model, tokenizer, task, rows, cfg.eval, cfg.run.seed)
+        metrics, _ = evaluate(make_engine(cfg, model), tokenizer, task, rows, cfg.eval,
+                              cfg.run.seed)
         update(1, pass1=metrics["pass1"], greedy=metrics["greedy"])
     return metrics
 

@@ -227,7 +227,8 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
 
 
 # ---------------------------------------------------------------------------------------------
-# Generation: prefill each distinct prompt once, then one forward per token.
+# Generation: prefill each distinct prompt once, then one forward per token. The loop that
+# samples the tokens is zeroth.rollout.decoder's (`Decoding` is its lean backend).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -247,24 +248,6 @@ def _prefill(model, p_ids: Tensor, p_real: Tensor, heads) -> tuple[Tensor, list,
     return model.model.norm(x[:, -1]), keys, values
 
 
-def sample(logits: Tensor, temperature: float, generator, greedy: bool,
-           rows: Tensor | None = None, batch: int | None = None) -> Tensor:
-    """One token per row of logits (a, V): the argmax, or a sample by inverting the CDF of
-    softmax(logits / temperature) at a uniform draw. Each step draws `batch` uniforms (one per
-    row of the whole batch, a CPU generator on the CPU) and row i of logits uses draw rows[i],
-    so a row's samples do not depend on which other rows are still generating."""
-    if greedy:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    cdf = probs.cumsum(-1)  # (a, V)
-    where = cdf.device if generator is None else generator.device
-    u = torch.rand((batch or len(cdf), 1), generator=generator, device=where).to(cdf.device)
-    if rows is not None:
-        u = u[rows]
-    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
-    return token.clamp(max=cdf.shape[-1] - 1)
-
-
 def _linear(x: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
     """x @ weight_t (+ bias) with the weight stored input-major (in, out)."""
     return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
@@ -274,7 +257,7 @@ def _fused(layer) -> tuple:
     """The layer's decoding weights, input-major (a (64, in) @ (in, out) product runs faster
     than against the (out, in) layout) and fused: one matrix for q, k and v, one for the MLP's
     gate and up projections; two wide products per layer and token instead of five narrow ones.
-    A copy made once per `generate` call (decoding has no grad)."""
+    A copy made once per generated batch (`Decoding.start`; decoding has no grad)."""
     attn, mlp = layer.self_attn, layer.mlp
 
     def joined(mods):
@@ -315,61 +298,61 @@ def _decode_layer(layer, fused, x: Tensor, rope, heads, keys: Tensor, values: Te
     return x + _linear(F.silu(gate) * up, w_down, b_down)
 
 
-@torch.no_grad()
-def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-             generator, eos_ids: set[int], pad_id: int, greedy: bool) -> list[list[int]]:
-    """Completion ids of each prompt (ending with the stop token when the row stopped)."""
-    device = next(model.parameters()).device
-    heads = _heads(model)
-    distinct, owner_list = share_prompts(prompts)
-    owner = torch.tensor(owner_list, device=device)
-    p_ids, p_real = (t.to(device) for t in left_pad(distinct, pad_id))
-    last, keys, values = _prefill(model, p_ids, p_real, heads)
-    width, n = p_ids.shape[1], len(prompts)
-    cache_k, cache_v = [], []  # per layer (n, KV, width + max_new_tokens, d)
-    for k, v in zip(keys, values):
-        shape = (n, k.shape[1], width + max_new_tokens, k.shape[3])
-        cache_k.append(k.new_empty(shape))
-        cache_v.append(v.new_empty(shape))
-        cache_k[-1][:, :, :width], cache_v[-1][:, :, :width] = k[owner], v[owner]
-    bias = torch.full((n, 1, 1, width + max_new_tokens), float("-inf"), device=device,
-                      dtype=last.dtype)  # 0 on the keys each row may attend to
-    bias[:, 0, 0, :width].masked_fill_(p_real[owner], 0.0)
-    pos = p_real.sum(-1)[owner]  # (n,) position of the next token
-    table = _rope(model, last[:1, None], torch.arange(width + max_new_tokens,
-                                                      device=device)[None])  # (1, 1, S, d)
-    logits = model.lm_head(last)[owner]  # (n, V)
-    stops = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
-    rows = torch.arange(n, device=device)  # the original row of each row still in the batch
-    live = torch.ones(n, dtype=torch.bool, device=device)
-    out = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    lengths = torch.full((n,), max_new_tokens, dtype=torch.long, device=device)
-    fused = [_fused(layer) for layer in model.model.layers]
-    embed = model.get_input_embeddings()
-    for t in range(max_new_tokens):
-        token = sample(logits, temperature, generator, greedy, rows, n)  # (a,)
-        ended = live & torch.isin(token, stops)
-        out[rows[live], t] = token[live]
-        if bool(ended.any()):
-            lengths[rows[ended]] = t + 1
-            live &= ~ended
-            if not bool(live.any()):
-                break
-            if 8 * int((~live).sum()) >= len(live):  # drop finished rows from the batch
-                rows, token, pos, bias = rows[live], token[live], pos[live], bias[live]
-                cache_k = [c[live] for c in cache_k]
-                cache_v = [c[live] for c in cache_v]
-                live = live[live]
-        if t + 1 == max_new_tokens:
-            break
-        col = width + t
-        bias[:, :, :, col] = 0.0
-        x = embed(token)  # (a, hidden)
-        rope = tuple(c[0, 0, pos][:, None, None] for c in table)  # (a, 1, 1, d)
+class Decoding:
+    """The forward passes of one batch being generated (a backend of zeroth.rollout.decoder's
+    loop): `start()` prefills each group's prompt once and gives the first logits (n, V);
+    `step(token)` runs one token per row in the batch over a KV cache allocated once for the
+    prompt and `max_new_tokens` tokens; `keep(live)` drops rows from the batch (their cache
+    rows), so no FLOP is spent on a finished row once it is dropped."""
+
+    drops_rows = True
+
+    def __init__(self, model, prompts: list[list[int]], pad_id: int, max_new_tokens: int):
+        self.model, self.prompts, self.pad_id = model, prompts, pad_id
+        self.max_new_tokens = max_new_tokens
+        self.heads = _heads(model)
+
+    def start(self) -> Tensor:
+        """Prefill: the logits (n, V) of each row's first token."""
+        model, n, new = self.model, len(self.prompts), self.max_new_tokens
+        device = next(model.parameters()).device
+        distinct, owner_list = share_prompts(self.prompts)
+        owner = torch.tensor(owner_list, device=device)
+        p_ids, p_real = (t.to(device) for t in left_pad(distinct, self.pad_id))
+        last, keys, values = _prefill(model, p_ids, p_real, self.heads)
+        self.width = width = p_ids.shape[1]
+        self.cache_k, self.cache_v = [], []  # per layer (n, KV, width + new, d)
+        for k, v in zip(keys, values):
+            shape = (n, k.shape[1], width + new, k.shape[3])
+            self.cache_k.append(k.new_empty(shape))
+            self.cache_v.append(v.new_empty(shape))
+            self.cache_k[-1][:, :, :width], self.cache_v[-1][:, :, :width] = k[owner], v[owner]
+        self.bias = torch.full((n, 1, 1, width + new), float("-inf"), device=device,
+                               dtype=last.dtype)  # 0 on the keys each row may attend to
+        self.bias[:, 0, 0, :width].masked_fill_(p_real[owner], 0.0)
+        self.pos = p_real.sum(-1)[owner]  # (n,) position of the next token
+        self.table = _rope(model, last[:1, None], torch.arange(width + new,
+                                                               device=device)[None])  # (1, 1, S, d)
+        self.fused = [_fused(layer) for layer in model.model.layers]
+        self.t = 0  # tokens fed so far
+        return model.lm_head(last)[owner]  # (n, V)
+
+    def step(self, token: Tensor) -> Tensor:
+        """The logits (a, V) after feeding token (a,) to each row in the batch."""
+        model = self.model
+        col = self.width + self.t
+        self.bias[:, :, :, col] = 0.0
+        x = model.get_input_embeddings()(token)  # (a, hidden)
+        rope = tuple(c[0, 0, self.pos][:, None, None] for c in self.table)  # (a, 1, 1, d)
         for i, layer in enumerate(model.model.layers):
-            x = _decode_layer(layer, fused[i], x, rope, heads, cache_k[i], cache_v[i], col,
-                              bias[..., : col + 1])
-        logits = model.lm_head(_norm(model.model.norm, x))
-        pos = pos + 1
-    result = out.tolist()
-    return [row[: int(m)] for row, m in zip(result, lengths.tolist())]
+            x = _decode_layer(layer, self.fused[i], x, rope, self.heads, self.cache_k[i],
+                              self.cache_v[i], col, self.bias[..., : col + 1])
+        self.pos = self.pos + 1
+        self.t += 1
+        return model.lm_head(_norm(model.model.norm, x))
+
+    def keep(self, live: Tensor) -> None:
+        """Only the rows where `live` (a,) is True stay in the batch."""
+        self.pos, self.bias = self.pos[live], self.bias[live]
+        self.cache_k = [c[live] for c in self.cache_k]
+        self.cache_v = [c[live] for c in self.cache_v]

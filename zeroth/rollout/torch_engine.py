@@ -1,8 +1,11 @@
-"""The built-in engine: generation in this process, from the policy model's own weights."""
+"""The built-in engine: generation in this process, from the policy model's own weights, with
+the one decoder loop (zeroth.rollout.decoder)."""
 
 from __future__ import annotations
 
-from zeroth.rollout.decoder import generate
+from collections.abc import Iterator
+
+from zeroth.rollout.decoder import generate, stream
 
 
 class TorchEngine:
@@ -11,8 +14,11 @@ class TorchEngine:
     def __init__(self, model):
         self.model = model
 
-    def generate(self, prompts, **kwargs) -> list[list[int]]:
+    def generate(self, prompts: list[list[int]], **kwargs) -> list[list[int]]:
         return generate(self.model, prompts, **kwargs)
+
+    def stream(self, prompt_ids: list[int], **kwargs) -> Iterator[int]:
+        return stream(self.model, prompt_ids, **kwargs)
 
     def sync(self, model) -> None:
         self.model = model  # the same tensors: nothing to copy

@@ -18,6 +18,7 @@ rest of the stage needs in state[<stage id>]; training then checkpoints like SFT
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from random import Random
 
@@ -31,7 +32,8 @@ from zeroth.pipeline.checkpoint import save_folder
 from zeroth.rollout import hash_seed
 from zeroth.stages import pretrain as pt
 from zeroth.stages.rejection import sample_verified, write_jsonl
-from zeroth.stages.sft import fit, prepare, read_jsonl
+from zeroth.stages.sft import chat_batches, prepare, read_jsonl
+from zeroth.stages.supervised import Hyper, batches, token_loss, train
 
 CHANGES_MODEL = True  # the held-out set is evaluated after this stage (the student)
 
@@ -117,25 +119,16 @@ def build_student(r, teacher_tok):
 
 
 def pretrain_student(r, model, tokenizer, steps: int) -> None:
-    """Next-token prediction on the task demonstrations, as the pretrain stage does."""
+    """Next-token prediction on the task demonstrations, as the pretrain stage does; logged as
+    phase <stage id>_pretrain, never checkpointed (it runs before the stage's checkpoint 0)."""
     if r.task.demonstration is None:
         raise UserError(f"task '{r.task.name}' has no demonstrations for the student to "
                         "pre-train on — set distill.student_pretrain_steps=0")
-    p, tag, phase = r.cfg.pretrain, f"{r.cfg.run.seed}-{r.stage_id}", f"{r.stage_id}_pretrain"
-    seqs, _ = pt.build_corpus(r.task, tokenizer, r.cfg.demos.n, r.cfg.run.seed)
-    optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=p.lr, betas=(0.9, 0.95),
-                                  weight_decay=p.weight_decay)
-    r.ledger.clear_phase(phase)
-    model.train()
-    with r.display.stage(phase, total=steps) as update:
-        for step in range(steps):
-            ids, labels = pt.batch_at(seqs, step, p.batch_size, tag, tokenizer.pad_token_id)
-            lr = p.lr * pt.lr_at(step, steps, p.warmup)
-            loss = pt.train_step(model, optimizer, ids.to(r.device), labels.to(r.device), lr)
-            if (step + 1) % 10 == 0 or step + 1 == steps:
-                r.ledger.log_metrics(phase, step + 1, {"loss": loss, "lr": lr})
-            update(step + 1, loss=loss)
-    model.eval()
+    p, tag = r.cfg.pretrain, f"{r.cfg.run.seed}-{r.stage_id}-pretrain"
+    examples, _ = pt.build_corpus(r.task, tokenizer, r.cfg.demos.n, r.cfg.run.seed)
+    train(r, model, batches(examples, p.batch_size, tag, tokenizer.pad_token_id),
+          partial(token_loss, model), Hyper.of(p, steps=steps),
+          phase=f"{r.stage_id}_pretrain", checkpoint=False)
 
 
 def start(r):
@@ -144,9 +137,12 @@ def start(r):
     d, sid, seed = r.cfg.distill, r.stage_id, r.cfg.run.seed
     teacher, t_tok, label, folder, changes = load_teacher(r)
     rows = r.task.train_rows(Random(f"{seed}-{sid}"), d.prompts)
+    from zeroth.rollout import make_engine
+
     with r.display.stage(f"{sid}_traces", total=len(rows) * d.samples) as update:
         kept, rollouts, stats = sample_verified(
-            teacher, t_tok, r.task, rows, samples=d.samples, temperature=d.temperature,
+            make_engine(r.cfg, teacher), t_tok, r.task, rows, samples=d.samples,
+            temperature=d.temperature,
             max_new_tokens=d.max_new_tokens, keep_per_prompt=d.keep_per_prompt,
             require_format=True, batch_size=r.cfg.rejection.batch_size,
             seed_tag=f"{seed}-{sid}-traces", update=lambda done, total: update(done))
@@ -197,8 +193,9 @@ def run(r) -> dict:
     if not examples:
         raise UserError(f"no teacher trace fits the student's context of {limit} tokens — "
                         "raise student.max_len or lower distill.max_new_tokens")
-    loss = fit(r, examples, d, lambda ids, labels: distill_loss(r.model, teacher, ids, labels,
-                                                                d.alpha))
+    loss = train(r, r.model, chat_batches(r, examples, d.batch_size),
+                 partial(distill_loss, r.model, teacher, alpha=d.alpha), Hyper.of(d),
+                 phase=sid, checkpoint=True)
     return {"teacher": info["teacher"], "traces": info["traces"],
             "verified_rate": info["verified_rate"], "logit_distillation": info["logits"],
             "student_params": info["student_params"], "student_before": info["student_before"],

@@ -19,8 +19,8 @@ import torch
 
 from zeroth.models.hf import prompt_ids
 from zeroth.rewards import combine, extract_answer
-from zeroth.rollout import hash_seed
-from zeroth.rollout.decoder import generate, stop_ids
+from zeroth.rollout import hash_seed, make_engine
+from zeroth.rollout.decoder import stop_ids
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -115,9 +115,10 @@ def by_difficulty(rows: list[dict], solved: list[list[bool]], answers: list[list
     return out
 
 
-def evaluate(model, tokenizer, task, rows: list[dict], eval_cfg,
+def evaluate(engine, tokenizer, task, rows: list[dict], eval_cfg,
              seed: int) -> tuple[dict, list[dict]]:
-    """(metrics, ledger rows) for `rows`: k samples each at eval temperature, plus greedy.
+    """(metrics, ledger rows) for `rows`: k samples each at eval temperature, plus greedy,
+    sampled by `engine` (`make_engine(cfg, model)`).
 
     The samples come from one generator seeded by `seed` and consumed batch after batch, so
     the numbers are a function of the model, rows, seed and eval config — eval.batch_size
@@ -125,13 +126,13 @@ def evaluate(model, tokenizer, task, rows: list[dict], eval_cfg,
     """
     k = eval_cfg.k
     prompts = prompt_ids(tokenizer, [r["prompt"] for r in rows])
-    stops = stop_ids(model, tokenizer)
+    stops = stop_ids(engine.model, tokenizer)
     common = {"max_new_tokens": eval_cfg.max_new_tokens, "eos_id": stops,
               "pad_id": tokenizer.pad_token_id, "batch_size": eval_cfg.batch_size}
     gen = torch.Generator().manual_seed(hash_seed(f"eval-{seed}"))
-    sampled = generate(model, [p for p in prompts for _ in range(k)], generator=gen,
-                       temperature=eval_cfg.temperature, **common)
-    greedy = generate(model, prompts, greedy=True, **common)
+    sampled = engine.generate([p for p in prompts for _ in range(k)], generator=gen,
+                              temperature=eval_cfg.temperature, **common)
+    greedy = engine.generate(prompts, temperature=1.0, generator=None, greedy=True, **common)
     many = [r for r in rows for _ in range(k)]
     s_text, s_ok, s_fmt = _score(tokenizer, task, many, sampled, stops)
     g_text, g_ok, _ = _score(tokenizer, task, rows, greedy, stops)
@@ -179,8 +180,8 @@ def run(r, phase: str | None = None) -> dict:
     r.ledger.clear_phase(phase)
     rows = r.task.eval_rows(r.cfg.task.eval_problems, r.cfg.run.seed)
     with r.display.stage(phase, total=1) as update:
-        metrics, samples = evaluate(r.model, r.tokenizer, r.task, rows, r.cfg.eval,
-                                    r.cfg.run.seed)
+        metrics, samples = evaluate(make_engine(r.cfg, r.model), r.tokenizer, r.task, rows,
+                                    r.cfg.eval, r.cfg.run.seed)
         update(1, pass1=metrics["pass1"], greedy=metrics["greedy"])
     r.ledger.log_eval(phase, samples)
     r.ledger.log_metrics(phase, 0, headline(metrics))  # numbers only

@@ -18,8 +18,8 @@ import torch
 
 from zeroth.models.hf import prompt_ids
 from zeroth.rewards import combine
-from zeroth.rollout import hash_seed
-from zeroth.rollout.decoder import generate, stop_ids
+from zeroth.rollout import hash_seed, make_engine
+from zeroth.rollout.decoder import stop_ids
 from zeroth.stages.eval import decode
 
 CHANGES_MODEL = False  # sampling changes no weights: no evaluation after it
@@ -30,10 +30,10 @@ def normalised(text: str) -> str:
     return " ".join(text.split())
 
 
-def sample_verified(model, tokenizer, task, rows: list[dict], *, samples: int,
+def sample_verified(engine, tokenizer, task, rows: list[dict], *, samples: int,
                     temperature: float, max_new_tokens: int, keep_per_prompt: int,
                     require_format: bool, batch_size: int, seed_tag: str, update=None):
-    """Sample `samples` completions per row, keep the distinct verified ones.
+    """Sample `samples` completions per row with `engine` (`make_engine(cfg, model)`), keep the distinct verified ones.
 
     Kept: the task's accuracy verifier says 1.0 and, with `require_format`, the R1 format does
     too; per prompt, completions equal up to whitespace count once and at most `keep_per_prompt`
@@ -41,14 +41,14 @@ def sample_verified(model, tokenizer, task, rows: list[dict], *, samples: int,
     `update(done, total)`, when given, is told of each generated batch."""
     many = [row for row in rows for _ in range(samples)]  # (P*N,) a prompt's samples in a row
     prompts = prompt_ids(tokenizer, [row["prompt"] for row in many])
-    stops = stop_ids(model, tokenizer)
+    stops = stop_ids(engine.model, tokenizer)
     gen = torch.Generator().manual_seed(hash_seed(seed_tag))
     completions: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
-        completions += generate(model, prompts[start:start + batch_size],
-                                max_new_tokens=max_new_tokens, temperature=temperature,
-                                generator=gen, eos_id=stops, pad_id=tokenizer.pad_token_id,
-                                batch_size=batch_size)
+        completions += engine.generate(prompts[start:start + batch_size],
+                                       max_new_tokens=max_new_tokens, temperature=temperature,
+                                       generator=gen, eos_id=stops,
+                                       pad_id=tokenizer.pad_token_id, batch_size=batch_size)
         if update is not None:
             update(len(completions), len(prompts))
     texts = decode(tokenizer, completions, stops)
@@ -102,7 +102,7 @@ def run(r) -> dict:
     rows = r.task.train_rows(Random(f"{r.cfg.run.seed}-{sid}"), cfg.prompts)
     with r.display.stage(sid, total=len(rows) * cfg.samples) as update:
         kept, rollouts, stats = sample_verified(
-            r.model, r.tokenizer, r.task, rows, samples=cfg.samples,
+            make_engine(r.cfg, r.model), r.tokenizer, r.task, rows, samples=cfg.samples,
             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
             keep_per_prompt=cfg.keep_per_prompt, require_format=cfg.require_format,
             batch_size=cfg.batch_size, seed_tag=f"{r.cfg.run.seed}-{sid}",

@@ -15,15 +15,13 @@ one would.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
-from random import Random
-
-import torch
 
 from zeroth.errors import UserError
 from zeroth.models.hf import end_of_turn
-from zeroth.pipeline.checkpoint import load_checkpoint
 from zeroth.stages import pretrain as pt
+from zeroth.stages.supervised import Hyper, batches, token_loss, train
 
 CHANGES_MODEL = True  # the held-out set is evaluated after this stage
 
@@ -163,59 +161,10 @@ def prepare(tokenizer, convs: list[list[dict]], max_len: int):
     return kept, len(encoded) - len(kept)
 
 
-def batch_at(examples, step: int, size: int, tag: str, pad_id: int):
-    """(input_ids, labels), each (B, T), for `step`: right-padded, a function of (tag, step)."""
-    rng = Random(f"{tag}-sft-{step}")
-    picked = [examples[rng.randrange(len(examples))] for _ in range(size)]
-    width = max(len(ids) for ids, _ in picked)
-    ids = torch.full((size, width), pad_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((size, width), -100, dtype=torch.long)  # (B, T)
-    for i, (seq, lab) in enumerate(picked):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, : len(lab)] = torch.tensor(lab)
-    return ids, labels
-
-
-def answer_loss(model, ids, labels):
-    """Mean next-token cross-entropy over the labelled (answer) tokens."""
-    return model(input_ids=ids, labels=labels, use_cache=False).loss, {}
-
-
-def fit(r, examples, hp, loss_fn) -> float | None:
-    """AdamW over r.model from step r.state["step"] to hp.steps: warm-up + cosine, clip 1.0,
-    loss to the ledger every 10 steps, a checkpoint every hp.checkpoint_every and at the end.
-    `loss_fn(ids, labels) -> (loss, stats)`. Returns the last loss."""
-    params = [p for p in r.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=hp.lr, betas=(0.9, 0.95),
-                                  weight_decay=getattr(hp, "weight_decay", 0.0))
-    start = r.state["step"]
-    if start > 0:
-        load_checkpoint(r.resume_ckpt, optimizer=optimizer)
-    r.ledger.truncate_after(r.stage_id, start)
-    progress = r.state.setdefault(r.stage_id, {})
-    loss = progress.get("loss")
-    tag, pad = f"{r.cfg.run.seed}-{r.stage_id}", r.tokenizer.pad_token_id
-    r.model.train()
-    with r.display.stage(r.stage_id, total=hp.steps, done=start) as update:
-        for step in range(start, hp.steps):
-            ids, labels = batch_at(examples, step, hp.batch_size, tag, pad)
-            lr = hp.lr * pt.lr_at(step, hp.steps, hp.warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            value, stats = loss_fn(ids.to(r.device), labels.to(r.device))
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            loss = value.item()
-            if (step + 1) % 10 == 0 or step + 1 == hp.steps:
-                r.ledger.log_metrics(r.stage_id, step + 1, {"loss": loss, "lr": lr, **stats})
-            update(step + 1, loss=loss)
-            if (step + 1) % hp.checkpoint_every == 0 or step + 1 == hp.steps:
-                progress["loss"] = loss
-                r.save(step + 1, optimizer)
-    r.model.eval()
-    return loss
+def chat_batches(r, examples, size: int):
+    """The stage's batch function over (ids, labels) examples: a function of (seed, stage id,
+    step)."""
+    return batches(examples, size, f"{r.cfg.run.seed}-{r.stage_id}-sft", r.tokenizer.pad_token_id)
 
 
 def run(r) -> dict:
@@ -235,7 +184,8 @@ def run(r) -> dict:
     if dropped:
         r.display.print(f"{r.stage_id}: dropped {dropped} of {len(convs)} examples longer than "
                         f"{limit} tokens")
-    loss = fit(r, examples, cfg, lambda ids, labels: answer_loss(r.model, ids, labels))
+    loss = train(r, r.model, chat_batches(r, examples, cfg.batch_size),
+                 partial(token_loss, r.model), Hyper.of(cfg), phase=r.stage_id, checkpoint=True)
     return {"examples": len(examples), "dropped_long": dropped, "final_loss": loss,
             "steps": cfg.steps,
             "answer_tokens": sum(sum(t != -100 for t in lab) for _, lab in examples)}

@@ -1,0 +1,130 @@
+"""The one supervised loop: pretrain, SFT and distillation differ in data and loss, not in it.
+
+    for step in range(start, hp.steps):
+        ids, labels = batch(step)                  # (B, T) each: a pure function of the step
+        loss, stats = loss_fn(ids, labels)         # the caller's objective
+        AdamW (betas 0.9, 0.95) at hp.lr * lr_at(step): warm-up, then cosine to 10%
+        gradients clipped to norm 1.0 over the trainable parameters
+        loss, lr and stats to the ledger every 10 steps and at the end
+        a checkpoint every hp.checkpoint_every steps and at the end (a stage's own loop)
+
+Batches are drawn by a seeded Random of (tag, step), so a resumed loop sees exactly the batches
+an uninterrupted one would; each caller keeps its own tag.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from random import Random
+
+import torch
+
+from zeroth.models.hf import trainable
+from zeroth.pipeline.checkpoint import load_checkpoint
+
+LOG_EVERY = 10  # steps between ledger rows (and the last step)
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """The loop's hyper-parameters, as a config section (pretrain, sft, distill) gives them."""
+
+    lr: float
+    warmup: int
+    steps: int
+    weight_decay: float = 0.0
+    checkpoint_every: int = 0
+
+    @classmethod
+    def of(cls, section, **changes) -> Hyper:
+        """From a config section (distill has no weight_decay: 0), with `changes` applied."""
+        hp = cls(lr=section.lr, warmup=section.warmup, steps=section.steps,
+                 weight_decay=getattr(section, "weight_decay", 0.0),
+                 checkpoint_every=section.checkpoint_every)
+        return replace(hp, **changes)
+
+
+def lr_at(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 10% — a multiplier of the base learning rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def right_pad(pairs: list[tuple[list[int], list[int]]], pad_id: int):
+    """(input_ids, labels), each (B, T) with T the longest: ids padded with pad_id, labels -100."""
+    width = max(len(ids) for ids, _ in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(pairs), width), -100, dtype=torch.long)  # (B, T)
+    for i, (seq, lab) in enumerate(pairs):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        labels[i, : len(lab)] = torch.tensor(lab)
+    return ids, labels
+
+
+def batch_at(examples, step: int, size: int, tag: str, pad_id: int):
+    """(input_ids, labels), each (B, T), of `size` (ids, labels) examples drawn with replacement
+    by Random(f"{tag}-{step}")."""
+    rng = Random(f"{tag}-{step}")
+    return right_pad([examples[rng.randrange(len(examples))] for _ in range(size)], pad_id)
+
+
+def batches(examples, size: int, tag: str, pad_id: int):
+    """The loop's batch function: step -> batch_at(examples, step, ...)."""
+    return lambda step: batch_at(examples, step, size, tag, pad_id)
+
+
+def token_loss(model, ids, labels):
+    """(loss, stats): mean next-token cross-entropy over the labelled tokens, no extra stats."""
+    return model(input_ids=ids, labels=labels, use_cache=False).loss, {}
+
+
+def train(r, model, batch, loss_fn, hp: Hyper, *, phase: str, checkpoint: bool) -> float | None:
+    """AdamW over `model`'s trainable parameters for steps up to hp.steps; returns the last loss.
+
+    batch(step) -> (ids, labels); loss_fn(ids, labels) -> (loss tensor, stats dict). Rows go to
+    the ledger under `phase`. checkpoint: the stage's own loop (phase is r.stage_id, model is
+    r.model) — it resumes from r.state["step"] and r.resume_ckpt's optimizer, keeps its last loss
+    in r.state[phase]["loss"] and saves checkpoints; otherwise a part of a stage, begun afresh
+    at step 0 every time and never saved."""
+    params = trainable(model)
+    optimizer = torch.optim.AdamW(params, lr=hp.lr, betas=(0.9, 0.95),
+                                  weight_decay=hp.weight_decay)
+    start, progress = _begin(r, phase, optimizer, checkpoint)
+    loss = progress.get("loss")
+    model.train()
+    with r.display.stage(phase, total=hp.steps, done=start) as update:
+        for step in range(start, hp.steps):
+            ids, labels = batch(step)
+            lr = hp.lr * lr_at(step, hp.steps, hp.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            value, stats = loss_fn(ids.to(r.device), labels.to(r.device))
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+            optimizer.step()
+            loss = progress["loss"] = value.item()
+            last = step + 1 == hp.steps
+            if (step + 1) % LOG_EVERY == 0 or last:
+                r.ledger.log_metrics(phase, step + 1, {"loss": loss, "lr": lr, **stats})
+            update(step + 1, loss=loss)
+            if checkpoint and ((step + 1) % hp.checkpoint_every == 0 or last):
+                r.save(step + 1, optimizer)
+    model.eval()
+    return loss
+
+
+def _begin(r, phase: str, optimizer, checkpoint: bool) -> tuple[int, dict]:
+    """(first step, the progress dict saved with every checkpoint); the ledger cut to match."""
+    if not checkpoint:
+        r.ledger.clear_phase(phase)
+        return 0, {}
+    start = r.state["step"]
+    if r.resume_ckpt is not None:  # a checkpoint of this loop, past step 0
+        load_checkpoint(r.resume_ckpt, optimizer=optimizer)
+    r.ledger.truncate_after(phase, start)
+    return start, r.state.setdefault(phase, {})
