@@ -13,6 +13,7 @@ from zeroth.config.parse import show
 from zeroth.config.schema import Config
 from zeroth.config.stages import pipeline, resolve_rl, stage_config
 from zeroth.errors import UserError
+from zeroth.models import ARCHS
 from zeroth.rollout import ENGINES
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ _RULES: list[tuple] = [
         ("model.path {v} has no config.json — give a local Hugging Face model folder or a run "
          "directory"),
     ),
-    ("model.arch", *_one_of("qwen2", "llama")),
+    ("model.arch", *_named(ARCHS, "model architecture")),
     ("model.hidden_size", *_ge(1)),
     ("model.num_layers", *_ge(1)),
     ("model.num_heads", *_ge(1)),
@@ -144,7 +145,7 @@ _RULES: list[tuple] = [
     ("model.lora_r", *_ge(0)),
     ("model.lora_alpha", *_gt(0)),
     ("model.lora_dropout", *_between(0, 1, open_hi=True)),
-    ("student.arch", *_one_of("qwen2", "llama")),
+    ("student.arch", *_named(ARCHS, "model architecture")),
     ("student.hidden_size", *_ge(1)),
     ("student.num_layers", *_ge(1)),
     (
@@ -264,7 +265,7 @@ def check_rules(cfg: Config, where: str) -> None:
 
 def _registry_of(key: str):
     return {"rl.algorithm": ALGORITHMS, "rl.engine": ENGINES, "rl.advantage": ADVANTAGES,
-            "rl.loss_agg": LOSS_AGGREGATIONS}[key]
+            "rl.loss_agg": LOSS_AGGREGATIONS, "model.arch": ARCHS, "student.arch": ARCHS}[key]
 
 
 _NULLABLE = {f"rl.{k}" for k in ("eps_low", "eps_high", "beta", "advantage", "scale_rewards",

@@ -38,12 +38,11 @@ from tokenizers import (
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaConfig,
     PreTrainedTokenizerFast,
-    Qwen2Config,
 )
 
 from zeroth.errors import UserError
+from zeroth.models import ARCHS
 from zeroth.models.locate import locate_model
 
 SPECIAL = {"bos": "<|bos|>", "eos": "<|end|>", "pad": "<|pad|>", "unk": "<|unk|>"}
@@ -75,7 +74,6 @@ R1_TEMPLATE = (
 )  # newlines as Jinja strings: transformers renders with trim_blocks
 TEMPLATES = ("auto", "own", "r1")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-ARCHS = {"qwen2": Qwen2Config, "llama": LlamaConfig}
 
 
 # The pre-tokenizer of Qwen2's tokenizer: digits split one by one, byte-level BPE. Training with
