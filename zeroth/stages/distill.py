@@ -29,7 +29,7 @@ from zeroth.errors import UserError
 from zeroth.models.hf import build_model, load_model, n_params, prepare_model
 from zeroth.models.locate import FINAL, locate_model
 from zeroth.pipeline.checkpoint import save_folder
-from zeroth.rollout import hash_seed
+from zeroth.rollout import hash_seed, make_engine
 from zeroth.stages import pretrain as pt
 from zeroth.stages.rejection import sample_verified, write_jsonl
 from zeroth.stages.sft import chat_batches, prepare, read_jsonl
@@ -137,8 +137,6 @@ def start(r):
     d, sid, seed = r.cfg.distill, r.stage_id, r.cfg.run.seed
     teacher, t_tok, label, folder, changes = load_teacher(r)
     rows = r.task.train_rows(Random(f"{seed}-{sid}"), d.prompts)
-    from zeroth.rollout import make_engine
-
     with r.display.stage(f"{sid}_traces", total=len(rows) * d.samples) as update:
         kept, rollouts, stats = sample_verified(
             make_engine(r.cfg, teacher), t_tok, r.task, rows, samples=d.samples,
