@@ -3,8 +3,8 @@
 Tasks, rewards, engines, advantage estimators, loss aggregations and stages are each chosen by
 name in a recipe. Config checks need the names at once (before torch loads, so a typo is
 answered in well under a second); the run needs the implementation. A `Registry` maps each
-name to "module:attribute" (or to a whole "module") and imports it on first use, so adding one is one module and one
-entry here or in the package that owns the registry.
+name to "module:attribute" (or to a whole "module") and imports it on first use, so adding one
+is one module and one entry in the package that owns the registry.
 """
 
 from __future__ import annotations

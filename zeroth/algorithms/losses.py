@@ -1,6 +1,7 @@
 """Policy losses of the GRPO family: per-token terms and their aggregation.
 
-Notation as in zeroth.algorithms.advantages. Per-token quantities, with ratio = exp(logp - old_logp):
+Notation as in zeroth.algorithms.advantages. Per-token quantities, with
+ratio = exp(logp - old_logp):
 
     k3 KL         k3 = exp(ref - logp) - (ref - logp) - 1 >= 0, an unbiased estimate of
                   KL(pi || ref) when tokens are sampled from pi

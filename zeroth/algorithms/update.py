@@ -39,7 +39,8 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
 
 def logprobs(model, ids, attn, temperature: float) -> torch.Tensor:
     """(B, T-1) log-probs of ids[:, 1:] under `model` at the sampling temperature."""
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+    out = model(input_ids=ids, attention_mask=attn, use_cache=False)
+    logits = out.logits[:, :-1]  # (B, T-1, V)
     return token_logprobs(logits, ids[:, 1:], temperature)
 
 

@@ -60,7 +60,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def resolve_target(target: str | Path) -> tuple[Path, Path | None]:
-    """(model folder, run directory or None) for TARGET (see `zeroth.pipeline.checkpoint.locate_model`)."""
+    """(model folder, run directory or None) for TARGET (see
+    `zeroth.models.locate.locate_model`)."""
     path = Path(target).expanduser()
     if not path.is_dir():
         raise UserError(f"eval target '{target}' does not exist — {NOT_A_TARGET}")

@@ -9,8 +9,8 @@ The ledger (runs/<name>/ledger.sqlite) is opened read-only, so a run that is sti
 be exported, and followed: every metrics row logged since the last look (by its row id, so a
 step logged again — after a resume, or a second log call for one step — is exported again) is
 picked up until the run is no longer alive — finished, or stopped (killed, interrupted,
-crashed: its lock is free and it has no summary.json; zeroth/pipeline/runstate.py) — or Ctrl-C; a stopped
-run is named with where it stopped and the command that resumes it. Scalars are tagged
+crashed: its lock is free and it has no summary.json; zeroth/pipeline/runstate.py) — or
+Ctrl-C; a stopped run is named with where it stopped and the command that resumes it. Scalars are tagged
 `<phase>/<metric>` at their steps; evaluations `eval/<stage>/<metric>` (`eval_start` ->
 `eval/start/pass@1`), each value once: `pass1` is the same number as `pass@1`, and the settings
 `k` and `problems` are left out.
@@ -207,7 +207,8 @@ class Source:
         return merge(new)
 
     def state(self) -> dict:
-        """The run's state now: running, finished, stopped or starting (zeroth.pipeline.runstate)."""
+        """The run's state now: running, finished, stopped or starting
+        (zeroth.pipeline.runstate)."""
         return run_state(self.path)
 
     def new_samples(self, phase: str, step: int, n: int) -> list[dict]:

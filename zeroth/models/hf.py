@@ -144,8 +144,8 @@ def _is_hub_id(text: str) -> bool:
 
 def resolve_model_path(path: str | Path) -> Path | str:
     """A local folder (Path; a run directory's final/ or latest checkpoint's model, a
-    checkpoint's model/: see `zeroth.pipeline.checkpoint.locate_model`), or a hub id (str) when there is
-    no such folder and the hub may be used (HF_HUB_OFFLINE is not 1); otherwise a UserError."""
+    checkpoint's model/: see `zeroth.models.locate.locate_model`), or a hub id (str) when
+    there is no such folder and the hub may be used (HF_HUB_OFFLINE is not 1); otherwise a UserError."""
     folder = Path(path).expanduser()
     if folder.is_dir():
         return locate_model(folder)[0]

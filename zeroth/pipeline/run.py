@@ -262,7 +262,7 @@ def load_state_index(ckpt: Path) -> int:
     return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["index"]
 
 
-LOCK_TRIES = 20  # 20 x 50 ms: a viewer's momentary shared lock (zeroth.pipeline.runstate) is waited out
+LOCK_TRIES = 20  # 20 x 50 ms: a viewer's momentary shared lock (pipeline.runstate) is waited out
 
 
 def lock_run_dir(run_dir: Path):

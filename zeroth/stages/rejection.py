@@ -33,7 +33,8 @@ def normalised(text: str) -> str:
 def sample_verified(engine, tokenizer, task, rows: list[dict], *, samples: int,
                     temperature: float, max_new_tokens: int, keep_per_prompt: int,
                     require_format: bool, batch_size: int, seed_tag: str, update=None):
-    """Sample `samples` completions per row with `engine` (`make_engine(cfg, model)`), keep the distinct verified ones.
+    """Sample `samples` completions per row with `engine` (`make_engine(cfg, model)`), keep the
+    distinct verified ones.
 
     Kept: the task's accuracy verifier says 1.0 and, with `require_format`, the R1 format does
     too; per prompt, completions equal up to whitespace count once and at most `keep_per_prompt`
