@@ -60,11 +60,15 @@ def coin_tasks(monkeypatch):
     """Tasks whose verifier a barely trained tiny model can pass, so rejection keeps samples."""
     from zeroth.pipeline import run as run_module
 
-    real = run_module.load_task
+    monkeypatch.setattr(run_module, "load_task", with_coin(run_module.load_task))
+
+
+def with_coin(load_task):
+    """`load_task` whose tasks score with the coin verifier and a format always met."""
 
     def load(cfg):
-        task = real(cfg)
+        task = load_task(cfg)
         return replace(task, rewards={**task.rewards, "correct": _coin,
                                       "format": lambda c, **_: [1.0] * len(c)})
 
-    monkeypatch.setattr(run_module, "load_task", load)
+    return load

@@ -471,14 +471,14 @@ def test_defaults_come_from_the_run(run_dir, tmp_path):
     ns = parser().parse_args(["chat", "x"])
     ckpt = run_dir / "checkpoints" / checkpoints(run_dir)[0] / "model"
     for folder in (run_dir / "final", ckpt):
-        settings = chat.settings_for(ns, folder)
+        settings = chat.settings_for(ns, chat.run_config(folder))
         assert (settings.temperature, settings.max_new_tokens) == (1.0, 16)
     outside = tmp_path / "model"
     outside.mkdir()
-    settings = chat.settings_for(ns, outside)
+    settings = chat.settings_for(ns, chat.run_config(outside))
     assert (settings.temperature, settings.max_new_tokens, settings.top_p) == (0.7, 512, 1.0)
     ns = parser().parse_args(["chat", "x", "--temperature", "0", "--max-new-tokens", "3"])
-    settings = chat.settings_for(ns, run_dir / "final")
+    settings = chat.settings_for(ns, chat.run_config(run_dir / "final"))
     assert (settings.temperature, settings.max_new_tokens) == (0.0, 3)
 
 

@@ -34,10 +34,8 @@ class Registry(MutableMapping):
 
     def __setitem__(self, name: str, target: Any) -> None:
         self._loaded.pop(name, None)
-        if isinstance(target, str):
-            self._entries[name] = target
-        else:
-            self._entries[name] = f"<registered>:{name}"
+        self._entries[name] = target if isinstance(target, str) else None
+        if not isinstance(target, str):
             self._loaded[name] = target
 
     def __delitem__(self, name: str) -> None:

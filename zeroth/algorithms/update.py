@@ -57,11 +57,13 @@ def completion_logprobs(model, prompts, completions, pad_id: int, temperature: f
 
 @dataclass
 class Before:
-    """What is computed once before the update, without grad: per minibatch, the old
+    """What is computed once before the update, without grad: the minibatches and, per
+    minibatch, the old
     log-probs and masks (None on-policy) and the reference's log-probs (None without one);
     `kl`, the mean k3 KL(policy || ref) over the sampled tokens (None when not both)."""
 
     chunks: list[slice]
+    parts: list[tuple]  # per minibatch: (prompts, completions)
     fast: bool
     old: list | None
     ref: list | None
@@ -90,7 +92,7 @@ def logprobs_before(ctx, batch) -> Before:
     if ref is not None and old is not None:  # KL(policy || ref) on the tokens sampled
         kl_sum = sum(float((kl_k3(o, r) * m).sum()) for (o, m), r in zip(old, ref))
         kl = kl_sum / max(1.0, sum(float(m.sum()) for _, m in old))
-    return Before(chunks, fast, old, ref, kl)
+    return Before(chunks, parts, fast, old, ref, kl)
 
 
 def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -> dict:
@@ -98,12 +100,11 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
     rl, model, optimizer = ctx.rl, ctx.policy, ctx.optimizer
     before = before or logprobs_before(ctx, batch)
     advantages = advantages.to(next(model.parameters()).device)
-    _, parts = _minibatches(ctx, batch)
     on_policy, passes = before.old is None, rl.mu * len(before.chunks)
     totals: dict[str, float] = {}
     neg_logp, n_tokens = 0.0, 0.0  # first pass: mean -log p of the sampled tokens = entropy
     for epoch in range(rl.mu):
-        for i, (c, part) in enumerate(zip(before.chunks, parts)):
+        for i, (c, part) in enumerate(zip(before.chunks, before.parts)):
             logp, mask = completion_logprobs(model, *part, ctx.pad_id, rl.temperature,
                                              before.fast)
             if epoch == 0:

@@ -289,10 +289,10 @@ def run_config(folder: Path):
     return load_run_config(run_dir)
 
 
-def settings_for(ns, folder: Path) -> Settings:
-    """Command-line values, else the run's eval section, else DEFAULTS."""
+def settings_for(ns, cfg) -> Settings:
+    """Command-line values, else the eval section of the run's config `cfg` (None outside a
+    run), else DEFAULTS."""
     base = dict(DEFAULTS)
-    cfg = run_config(folder)
     if cfg is not None:
         base.update(temperature=cfg.eval.temperature, max_new_tokens=cfg.eval.max_new_tokens)
     chosen = {"temperature": ns.temperature, "max_new_tokens": ns.max_new_tokens,
@@ -326,7 +326,8 @@ def open_chat(ns, renderer: Renderer) -> Chat:
     from zeroth.models import hf as models
 
     folder = model_folder(ns.source, ns.checkpoint)
-    settings = settings_for(ns, folder)
+    cfg = run_config(folder)
+    settings = settings_for(ns, cfg)
     # template "auto": the tokenizer saved with a run's model carries the template it trained with
     model, tokenizer = models.load_model(folder, dtype="auto", template="auto")
     model = model.to(models.pick_device("auto")).eval()
@@ -336,7 +337,7 @@ def open_chat(ns, renderer: Renderer) -> Chat:
     else:
         generator.manual_seed(ns.seed)
     chat = Chat(model, tokenizer, settings, generator, history=ns.history,
-                engine=engine_for(model, run_config(folder)))
+                engine=engine_for(model, cfg))
     renderer.line(f"chatting with {folder} (temperature {settings.temperature}, top-p "
                   f"{settings.top_p}, at most {settings.max_new_tokens} new tokens) — {HELP}")
     renderer.line(MULTI_TURN if chat.history else SINGLE_TURN)

@@ -18,7 +18,8 @@ from zeroth.rollout import ENGINES
 
 # ---------------------------------------------------------------------------------------------
 # Value checks. Each rule: (dotted key, predicate(value, cfg) -> ok, message template).
-# The template may use {key} and {v} (the repr of the value). The first failing rule raises.
+# The template may use {key} and {v} (the repr of the value), or be a function (key, value) ->
+# message for one that reads a registry when it fails. The first failing rule raises.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -47,7 +48,8 @@ def _named(registry, kind: str) -> tuple:
     """A rule: the value is a name in `registry` (read at check time, so a registered plugin
     counts)."""
     return ((lambda v, c: v in registry),
-            f"config key '{{key}}' must be one of {{names}} (the {kind}s), got {{v}}")
+            lambda key, v: (f"config key '{key}' must be one of {', '.join(registry)} "
+                            f"(the {kind}s), got {show(v)}"))
 
 
 FILE_TASKS = ("jsonl", "gsm8k", "math", "mbpp", "datasets")  # tasks that need task.path
@@ -96,7 +98,7 @@ _RULES: list[tuple] = [
     (
         "task.name",
         lambda v, c: v in _task_names(),
-        "config key '{key}' must name a task, got {v} — {known}",
+        lambda key, v: f"config key '{key}' must name a task, got {show(v)} — {_known_tasks(v)}",
     ),
     ("task.digits", *_between(1, 9)),
     ("task.heldout_fraction", *_between(0, 1, open_lo=True, open_hi=True)),
@@ -257,15 +259,9 @@ def check_rules(cfg: Config, where: str) -> None:
         if value is None and key in _NULLABLE:
             continue
         if not ok(value, cfg):
-            known = _known_tasks(value) if "{known}" in template else ""
-            names = ", ".join(_registry_of(key)) if "{names}" in template else ""
-            raise UserError(where + template.format(key=key, v=show(value), known=known,
-                                                    names=names))
-
-
-def _registry_of(key: str):
-    return {"rl.algorithm": ALGORITHMS, "rl.engine": ENGINES, "rl.advantage": ADVANTAGES,
-            "rl.loss_agg": LOSS_AGGREGATIONS, "model.arch": ARCHS, "student.arch": ARCHS}[key]
+            message = template(key, value) if callable(template) else template.format(
+                key=key, v=show(value))  # a callable: a message read at check time
+            raise UserError(where + message)
 
 
 _NULLABLE = {f"rl.{k}" for k in ("eps_low", "eps_high", "beta", "advantage", "scale_rewards",

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import replace
 
 from zeroth.algorithms import ALGORITHMS
@@ -30,10 +29,7 @@ def pipeline(cfg: Config) -> list[tuple[str, str, dict]]:
             raise UserError(f"pipeline stage {i + 1} must be a stage name or {{name: {{field: "
                             f"value}}}}, got {show(entry)} — e.g. pipeline: [pretrain, rl]")
         if kind not in STAGES:  # each stage has a config section of its name
-            close = difflib.get_close_matches(str(kind), list(STAGES), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise UserError(f"pipeline stage {i + 1}: unknown stage {kind!r} — {hint}stages: "
-                            f"{', '.join(STAGES)}")
+            raise UserError(f"pipeline stage {i + 1}: {STAGES.unknown(kind)}")
         if not isinstance(overrides, dict):
             raise UserError(f"pipeline stage {i + 1} ({kind}) must map to field: value "
                             f"overrides of the '{kind}' section, got {show(overrides)}")
