@@ -8,6 +8,18 @@ ratio = exp(logp - old_logp):
     surrogate     loss = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)
     total         loss + beta * k3                                    (only if beta > 0)
 
+Importance-sampling correction of the engine gap (`engine_weights`, TRL's definitions): the
+tokens were sampled by an engine (vLLM) whose log-probs `eng` differ slightly from the
+trainer's own `old` for the same policy. With the ratio r = exp(old - eng),
+
+    token_truncate     w_t = min(r_t, cap)
+    token_mask         w_t = r_t, or 0 where r_t > cap
+    sequence_truncate  w_t = min(R, cap),   R = exp(sum_t m_t (old_t - eng_t)) = prod_t r_t
+    sequence_mask      w_t = R, or 0 (the whole sequence) where R > cap
+
+and the per-token surrogate (not the KL term) is multiplied by w before aggregation; a masked
+token still counts in the aggregation's denominator.
+
 Aggregation of a per-token loss l with mask m:
 
     seq      (GRPO)      mean_i [ sum_t m_it l_it / sum_t m_it ]
@@ -93,6 +105,43 @@ def _masked_mean(x: Tensor, mask: Tensor) -> float:
     return float((x * mask).sum() / mask.sum().clamp(min=1.0))
 
 
+ENGINE_CORRECTIONS = ("none", "token_truncate", "token_mask", "sequence_truncate",
+                      "sequence_mask")
+
+
+@torch.no_grad()
+def engine_weights(old_logp: Tensor, engine_logp: Tensor, mask: Tensor, mode: str,
+                   cap: float) -> tuple[Tensor | None, dict[str, float]]:
+    """Importance weights (B, T) for the engine gap (see the module doc; None for mode "none")
+    and their stats: the mean and max |old - eng| over the masked tokens (logprob_gap,
+    logprob_gap_max), and, when correcting, the weights' mean / min / max (per token, or per
+    sequence in the sequence modes) and the share above the cap (is_capped)."""
+    if mode not in ENGINE_CORRECTIONS:
+        raise ValueError(f"unknown engine correction {mode!r}; valid: "
+                         f"{', '.join(ENGINE_CORRECTIONS)}")
+    m = mask.to(old_logp.dtype)  # (B, T)
+    diff = (old_logp - engine_logp) * m  # (B, T) log r, 0 off the mask
+    on = m.bool()
+    gap = diff.abs()[on]
+    stats = {"logprob_gap": float(gap.mean()) if gap.numel() else 0.0,
+             "logprob_gap_max": float(gap.max()) if gap.numel() else 0.0}
+    if mode == "none":
+        return None, stats
+    if mode.startswith("sequence"):
+        ratio = diff.sum(-1, keepdim=True).exp()  # (B, 1) prod of the token ratios
+        counted = on.any(-1, keepdim=True)  # (B, 1) rows with a completion token
+    else:
+        ratio, counted = diff.exp(), on  # (B, T)
+    above = ratio > cap
+    weights = ratio.clamp(max=cap) if mode.endswith("truncate") else ratio.masked_fill(above, 0.0)
+    shown = weights[counted]
+    if shown.numel():
+        stats.update(is_weight_mean=float(shown.mean()), is_weight_min=float(shown.min()),
+                     is_weight_max=float(shown.max()),
+                     is_capped=float(above[counted].float().mean()))
+    return weights.expand_as(m) * m, stats
+
+
 def policy_loss(
     logp: Tensor,
     old_logp: Tensor,
@@ -105,8 +154,10 @@ def policy_loss(
     ref_logp: Tensor | None = None,
     beta: float = 0.0,
     agg_constant: float | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clipped surrogate (+ beta * k3 KL when beta > 0), aggregated over the masked tokens.
+    """Clipped surrogate (times `is_weights` (B, T), the engine-gap correction, when given;
+    + beta * k3 KL when beta > 0), aggregated over the masked tokens.
 
     Returns (scalar loss with grad, stats). Stats are python floats over the masked tokens:
     clip_frac (share of clipped tokens), kl (mean k3, reported whenever ref_logp is given, even
@@ -115,6 +166,8 @@ def policy_loss(
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp (the reference model's log-probs)")
     per_token, clipped = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
     kl = None
     if ref_logp is not None:
         with torch.set_grad_enabled(beta > 0 and torch.is_grad_enabled()):

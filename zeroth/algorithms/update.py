@@ -10,6 +10,10 @@ per batch (mu = 1, one minibatch) the old log-probs are the current ones detache
 pure on-policy policy gradient) and are not computed apart; otherwise they are computed once
 before the first update, as in PPO. Log-probs go through the lean path (each group's prompt run
 once; zeroth.models.lean) when the model allows it, else transformers' forward.
+
+When the engine returned its own log-probs of the sampled tokens (vLLM), the first pass
+compares them with the trainer's old ones (logprob_gap, logprob_gap_max) and weights the loss by
+the importance-sampling correction `rl.engine_correction` (zeroth.algorithms.losses).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zeroth.algorithms.losses import kl_k3, policy_loss, token_logprobs
+from zeroth.algorithms.losses import engine_weights, kl_k3, policy_loss, token_logprobs
 from zeroth.models import lean
 
 
@@ -63,7 +67,7 @@ class Before:
     `kl`, the mean k3 KL(policy || ref) over the sampled tokens (None when not both)."""
 
     chunks: list[slice]
-    parts: list[tuple]  # per minibatch: (prompts, completions)
+    parts: list[tuple]  # per minibatch: (prompts, completions, engine log-probs or None)
     fast: bool
     old: list | None
     ref: list | None
@@ -73,7 +77,20 @@ class Before:
 def _minibatches(ctx, batch) -> tuple[list[slice], list[tuple]]:
     size = ctx.rl.minibatch_size
     chunks = [slice(i, i + size) for i in range(0, len(batch), size)]
-    return chunks, [(batch.prompts[c], batch.completions[c]) for c in chunks]
+    engine = batch.engine_logprobs
+    return chunks, [(batch.prompts[c], batch.completions[c], engine and engine[c])
+                    for c in chunks]
+
+
+def on_mask(rows: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
+    """Per-completion values (one per completion token) laid out like `mask` (B, T): row by
+    row over its ones, as every log-prob path lays out completion tokens."""
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    flat = [x for row in rows for x in row]
+    if len(flat) != int(mask.sum()):
+        raise ValueError(f"{len(flat)} engine log-probs for {int(mask.sum())} completion tokens")
+    out[mask.bool()] = torch.tensor(flat, dtype=torch.float32, device=mask.device)
+    return out
 
 
 @torch.no_grad()
@@ -85,9 +102,9 @@ def logprobs_before(ctx, batch) -> Before:
         ctx.ref is None or lean.supports(ctx.ref))
     on_policy = rl.mu == 1 and len(chunks) == 1
     old = None if on_policy else [
-        completion_logprobs(ctx.policy, *part, pad, rl.temperature, fast) for part in parts]
+        completion_logprobs(ctx.policy, *part[:2], pad, rl.temperature, fast) for part in parts]
     ref = None if ctx.ref is None else [
-        completion_logprobs(ctx.ref, *part, pad, rl.temperature, fast)[0] for part in parts]
+        completion_logprobs(ctx.ref, *part[:2], pad, rl.temperature, fast)[0] for part in parts]
     kl = None
     if ref is not None and old is not None:  # KL(policy || ref) on the tokens sampled
         kl_sum = sum(float((kl_k3(o, r) * m).sum()) for (o, m), r in zip(old, ref))
@@ -103,18 +120,25 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
     on_policy, passes = before.old is None, rl.mu * len(before.chunks)
     totals: dict[str, float] = {}
     neg_logp, n_tokens = 0.0, 0.0  # first pass: mean -log p of the sampled tokens = entropy
+    weights: list = [None] * len(before.chunks)  # engine-gap correction per minibatch
     for epoch in range(rl.mu):
         for i, (c, part) in enumerate(zip(before.chunks, before.parts)):
-            logp, mask = completion_logprobs(model, *part, ctx.pad_id, rl.temperature,
+            logp, mask = completion_logprobs(model, *part[:2], ctx.pad_id, rl.temperature,
                                              before.fast)
+            old = logp.detach() if on_policy else before.old[i][0]
+            gap = {}
             if epoch == 0:
                 neg_logp -= float((logp.detach() * mask).sum())
                 n_tokens += float(mask.sum())
+                if part[2] is not None:  # the trainer's old log-probs against the engine's
+                    weights[i], gap = engine_weights(old, on_mask(part[2], mask), mask,
+                                                     rl.engine_correction,
+                                                     rl.engine_correction_cap)
             loss, stats = policy_loss(
-                logp, logp.detach() if on_policy else before.old[i][0], advantages[c], mask,
+                logp, old, advantages[c], mask,
                 eps_low=rl.eps_low, eps_high=rl.eps_high, loss_agg=rl.loss_agg,
                 ref_logp=None if before.ref is None else before.ref[i], beta=rl.beta,
-                agg_constant=float(rl.max_new_tokens))
+                agg_constant=float(rl.max_new_tokens), is_weights=weights[i])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
@@ -123,6 +147,10 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
             stats["loss"] = loss.item()
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value / passes
+            for key, value in gap.items():  # once per minibatch (max: of all)
+                totals[key] = (max(totals.get(key, 0.0), value) if key.endswith(("_max",))
+                               else min(totals.get(key, value), value) if key.endswith("_min")
+                               else totals.get(key, 0.0) + value / len(before.chunks))
     # The policy's per-token entropy, estimated without bias by the sampled tokens' mean
     # surprisal (they were drawn from this policy at this temperature); costs no extra pass.
     totals["entropy"] = neg_logp / max(1.0, n_tokens)

@@ -33,13 +33,14 @@ from zeroth.config.schema import (
     SandboxConfig,
     SFTConfig,
     TaskConfig,
+    VLLMConfig,
 )
 from zeroth.config.stages import pipeline, resolve_rl, stage_config
 
 __all__ = [
     "GENERIC_WEIGHTS", "RESUMABLE", "Config", "DemoConfig", "DistillConfig",
     "EvalConfig", "ModelConfig", "PretrainConfig", "RLConfig", "RejectionConfig", "RunConfig",
-    "SFTConfig", "SandboxConfig", "TaskConfig", "check_rules", "config_from_dict",
+    "SFTConfig", "SandboxConfig", "TaskConfig", "VLLMConfig", "check_rules", "config_from_dict",
     "config_to_dict", "dump_config", "embedded_recipes", "hub_id", "load_config",
     "load_run_config", "pipeline", "recipe_summary", "resolve_rl", "resume_overrides",
     "stage_config", "validate",

@@ -228,6 +228,9 @@ _RULES: list[tuple] = [
     ("rl.overlong_cache", *_ge(1)),
     ("rl.loss_agg", *_named(LOSS_AGGREGATIONS, "loss aggregation")),
     ("rl.max_grad_norm", *_gt(0)),
+    ("rl.engine_correction", *_one_of("none", "token_truncate", "token_mask",
+                                      "sequence_truncate", "sequence_mask")),
+    ("rl.engine_correction_cap", *_gt(1)),
     ("rl.checkpoint_every", *_ge(1)),
     ("eval.k", *_ge(1)),
     ("eval.temperature", *_gt(0)),
@@ -236,6 +239,11 @@ _RULES: list[tuple] = [
     ("sandbox.timeout_s", *_gt(0)),
     ("sandbox.memory_mb", *_ge(32)),
     ("sandbox.mode", *_one_of("fraction", "all")),
+    ("vllm.kv_cache_gib", *_gt(0)),
+    ("vllm.gpu_memory", *_between(0, 1, open_lo=True)),
+    ("vllm.port", *_between(0, 65535)),
+    ("vllm.transfer", *_one_of("auto", "nccl", "disk")),
+    ("vllm.start_timeout", *_gt(0)),
 ]
 
 
@@ -265,4 +273,5 @@ def check_rules(cfg: Config, where: str) -> None:
 
 
 _NULLABLE = {f"rl.{k}" for k in ("eps_low", "eps_high", "beta", "advantage", "scale_rewards",
-                                  "loss_agg", "dynamic_sampling")}  # null: the algorithm's
+                                  "loss_agg", "dynamic_sampling")} | {
+    "vllm.kv_cache_gib"}  # null: the algorithm's (rl), the device's (vllm)

@@ -109,7 +109,11 @@ class RLConfig:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 10
     reward_weights: dict[str, float] | None = None  # name -> weight; None -> the task's own
-    engine: str = "torch"  # generation engine, a key of zeroth.rollout.ENGINES
+    engine: str = "torch"  # generation engine: torch | vllm | vllm-server | auto (zeroth.rollout)
+    # importance-sampling correction of the gap between the engine's and the trainer's log-probs
+    # (TRL's names): none | token_truncate | token_mask | sequence_truncate | sequence_mask
+    engine_correction: str = "sequence_mask"
+    engine_correction_cap: float = 3.0  # the ratio's upper bound (truncated to it, or masked)
 
 
 @dataclass
@@ -156,6 +160,20 @@ class SandboxConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """vLLM as the generation engine (rl.engine=vllm: in this process; vllm-server: its own)."""
+
+    kv_cache_gib: float | None = None  # KV-cache size; null -> 1 GiB on CPU, gpu_memory on GPU
+    gpu_memory: float = 0.3  # share of the GPU's memory vLLM may take (colocated: keep room)
+    eager: bool | None = None  # no CUDA graphs / torch.compile; null -> eager on CPU only
+    url: str | None = None  # vllm-server: a running `vllm serve` to use; null -> zeroth starts one
+    port: int = 0  # the server zeroth starts listens here (0: a free port)
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES of the server zeroth starts (e.g. "1")
+    transfer: str = "auto"  # vllm-server weight sync: auto (nccl on GPU, disk on CPU) | nccl | disk
+    start_timeout: float = 600.0  # seconds to wait for the server to come up
+
+
+@dataclass
 class EvalConfig:
     k: int = 8  # samples per problem for pass@1 (mean accuracy) and pass@k
     temperature: float = 1.0
@@ -177,3 +195,4 @@ class Config:
     student: ModelConfig = field(default_factory=lambda: ModelConfig(hidden_size=64))
     eval: EvalConfig = field(default_factory=EvalConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)

@@ -7,9 +7,17 @@ every optimiser step so the engine samples from the current policy. An engine is
 a class of these methods and one entry in `ENGINES`, chosen with `rl.engine`; nothing that samples
 changes.
 
-The built-in engine, "torch" (zeroth.rollout.torch_engine), generates in this process from the
-policy model itself (so `sync` costs nothing) with zeroth.rollout.decoder, the one token-sampling
-loop. This module imports no torch: config checks read `ENGINES` by name.
+The engines (`rl.engine`):
+
+- "torch" (zeroth.rollout.torch_engine, the default) generates in this process from the policy
+  model itself (so `sync` costs nothing) with zeroth.rollout.decoder, the one sampling loop;
+- "vllm" (zeroth.rollout.vllm_engine): a vllm.LLM in this process, the policy's weights pushed
+  into it after every optimiser step; it returns each sampled token's log-prob;
+- "vllm-server" (zeroth.rollout.vllm_server): a `vllm serve` process (started by zeroth, or one
+  at `vllm.url`) fed the new weights through vLLM's weight-transfer API or from disk;
+- "auto": vLLM where it is installed and faster for the model at hand (on a GPU), else torch.
+
+This module imports no torch: config checks read `ENGINES` by name.
 """
 
 from __future__ import annotations
@@ -36,8 +44,10 @@ class Engine(Protocol):
 
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
                  generator: torch.Generator | None, eos_id: int | set[int], pad_id: int,
-                 batch_size: int = 256, greedy: bool = False) -> list[list[int]]:
-        """Completion ids per prompt, as zeroth.rollout.decoder.generate."""
+                 batch_size: int = 256, greedy: bool = False, logprobs: bool = False):
+        """Completion ids per prompt, as zeroth.rollout.decoder.generate. With `logprobs`,
+        (completions, log-probs): the engine's log-prob of each sampled token at the sampling
+        temperature, or None when it does not compute its own (the torch engine)."""
 
     def stream(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float,
                top_p: float, generator: torch.Generator | None,
@@ -48,12 +58,42 @@ class Engine(Protocol):
     def sync(self, model) -> None:
         """The policy changed (an optimiser step): sample from `model` from now on."""
 
+    def close(self) -> None:
+        """Done with this engine (a server zeroth started stops)."""
 
-ENGINES = Registry("generation engine", {  # rl.engine -> class(model)
+
+ENGINES = Registry("generation engine", {  # rl.engine -> class(model, cfg)
     "torch": "zeroth.rollout.torch_engine:TorchEngine",
+    "vllm": "zeroth.rollout.vllm_engine:VLLMEngine",
+    "vllm-server": "zeroth.rollout.vllm_server:VLLMServerEngine",
+    "auto": "zeroth.rollout:auto_engine",
 })
 
 
 def make_engine(cfg, model) -> Engine:
     """The engine the config names (`rl.engine`), sampling from `model`."""
-    return ENGINES[cfg.rl.engine](model)
+    return ENGINES[cfg.rl.engine](model, cfg)
+
+
+def auto_choice(model) -> str:
+    """What rl.engine=auto picks for `model`: "vllm" when vLLM is installed, the model is on a
+    GPU and vLLM runs it; else "torch". On CPU zeroth's own decoder was the faster of the two
+    at every size measured (bench/engines.py, README), so it stays the choice there."""
+    import importlib.util
+
+    device = next(model.parameters()).device
+    if device.type != "cuda" or importlib.util.find_spec("vllm") is None:
+        return "torch"
+    from zeroth.errors import UserError
+    from zeroth.rollout.vllm_engine import check_supported
+
+    try:
+        check_supported(model, device)
+    except UserError:
+        return "torch"
+    return "vllm"
+
+
+def auto_engine(model, cfg) -> Engine:
+    """rl.engine=auto: the engine `auto_choice` picks."""
+    return ENGINES[auto_choice(model)](model, cfg)

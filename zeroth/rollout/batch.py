@@ -3,7 +3,8 @@
 Completions are grouped: the G samples of a prompt are consecutive rows, so completion i belongs
 to group i // G. Everything later stages need travels together: the task row (prompt, answer and
 every column a verifier reads), prompt and completion token ids, the decoded text, the weighted
-total reward (a (N,) tensor) with each component apart, and the dynamic-sampling round.
+total reward (a (N,) tensor) with each component apart, the dynamic-sampling round, and the
+engine's own log-prob of each sampled token when it gives them (vLLM; None for the torch engine).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class Rollouts:
     rewards: Tensor  # (N,) weighted total reward
     parts: list[dict]  # (N,) each reward component (None: not applicable), `<name>_error`
     rounds: list[int]  # (N,) the dynamic-sampling round that drew it (0 without)
+    engine_logprobs: list[list[float]] | None = None  # (N,) per completion token, at the
+    #                                                   sampling temperature; None: not given
 
     def __len__(self) -> int:
         return len(self.completions)
@@ -48,8 +51,12 @@ class Rollouts:
 
 
 def _pick(values, idx: list[int]):
+    if values is None:
+        return None
     return values[idx] if torch.is_tensor(values) else [values[i] for i in idx]
 
 
 def _join(parts: list):
+    if any(p is None for p in parts):
+        return None
     return torch.cat(parts) if torch.is_tensor(parts[0]) else [x for p in parts for x in p]

@@ -11,14 +11,18 @@ from zeroth.rollout.decoder import generate, stream
 class TorchEngine:
     """Generation in this process, from the policy model's own weights."""
 
-    def __init__(self, model):
+    def __init__(self, model, cfg=None):
         self.model = model
 
-    def generate(self, prompts: list[list[int]], **kwargs) -> list[list[int]]:
-        return generate(self.model, prompts, **kwargs)
+    def generate(self, prompts: list[list[int]], *, logprobs: bool = False, **kwargs):
+        completions = generate(self.model, prompts, **kwargs)
+        return (completions, None) if logprobs else completions  # samples the trainer's model
 
     def stream(self, prompt_ids: list[int], **kwargs) -> Iterator[int]:
         return stream(self.model, prompt_ids, **kwargs)
 
     def sync(self, model) -> None:
         self.model = model  # the same tensors: nothing to copy
+
+    def close(self) -> None:
+        pass

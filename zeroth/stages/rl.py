@@ -85,7 +85,7 @@ class RLContext:
     def __post_init__(self):
         rl = resolve_rl(self.rl)
         self.rl = replace(rl, reward_weights=step_weights(rl, self.task))
-        self.engine = self.engine or ENGINES["torch"](self.policy)
+        self.engine = self.engine or ENGINES["torch"](self.policy, None)
         self.stops = stop_ids(self.policy, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
 
@@ -110,13 +110,14 @@ def sample(ctx: RLContext, step: int, round_: int = 0) -> Rollouts:
     rows = [r for r in rows for _ in range(rl.group_size)]  # (P*G,) groups are consecutive
     prompts = prompt_ids(ctx.tokenizer, [r["prompt"] for r in rows])
     gen = torch.Generator().manual_seed(hash_seed(f"{ctx.phase}-{ctx.seed}-{step}{suffix}"))
-    completions = ctx.engine.generate(prompts, max_new_tokens=rl.max_new_tokens, generator=gen,
-                                      temperature=rl.temperature, eos_id=ctx.stops,
-                                      pad_id=ctx.pad_id, batch_size=len(prompts))
+    completions, logprobs = ctx.engine.generate(
+        prompts, max_new_tokens=rl.max_new_tokens, generator=gen, temperature=rl.temperature,
+        eos_id=ctx.stops, pad_id=ctx.pad_id, batch_size=len(prompts), logprobs=True)
     n = len(completions)
     return Rollouts(rows=rows, prompts=prompts, completions=completions,
                     texts=decode(ctx.tokenizer, completions, ctx.stops),
-                    rewards=torch.zeros(n), parts=[{} for _ in range(n)], rounds=[round_] * n)
+                    rewards=torch.zeros(n), parts=[{} for _ in range(n)], rounds=[round_] * n,
+                    engine_logprobs=logprobs)
 
 
 def score(ctx: RLContext, batch: Rollouts) -> None:
