@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import zeroth  # noqa: F401  (first: hides mismatched torchvision & co. before transformers loads)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 

@@ -16,6 +16,7 @@ holds only an adapter loads its base from the adapter's `base_model_name_or_path
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import os
@@ -368,10 +369,10 @@ def enable_checkpointing(model) -> None:
 
     transformers checkpoints a layer only while that layer's `training` flag is set, but the RL
     update runs under model.eval() (no dropout: sampled, old and new log-probs see one network).
-    So each decoder layer gets a pre-forward hook that sets its own flag (only its own: the
-    dropout modules inside it still follow train()/eval()); checkpointing then follows
-    torch.is_grad_enabled(), and generation under no_grad keeps its KV cache. Dropout rates the
-    layer itself reads (float attributes named *dropout*) are set to 0."""
+    So each decoder layer sets its own flag (only its own: the dropout modules inside it still
+    follow train()/eval()) to torch.is_grad_enabled() as it is called: checkpointing follows
+    the grad mode, and generation under no_grad keeps its KV cache. Dropout rates the layer
+    itself reads (float attributes named *dropout*) are set to 0."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     base = model.get_base_model() if is_lora(model) else model
@@ -385,13 +386,22 @@ def enable_checkpointing(model) -> None:
             for key, value in list(vars(module).items()):
                 if "dropout" in key and isinstance(value, float):
                     setattr(module, key, 0.0)
-            if not getattr(module, "_zeroth_checkpointed", False):
-                module.register_forward_pre_hook(_layer_training)
-                module._zeroth_checkpointed = True
+            if not isinstance(module, _GradModeFlag):
+                module.__class__ = _grad_mode_class(type(module))
 
 
-def _layer_training(module, args) -> None:
-    module.training = True
+class _GradModeFlag:
+    """Mixed into a checkpointed decoder layer's class: its training flag is the grad mode
+    when it is called (transformers reads the flag in __call__, before any forward hook)."""
+
+    def __call__(self, *args, **kwargs):
+        self.training = torch.is_grad_enabled()
+        return super().__call__(*args, **kwargs)
+
+
+@functools.cache
+def _grad_mode_class(cls: type) -> type:
+    return type(cls.__name__, (_GradModeFlag, cls), {"__qualname__": cls.__qualname__})
 
 
 def end_of_turn(tokenizer) -> str:

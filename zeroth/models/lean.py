@@ -38,7 +38,8 @@ def supports(model, grad: bool = False) -> bool:
         return False
     if hasattr(model, "peft_config") or hasattr(model, "get_base_model"):
         return False
-    if grad and getattr(model, "is_activation_checkpointing", False):
+    if grad and (getattr(model, "is_activation_checkpointing", False)  # transformers >= 5.20
+                 or getattr(model, "is_gradient_checkpointing", False)):
         return False
     if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "hidden_act", "silu") != "silu":
         return False
