@@ -351,3 +351,70 @@ def test_explicit_fields_override_the_algorithm():
     rl = resolve_rl(RLConfig(algorithm="dapo", beta=0.001, dynamic_sampling=False))
     assert (rl.beta, rl.dynamic_sampling) == (0.001, False)  # explicit values kept
     assert (rl.eps_high, rl.loss_agg) == (0.28, "token")  # the rest from the name
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine-gap correction (rl.engine_correction), on hand-computed values.
+# ---------------------------------------------------------------------------------------------
+
+_OLD = torch.tensor([[0.0, -1.0, -2.0], [-0.5, -0.5, 0.0]])
+_ENG = torch.tensor([[0.0, -2.5, -1.0], [-0.5, -0.4, 7.0]])  # the last token is off the mask
+_MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+# log ratios old - eng on the mask: [[0, 1.5, -1], [0, -0.1, .]]; sequence sums 0.5 and -0.1
+
+
+@pytest.mark.parametrize("mode, cap, want, capped", [
+    ("token_truncate", 3.0, [[1, 3, math.exp(-1)], [1, math.exp(-0.1), 0]], 1 / 5),
+    ("token_mask", 3.0, [[1, 0, math.exp(-1)], [1, math.exp(-0.1), 0]], 1 / 5),
+    ("sequence_truncate", 1.5, [[1.5] * 3, [math.exp(-0.1)] * 2 + [0]], 1 / 2),
+    ("sequence_mask", 1.5, [[0] * 3, [math.exp(-0.1)] * 2 + [0]], 1 / 2),
+    ("sequence_mask", 3.0, [[math.exp(0.5)] * 3, [math.exp(-0.1)] * 2 + [0]], 0.0),
+])
+def test_engine_weights_follow_trls_definitions(mode, cap, want, capped):
+    from zeroth.algorithms.losses import engine_weights
+
+    weights, stats = engine_weights(_OLD, _ENG, _MASK, mode, cap)
+    assert torch.allclose(weights, torch.tensor(want, dtype=torch.float32), atol=1e-6)
+    assert stats["logprob_gap"] == pytest.approx((1.5 + 1.0 + 0.1) / 5)
+    assert stats["logprob_gap_max"] == pytest.approx(1.5)
+    assert stats["is_capped"] == pytest.approx(capped)
+    shown = [w for row, m in zip(want, _MASK.tolist()) for w, on in zip(row, m) if on]
+    if mode.startswith("sequence"):
+        shown = [want[0][0], want[1][0]]  # one weight per sequence
+    assert stats["is_weight_mean"] == pytest.approx(sum(shown) / len(shown), abs=1e-6)
+    assert stats["is_weight_min"] == pytest.approx(min(shown), abs=1e-6)
+    assert stats["is_weight_max"] == pytest.approx(max(shown), abs=1e-6)
+
+
+def test_engine_weights_none_only_measures_the_gap():
+    from zeroth.algorithms.losses import engine_weights
+
+    weights, stats = engine_weights(_OLD, _ENG, _MASK, "none", 3.0)
+    assert weights is None and set(stats) == {"logprob_gap", "logprob_gap_max"}
+    with pytest.raises(ValueError, match="unknown engine correction"):
+        engine_weights(_OLD, _ENG, _MASK, "sequence_clip", 3.0)
+
+
+def test_policy_loss_weights_the_surrogate_not_the_kl():
+    adv = torch.tensor([1.0, -2.0])
+    w = torch.tensor([[1.0, 3.0, 0.5], [0.0, 2.0, 0.0]])
+    logp = _OLD.clone().requires_grad_(True)
+    loss, _ = policy_loss(logp, _OLD, adv, _MASK, eps_low=0.2, eps_high=0.2, loss_agg="token",
+                          is_weights=w)
+    # ratio 1: per-token surrogate -A, times w, mean over the 5 masked tokens
+    want = (-(1.0 + 3.0 + 0.5) * 1.0 + (0.0 + 2.0) * 2.0) / 5
+    assert loss.item() == pytest.approx(want)
+    ref = _OLD - 0.3
+    with_kl, _ = policy_loss(logp, _OLD, adv, _MASK, eps_low=0.2, eps_high=0.2,
+                             loss_agg="token", is_weights=w, ref_logp=ref, beta=0.1)
+    k3 = math.exp(-0.3) + 0.3 - 1  # the same on every token, unweighted
+    assert with_kl.item() == pytest.approx(want + 0.1 * k3)
+
+
+def test_engine_logprobs_are_laid_out_on_the_completion_mask():
+    from zeroth.algorithms.update import on_mask
+
+    laid = on_mask([[1.0, 2.0, 3.0], [4.0, 5.0]], _MASK)
+    assert laid.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 0.0]]
+    with pytest.raises(ValueError, match="4 engine log-probs for 5"):
+        on_mask([[1.0, 2.0], [4.0, 5.0]], _MASK)
