@@ -415,8 +415,8 @@ def test_chat_streams_from_the_engine_the_run_config_names(run_dir, loaded, monk
     class Scripted(TorchEngine):
         stream = scripted(loaded[1], "<think>3 plus 4</think> <answer>7</answer>")
 
-        def __init__(self, model):
-            super().__init__(model)
+        def __init__(self, model, cfg=None):
+            super().__init__(model, cfg)
             made.append(self)
 
     monkeypatch.setitem(rollout.ENGINES, "scripted", Scripted)

@@ -21,13 +21,14 @@ class ScriptedEngine:
         self.calls, self.syncs = [], 0
 
     def generate(self, prompts, *, max_new_tokens, temperature, generator, eos_id, pad_id,
-                 batch_size=256, greedy=False):
+                 batch_size=256, greedy=False, logprobs=False):
         self.calls.append(len(prompts))
         stop = min(eos_id) if isinstance(eos_id, set) else eos_id
         texts = [f"<think>guess</think> <answer>{self.answers[i % 2]}</answer>"
                  for i in range(len(prompts))]
-        return [self.tok(t, add_special_tokens=False)["input_ids"][:max_new_tokens - 1] + [stop]
-                for t in texts]
+        out = [self.tok(t, add_special_tokens=False)["input_ids"][:max_new_tokens - 1] + [stop]
+               for t in texts]
+        return (out, None) if logprobs else out  # no log-probs of its own
 
     def sync(self, model):
         self.syncs += 1
@@ -55,7 +56,7 @@ def test_train_uses_the_configured_engine_and_syncs_after_every_step(
     model, tok = tiny_model
     made = []
 
-    def factory(m):
+    def factory(m, cfg):
         made.append(ScriptedEngine(m, tok, ["1", "2"]))
         return made[-1]
 
@@ -83,10 +84,11 @@ def test_the_default_engine_is_torch_and_unknown_ones_are_refused():
     assert load_config().rl.engine == "torch"
     engine = rollout.make_engine(load_config(), torch.nn.Linear(1, 1))
     assert isinstance(engine, TorchEngine)
+    assert {"torch", "vllm", "vllm-server", "auto"} <= set(rollout.ENGINES)
     with pytest.raises(UserError, match="rl.engine.*generation engine"):
-        load_config(overrides=["rl.engine=vllm"])
-    with pytest.raises(KeyError, match="unknown (generation )?engine 'vllm'"):
-        rollout.ENGINES["vllm"]
+        load_config(overrides=["rl.engine=sglang"])
+    with pytest.raises(KeyError, match="unknown (generation )?engine 'sglang'"):
+        rollout.ENGINES["sglang"]
 
 
 def test_evaluation_and_rejection_sampling_sample_through_the_engine(tiny_cfg, tiny_task,

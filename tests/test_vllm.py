@@ -79,7 +79,7 @@ def _greedy(engine, prompts, stops, n=24):
 
 @pytest.mark.parametrize("which", ["colocated", "server"])
 def test_greedy_equals_the_torch_engine_after_weight_syncs(setup, which, request):
-    cfg, model, _, _, prompts, stops = setup
+    _, model, _, _, prompts, stops = setup
     engine = request.getfixturevalue(which)
     policy = copy.deepcopy(model)
     reference = TorchEngine(policy)
@@ -93,7 +93,7 @@ def test_greedy_equals_the_torch_engine_after_weight_syncs(setup, which, request
 def test_engine_logprobs_match_the_trainer_in_fp32(setup, which, request):
     from zeroth.algorithms.update import completion_logprobs, on_mask
 
-    cfg, model, tokenizer, _, prompts, stops = setup
+    _, model, tokenizer, _, prompts, stops = setup
     engine = request.getfixturevalue(which)
     policy = copy.deepcopy(model)
     _perturb(policy, 7)
@@ -139,7 +139,7 @@ def test_stream_gives_the_tokens_generate_gives(setup, colocated):
 def test_lora_policy_is_sampled_with_its_adapters_merged(setup, colocated):
     from zeroth.config import ModelConfig
 
-    cfg, model, _, _, prompts, stops = setup
+    _, model, _, _, prompts, stops = setup
     torch.manual_seed(2)
     lora = prepare_model(copy.deepcopy(model), ModelConfig(lora_r=4, lora_alpha=8), "cpu")
     with torch.no_grad():
@@ -251,7 +251,7 @@ def _rl_rows(run: Path) -> tuple[list, list]:
 
 def _servers() -> set[int]:
     out = subprocess.run(["pgrep", "-f", "zeroth.rollout.vllm_server"], capture_output=True,
-                         text=True)
+                         text=True, check=False)
     return {int(p) for p in out.stdout.split()}
 
 
@@ -262,8 +262,8 @@ def test_colocated_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path)
     _kill_after(proc, tmp_path / "runs" / "k", "rl-000003")
     resumed = _cli(["run", "--resume", "runs/k", "--quiet"], tmp_path)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
-    (want, want_m), (got, got_m) = _rl_rows(tmp_path / "runs" / "ref"), \
-        _rl_rows(tmp_path / "runs" / "k")
+    want, _ = _rl_rows(tmp_path / "runs" / "ref")
+    got, got_m = _rl_rows(tmp_path / "runs" / "k")
     assert got == want and len({r[0] for r in got}) == 6  # every step once, the same samples
     assert [s for s, _ in got_m] == list(range(1, 7))
     assert all(m["logprob_gap_max"] < 1e-3 for _, m in got_m)

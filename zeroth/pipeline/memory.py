@@ -20,10 +20,14 @@ weight is read. Terms, in bytes:
     decode       zeroth.models.lean's decoding copy of the decoder layers' weights (fused, input-
                  major), made for each generation when the lean path applies (Qwen2/Llama,
                  no LoRA)
+    vllm         a vLLM engine on the run's device (rl.engine=vllm, or a vllm-server zeroth
+                 starts on the same device): its copy of the weights and its KV cache
+                 (vllm.kv_cache_gib; on CPU 1 GiB by default), or on a GPU without
+                 kv_cache_gib the vllm.gpu_memory share of the GPU it reserves
 
-The peak is weights + grads + optimizer + reference + max(activations, kv_cache + decode):
-gradients stay allocated while the next batch is generated, activations and generation never
-coexist.
+The peak is weights + grads + optimizer + reference + vllm + max(activations, kv_cache +
+decode): gradients stay allocated while the next batch is generated, activations and
+generation never coexist; vLLM holds its memory throughout.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from zeroth.models.lean import SUPPORTED
 PROMPT_TOKENS = 128  # a prompt's length in tokens when the caller does not know it
 PARTS = [("weights", "weights"), ("grads", "grads"), ("optimizer", "AdamW"),
          ("reference", "reference"), ("activations", "activations"), ("kv_cache", "KV cache"),
-         ("decode", "decoding weights"), ("distill", "distill stage")]
+         ("decode", "decoding weights"), ("vllm", "vLLM engine"), ("distill", "distill stage")]
 
 
 def model_shape(model_cfg) -> dict:
@@ -163,7 +167,8 @@ def estimate(cfg: Config, model_cfg=None, prompt_tokens: int | None = None) -> d
            "grads": trainable * step, "optimizer": 2 * trainable * step,
            "reference": weights if uses_ref else 0, "activations": acts, "kv_cache": kv,
            "decode": shape["decode"] * size}
-    out["total"] = (sum(out[k] for k in ("weights", "grads", "optimizer", "reference"))
+    out["vllm"] = vllm_bytes(cfg, shape["params"] * size) if model_cfg is None else 0
+    out["total"] = (sum(out[k] for k in ("weights", "grads", "optimizer", "reference", "vllm"))
                     + max(acts, kv + out["decode"]))
     out["distill"] = 0
     if model_cfg is None:  # the policy; a distill stage holds its teacher and a student instead
@@ -172,6 +177,20 @@ def estimate(cfg: Config, model_cfg=None, prompt_tokens: int | None = None) -> d
                               if kind == "distill"), default=0)
         out["total"] = max(out["total"], out["distill"])
     return out
+
+
+def vllm_bytes(cfg: Config, weights: int) -> int:
+    """What a vLLM engine on the run's device holds (see the module docstring); 0 without."""
+    v, engine = cfg.vllm, cfg.rl.engine
+    if engine != "vllm" and not (engine == "vllm-server" and not v.url and not v.devices):
+        return 0
+    device = pick_device(cfg.run.device)
+    if v.kv_cache_gib is None and device.type == "cuda":
+        return int(v.gpu_memory * torch.cuda.get_device_properties(device).total_memory)
+    from zeroth.rollout.vllm_engine import CPU_KV_CACHE_GIB
+
+    gib = v.kv_cache_gib if v.kv_cache_gib is not None else CPU_KV_CACHE_GIB
+    return weights + int(gib * 2**30)
 
 
 def _distill_bytes(cfg: Config, index: int, teacher_weights: int, prompt_tokens: int) -> int:

