@@ -154,14 +154,20 @@ def test_lora_policy_is_sampled_with_its_adapters_merged(setup, colocated):
     assert [n for n, _ in lora.named_parameters() if "lora_B" in n]  # the model kept them
 
 
-def test_unsupported_head_size_is_a_clear_error_and_auto_picks_torch(setup):
+def test_unsupported_head_size_is_a_clear_error_and_auto_picks_by_size(setup):
     cfg = load_config("tiny")  # hidden 32 / 2 heads: head size 16
     task = load_task(cfg)
     model, _ = init_model(cfg, task)
     with pytest.raises(UserError, match="head sizes .* this model's is 16"):
         check_supported(model, torch.device("cpu"))
     assert auto_choice(model) == "torch"
-    assert auto_choice(setup[1]) == "torch"  # on CPU the torch engine was faster at every size
+    assert auto_choice(setup[1]) == "torch"  # on CPU the torch engine is faster when small
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    big = AutoModelForCausalLM.from_config(Qwen2Config(  # 16M parameters, heads of 64
+        vocab_size=4096, hidden_size=256, intermediate_size=2048, num_hidden_layers=8,
+        num_attention_heads=4, num_key_value_heads=4))
+    assert auto_choice(big) == "vllm"
     assert type(make_engine(replace(cfg, rl=replace(cfg.rl, engine="auto")), model)) \
         is TorchEngine
 

@@ -15,7 +15,8 @@ The engines (`rl.engine`):
   into it after every optimiser step; it returns each sampled token's log-prob;
 - "vllm-server" (zeroth.rollout.vllm_server): a `vllm serve` process (started by zeroth, or one
   at `vllm.url`) fed the new weights through vLLM's weight-transfer API or from disk;
-- "auto": vLLM where it is installed and faster for the model at hand (on a GPU), else torch.
+- "auto": vLLM where it is installed and faster for the model at hand (on a GPU, or on CPU from
+  10M parameters up), else torch.
 
 This module imports no torch: config checks read `ENGINES` by name.
 """
@@ -75,14 +76,20 @@ def make_engine(cfg, model) -> Engine:
     return ENGINES[cfg.rl.engine](model, cfg)
 
 
+# rl.engine=auto on CPU: vLLM from this many parameters up. bench/engines.py on 2 cores: the
+# torch engine sampled faster at 4M parameters, vLLM at 32M and 140M (README, "vLLM").
+AUTO_CPU_MIN_PARAMS = 10_000_000
+
+
 def auto_choice(model) -> str:
-    """What rl.engine=auto picks for `model`: "vllm" when vLLM is installed, the model is on a
-    GPU and vLLM runs it; else "torch". On CPU zeroth's own decoder was the faster of the two
-    at every size measured (bench/engines.py, README), so it stays the choice there."""
+    """What rl.engine=auto picks for `model`: "vllm" when vLLM is installed and runs the model,
+    on a GPU always and on CPU from AUTO_CPU_MIN_PARAMS parameters up; else "torch"."""
     import importlib.util
 
     device = next(model.parameters()).device
-    if device.type != "cuda" or importlib.util.find_spec("vllm") is None:
+    if importlib.util.find_spec("vllm") is None:
+        return "torch"
+    if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < AUTO_CPU_MIN_PARAMS:
         return "torch"
     from zeroth.errors import UserError
     from zeroth.rollout.vllm_engine import check_supported
