@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import length_reward, model_folder, prompts
+from throughput import bench_task, model_folder, prompts
 
 
 def run_one(args) -> dict:
@@ -44,20 +44,10 @@ def run_one(args) -> dict:
     from zeroth.models.hf import load_model
     from zeroth.rollout import make_engine
     from zeroth.stages.rl import RLContext, rl_step
-    from zeroth.types import Task
 
     model, tokenizer = load_model(Path(args.folder), dtype=getattr(torch, args.dtype))
     model.to(args.device).eval()
-    texts = prompts(args.prompts * (args.warmup + args.steps))
-    cursor = {"i": 0}
-
-    def train_rows(rng, n):
-        rows = [{"prompt": t, "answer": ""} for t in texts[cursor["i"]: cursor["i"] + n]]
-        cursor["i"] += n
-        return rows
-
-    task = Task(name="bench", train_rows=train_rows, eval_rows=lambda n, s: [],
-                rewards={"chars": length_reward}, weights={"chars": 1.0}, accuracy="chars")
+    task = bench_task(prompts(args.prompts * (args.warmup + args.steps)))
     rl = RLConfig(prompts_per_step=args.prompts, group_size=args.group_size,
                   max_new_tokens=args.max_new_tokens, lr=1e-6, mu=1,
                   minibatch_size=args.prompts * args.group_size, algorithm="grpo",

@@ -92,6 +92,21 @@ def length_reward(completions, **_) -> list[float]:
     return out
 
 
+def bench_task(texts: list[str]):
+    """A zeroth Task handing out `texts` in order, scored by `length_reward`."""
+    from zeroth.types import Task
+
+    cursor = {"i": 0}
+
+    def train_rows(rng, n):
+        rows = [{"prompt": t, "answer": ""} for t in texts[cursor["i"]: cursor["i"] + n]]
+        cursor["i"] += n
+        return rows
+
+    return Task(name="bench", train_rows=train_rows, eval_rows=lambda n, s: [],
+                rewards={"chars": length_reward}, weights={"chars": 1.0}, accuracy="chars")
+
+
 # ---------------------------------------------------------------------------------------------
 # One system in its own process: prints one JSON line of per-step times and token counts.
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +118,6 @@ def run_zeroth(args, folder: Path) -> dict:
     from zeroth.config import RLConfig
     from zeroth.models.hf import load_model
     from zeroth.stages.rl import RLContext, rl_step
-    from zeroth.types import Task
 
     model, tokenizer = load_model(folder)
     ref = None
@@ -111,15 +125,7 @@ def run_zeroth(args, folder: Path) -> dict:
         ref, _ = load_model(folder)
         ref.eval().requires_grad_(False)
     texts = prompts(args.prompts * (args.warmup + args.steps))
-    cursor = {"i": 0}
-
-    def train_rows(rng, n):
-        rows = [{"prompt": t, "answer": ""} for t in texts[cursor["i"]: cursor["i"] + n]]
-        cursor["i"] += n
-        return rows
-
-    task = Task(name="bench", train_rows=train_rows, eval_rows=lambda n, s: [],
-                rewards={"chars": length_reward}, weights={"chars": 1.0}, accuracy="chars")
+    task = bench_task(texts)
     rl = RLConfig(prompts_per_step=args.prompts, group_size=args.group_size,
                   max_new_tokens=args.max_new_tokens, lr=1e-6, mu=1,
                   minibatch_size=args.prompts * args.group_size, algorithm="grpo",
