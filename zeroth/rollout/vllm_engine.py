@@ -23,6 +23,7 @@ import json
 import os
 import random
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,8 +113,10 @@ def config_folder(model) -> str:
 @contextmanager
 def kept_process_state() -> Iterator[None]:
     """Undo what starting vLLM in this process does to it: it reseeds the global random
-    generators (zeroth's runs depend on theirs) and makes torch.set_num_threads a no-op."""
+    generators (zeroth's runs depend on theirs) and makes torch.set_num_threads a no-op. Its
+    import-time deprecation warnings (about torch APIs it uses) are not shown."""
     states = (random.getstate(), torch.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     set_threads = torch.set_num_threads
     try:
         import numpy
@@ -122,10 +125,15 @@ def kept_process_state() -> Iterator[None]:
     except ImportError:
         numpy = np_state = None
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
     finally:
         random.setstate(states[0])
         torch.set_rng_state(states[1])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
         torch.set_num_threads = set_threads
         if numpy is not None:
             numpy.random.set_state(np_state)
@@ -139,9 +147,9 @@ def shared_llm(model, vcfg):
     key = json.dumps([base_model(model).config.to_dict(), args], sort_keys=True, default=str)
     if key not in _LLMS:
         vllm_env()
-        vllm = require_vllm()
         folder = config_folder(model)
         with kept_process_state():
+            vllm = require_vllm()
             _LLMS[key] = (vllm.LLM(model=folder, **args), folder)
     return _LLMS[key][0]
 
