@@ -148,7 +148,8 @@ def test_step_weights_add_overlong_only_where_the_algorithm_uses_it(tiny_cfg, ti
     assert step_weights(replace(rl, reward_weights=None), tiny_task) == tiny_task.weights
 
 
-def test_phase_rl_keeps_the_old_random_streams(tiny_cfg, tiny_task, tiny_model):
+def test_phase_rl_keeps_the_old_prompt_stream_and_groups_sample_from_their_own_seeds(
+        tiny_cfg, tiny_task, tiny_model):
     model, tok = tiny_model
     rl, P, G = tiny_cfg.rl, tiny_cfg.rl.prompts_per_step, tiny_cfg.rl.group_size
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: both calls see the same model
@@ -158,14 +159,14 @@ def test_phase_rl_keeps_the_old_random_streams(tiny_cfg, tiny_task, tiny_model):
     assert [r["prompt"] for r in rows] == [r["prompt"] for r in old_rows for _ in range(G)]
     assert [r["prompt"] for r in other][::G] == _prompts(tiny_task, "0-rl2-3", P)
     assert [r["prompt"] for r in other] != [r["prompt"] for r in rows]
-    # the sampling stream is the old one too: hash_seed(f"rl-{seed}-{step}")
+    # sample j of group g samples from hash_seed(f"rl-{seed}-{step}-g{g}") (62 bits) + j
     prompts = prompt_ids(tok, [r["prompt"] for r in rows])
     stops = stop_ids(model, tok)
-    gen = torch.Generator().manual_seed(hash_seed("rl-0-3"))
-    old = generate(model, prompts, max_new_tokens=rl.max_new_tokens, generator=gen,
-                   temperature=rl.temperature, eos_id=stops, pad_id=tok.pad_token_id,
-                   batch_size=len(prompts))
-    assert [r["completion"] for r in rows] == decode(tok, old, stops)
+    seeds = [(hash_seed(f"rl-0-3-g{g}") >> 1) + j for g in range(P) for j in range(G)]
+    want = generate(model, prompts, max_new_tokens=rl.max_new_tokens, seeds=seeds,
+                    temperature=rl.temperature, eos_id=stops, pad_id=tok.pad_token_id,
+                    batch_size=len(prompts))
+    assert [r["completion"] for r in rows] == decode(tok, want, stops)
 
 
 def test_train_logs_under_its_stage_id(tiny_cfg, tiny_task, tiny_model, tmp_path):

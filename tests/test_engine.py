@@ -21,7 +21,7 @@ class ScriptedEngine:
         self.calls, self.syncs = [], 0
 
     def generate(self, prompts, *, max_new_tokens, temperature, generator, eos_id, pad_id,
-                 batch_size=256, greedy=False, logprobs=False):
+                 batch_size=256, greedy=False, logprobs=False, seeds=None):
         self.calls.append(len(prompts))
         stop = min(eos_id) if isinstance(eos_id, set) else eos_id
         texts = [f"<think>guess</think> <answer>{self.answers[i % 2]}</answer>"

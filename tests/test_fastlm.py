@@ -48,10 +48,11 @@ LEAN, HF = fastlm.Decoding, HFForward  # the decoder loop's two forward backends
 
 def _gen(backend, model, prompts, seed, stops, greedy, max_new_tokens=10, temperature=1.0):
     """One batch through the decoder loop with the given backend."""
+    seeds = decoder.seeds_for(len(prompts), torch.Generator().manual_seed(seed))
     return decoder.complete(backend(model, prompts, PAD, max_new_tokens), len(prompts),
                             max_new_tokens=max_new_tokens, temperature=temperature,
-                            generator=torch.Generator().manual_seed(seed), eos_ids=stops,
-                            pad_id=PAD, greedy=greedy)
+                            uniforms=decoder.row_uniforms(seeds, max_new_tokens),
+                            eos_ids=stops, pad_id=PAD, greedy=greedy)
 
 
 def _stop_set(rows: list[list[int]], max_new_tokens: int) -> set[int]:
@@ -102,41 +103,37 @@ def test_share_prompts_groups_consecutive_identical_prompts_only():
 
 def test_sample_greedy_is_argmax():
     logits = torch.randn(6, VOCAB, generator=torch.Generator().manual_seed(0))
-    gen = torch.Generator().manual_seed(1)
-    assert torch.equal(decoder.sample(logits, 0.7, gen, True), logits.argmax(-1))
-    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(1).get_state())  # no draw
+    assert torch.equal(decoder.sample(logits, 0.7, None, True), logits.argmax(-1))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
 def test_sample_frequencies_match_softmax(temperature):
     logits = torch.randn(8, generator=torch.Generator().manual_seed(2)) * 2  # (V,) V = 8
     draws = 20000
-    tokens = decoder.sample(logits.expand(draws, -1), temperature,
-                           torch.Generator().manual_seed(3), False)
+    u = torch.rand(draws, generator=torch.Generator().manual_seed(3))
+    tokens = decoder.sample(logits.expand(draws, -1), temperature, u, False)
     freq = torch.bincount(tokens, minlength=8).float() / draws
     expected = torch.softmax(logits / temperature, -1)
     assert (freq - expected).abs().max() < 0.02
     assert tokens.min() >= 0 and tokens.max() < 8
 
 
-def test_sample_rows_batch_invariance():
-    logits = torch.randn(7, VOCAB, generator=torch.Generator().manual_seed(4))
-    gen_all, gen_sub = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    idx = torch.tensor([0, 3, 6])
-    for _ in range(4):  # the streams stay aligned step after step
-        full = decoder.sample(logits, 1.0, gen_all, False)
-        sub = decoder.sample(logits[idx], 1.0, gen_sub, False, rows=idx, batch=7)
-        assert torch.equal(sub, full[idx])
-        logits = logits.roll(1, dims=-1)
-    assert len(set(full.tolist())) > 1  # really sampled, not a constant
+def test_row_uniforms_depend_on_the_row_seed_alone():
+    together = decoder.row_uniforms([5, 9, 5, 11], 6)
+    assert torch.equal(together[0], together[2]) and not torch.equal(together[0], together[1])
+    assert torch.equal(decoder.row_uniforms([11], 6)[0], together[3])  # alone or in a batch
+    assert ((together >= 0) & (together < 1)).all()
+    seeds = decoder.seeds_for(3, torch.Generator().manual_seed(1))
+    assert seeds == decoder.seeds_for(3, torch.Generator().manual_seed(1))
+    assert all(0 <= s < 2**decoder.SEED_BITS for s in seeds)
 
 
 def test_sample_top_p_keeps_the_nucleus_with_the_same_draws():
     logits = torch.randn(5, VOCAB, generator=torch.Generator().manual_seed(6)) * 3
-    plain = decoder.sample(logits, 0.8, torch.Generator().manual_seed(7), False)
-    assert torch.equal(decoder.sample(logits, 0.8, torch.Generator().manual_seed(7), False,
-                                      top_p=1.0), plain)
-    tiny = decoder.sample(logits, 0.8, torch.Generator().manual_seed(7), False, top_p=1e-6)
+    u = torch.rand(5, generator=torch.Generator().manual_seed(7))
+    plain = decoder.sample(logits, 0.8, u, False)
+    assert torch.equal(decoder.sample(logits, 0.8, u, False, top_p=1.0), plain)
+    tiny = decoder.sample(logits, 0.8, u, False, top_p=1e-6)
     assert torch.equal(tiny, logits.argmax(-1))  # the nucleus of one token
     probs = torch.softmax(logits / 0.8, -1)
     kept = decoder.nucleus(logits, 0.8, 0.5) > float("-inf")  # (5, V)
@@ -145,7 +142,7 @@ def test_sample_top_p_keeps_the_nucleus_with_the_same_draws():
         assert inside >= 0.5 and inside - p[row].min() < 0.5  # the smallest set that reaches p
     gen = torch.Generator().manual_seed(8)
     for _ in range(50):
-        token = decoder.sample(logits, 0.8, gen, False, top_p=0.5)
+        token = decoder.sample(logits, 0.8, torch.rand(5, generator=gen), False, top_p=0.5)
         assert kept[torch.arange(5), token].all()
 
 

@@ -147,3 +147,27 @@ def test_step_reports_entropy_lr_reflection_and_rows_name_their_task(tiny_cfg, t
     assert metrics["lr"] == 3e-4 and 0.0 <= metrics["reflect_rate"] <= 1.0
     assert {r["task"] for r in rows} == {task.name}
     assert all(r["difficulty"] is None or isinstance(r["difficulty"], str) for r in rows)
+
+
+@pytest.mark.parametrize("lora", [False, True])  # the lean decoder, and transformers' forward
+def test_a_group_samples_the_same_in_any_share_of_the_groups(tiny_cfg, tiny_task, tiny_model,
+                                                             lora):
+    """What a rank of a data-parallel run samples (its share of the groups) is what one
+    process samples for those groups: each group's stream comes from (seed, stage, step,
+    round, group index), not from its place in a batch."""
+    from zeroth.config import ModelConfig, resolve_rl
+    from zeroth.models.hf import prepare_model
+    from zeroth.stages.rl import sample
+
+    model, tok = tiny_model
+    if lora:
+        model = prepare_model(model, ModelConfig(lora_r=2), "cpu")
+    rl = resolve_rl(replace(tiny_cfg.rl, prompts_per_step=4, group_size=3, max_new_tokens=12))
+    ctx = RLContext(model.eval(), torch.optim.SGD(model.parameters(), lr=0.0), None, tok,
+                    tiny_task, rl, seed=5)
+    whole = sample(ctx, step=2)
+    shares = [sample(ctx, step=2, groups=range(1)), sample(ctx, step=2, groups=range(1, 4))]
+    assert whole.completions == shares[0].completions + shares[1].completions
+    assert whole.rows == shares[0].rows + shares[1].rows
+    assert len({tuple(c) for c in whole.completions[:3]}) > 1  # a group's samples differ
+    assert sample(ctx, step=2, round_=1).completions != whole.completions

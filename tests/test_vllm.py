@@ -124,6 +124,24 @@ def test_sampling_is_reproducible_from_the_generator(setup, colocated):
     assert sample(1) == sample(1) != sample(2)
 
 
+@pytest.mark.parametrize("which", ["colocated", "server"])
+def test_a_row_samples_the_same_in_any_batch(setup, which, request):
+    _, model, _, _, prompts, stops = setup
+    engine = request.getfixturevalue(which)
+    engine.sync(model)
+    batch = [p for p in prompts[:4] for _ in range(3)]
+    seeds = [1000 * g + j for g in range(4) for j in range(3)]  # a group's count up by one
+
+    def sample(rows):
+        return engine.generate([batch[i] for i in rows], max_new_tokens=16, temperature=1.0,
+                               generator=None, seeds=[seeds[i] for i in rows], eos_id=stops,
+                               pad_id=0)
+
+    whole = sample(range(12))
+    assert whole == sample(range(3)) + sample(range(3, 12))
+    assert sample([5]) == [whole[5]]  # one sample alone: its own request
+
+
 def test_stream_gives_the_tokens_generate_gives(setup, colocated):
     _, model, _, _, prompts, stops = setup
     colocated.sync(model)

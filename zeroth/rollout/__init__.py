@@ -45,10 +45,12 @@ class Engine(Protocol):
 
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
                  generator: torch.Generator | None, eos_id: int | set[int], pad_id: int,
-                 batch_size: int = 256, greedy: bool = False, logprobs: bool = False):
-        """Completion ids per prompt, as zeroth.rollout.decoder.generate. With `logprobs`,
-        (completions, log-probs): the engine's log-prob of each sampled token at the sampling
-        temperature, or None when it does not compute its own (the torch engine)."""
+                 batch_size: int = 256, greedy: bool = False, logprobs: bool = False,
+                 seeds: list[int] | None = None):
+        """Completion ids per prompt, as zeroth.rollout.decoder.generate: row i samples from
+        seeds[i] (default: seeds drawn from `generator`), whatever else is in the batch. With
+        `logprobs`, (completions, log-probs): the engine's log-prob of each sampled token at the
+        sampling temperature, or None when it does not compute its own (the torch engine)."""
 
     def stream(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float,
                top_p: float, generator: torch.Generator | None,

@@ -11,9 +11,14 @@ passes come from a backend (`Forward`), chosen per model by `forward_for`:
 - `HFForward` for any other model (peft/LoRA, other architectures): transformers' own forward
   over a `DynamicCache`, finished rows kept in the batch.
 
-Both give the same tokens up to float rounding (tests/test_fastlm.py compares them). Sampling
-draws from an explicit `torch.Generator` (a run is a function of its seed and resumes exactly);
-a CPU generator samples on the CPU even for a GPU model. Results come back as lists.
+Both give the same tokens up to float rounding (tests/test_fastlm.py compares them).
+
+Randomness is per row: each completion has its own seed (`seeds`: given, as the RL loop gives a
+group's, or drawn from the caller's `torch.Generator`), and its own stream of uniforms, one per
+token, drawn on the CPU from that seed before decoding. So a completion's tokens depend on its
+prompt and seed alone, not on which other rows share its batch, how batches are cut, which rows
+have finished, or on which process or device it is decoded (a run split across ranks samples
+what one process samples). Results come back as lists.
 """
 
 from __future__ import annotations
@@ -109,25 +114,38 @@ def nucleus(logits: Tensor, temperature: float, top_p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sample(logits: Tensor, temperature: float, generator, greedy: bool,
-           rows: Tensor | None = None, batch: int | None = None, top_p: float = 1.0) -> Tensor:
+def sample(logits: Tensor, temperature: float, uniforms: Tensor | None, greedy: bool,
+           top_p: float = 1.0) -> Tensor:
     """One token per row of logits (a, V): the argmax, or a sample by inverting the CDF of
-    softmax(logits / temperature) (within the top-p nucleus when top_p < 1) at a uniform draw.
-    Each step draws `batch` uniforms (one per row of the whole batch, a CPU generator on the
-    CPU) and row i of logits uses draw rows[i], so a row's samples do not depend on which other
-    rows are still generating. Greedy draws nothing."""
+    softmax(logits / temperature) (within the top-p nucleus when top_p < 1) at the row's
+    uniform draw (uniforms (a,) in [0, 1)). Greedy needs no draws."""
     if greedy:
         return logits.argmax(-1)
     if top_p < 1.0:
         logits = nucleus(logits, temperature, top_p)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     cdf = probs.cumsum(-1)  # (a, V)
-    where = cdf.device if generator is None else generator.device
-    u = torch.rand((batch or len(cdf), 1), generator=generator, device=where).to(cdf.device)
-    if rows is not None:
-        u = u[rows]
+    u = uniforms.to(cdf.device, cdf.dtype)[:, None]  # (a, 1)
     token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
     return token.clamp(max=cdf.shape[-1] - 1)
+
+
+SEED_BITS = 62  # a row seed plus a small offset (a sample's index in its group) stays an int64
+
+
+def seeds_for(n: int, generator: torch.Generator | None) -> list[int]:
+    """n row seeds drawn from `generator` (its device's stream; None: torch's global one)."""
+    where = generator.device if generator is not None else "cpu"
+    return torch.randint(0, 2**SEED_BITS, (n,), generator=generator, device=where).tolist()
+
+
+def row_uniforms(seeds: list[int], steps: int) -> Tensor:
+    """(n, steps) float64: row i's uniform for each token, from its own CPU generator."""
+    out = torch.empty((len(seeds), steps), dtype=torch.float64)
+    gen = torch.Generator()
+    for i, seed in enumerate(seeds):
+        out[i] = torch.rand(steps, generator=gen.manual_seed(seed), dtype=torch.float64)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,21 +154,25 @@ def sample(logits: Tensor, temperature: float, generator, greedy: bool,
 
 
 @torch.no_grad()
-def sample_steps(forward: Forward, *, max_new_tokens: int, temperature: float, generator,
-                 eos_ids: set[int], pad_id: int, greedy: bool = False,
+def sample_steps(forward: Forward, *, max_new_tokens: int, temperature: float,
+                 uniforms: Tensor | None, eos_ids: set[int], pad_id: int, greedy: bool = False,
                  top_p: float = 1.0) -> Iterator[tuple[Tensor, Tensor]]:
     """Yields, step after step, (rows (a,), tokens (a,)): each row still generating (its index
     in the batch) and the token just sampled for it. A row ends with its first stop token (that
-    step yields it) or after `max_new_tokens` tokens. Every step draws one uniform per row of
-    the batch, finished or not (see `sample`). A row that finished is fed the pad token until
-    the backend drops it (`Forward.keep`, once >= 1/DROP_FRACTION of its batch finished)."""
+    step yields it) or after `max_new_tokens` tokens. Row i's token t is drawn at
+    uniforms[i, t] ((n, max_new_tokens), `row_uniforms`; None when greedy). A row that finished
+    is fed the pad token until the backend drops it (`Forward.keep`, once >= 1/DROP_FRACTION
+    of its batch finished)."""
     logits = forward.start()  # (n, V)
     n, device = len(logits), logits.device
     stops = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
     rows = torch.arange(n, device=device)  # the batch index of each row the backend holds
     live = torch.ones(n, dtype=torch.bool, device=device)
+    if uniforms is not None:
+        uniforms = uniforms.to(device)
     for t in range(max_new_tokens):
-        token = sample(logits, temperature, generator, greedy, rows, n, top_p)  # (a,)
+        draws = None if greedy else uniforms[rows, t]
+        token = sample(logits, temperature, draws, greedy, top_p)  # (a,)
         yield rows[live], token[live]
         fed = torch.where(live, token, torch.full_like(token, pad_id))
         ended = live & torch.isin(token, stops)
@@ -202,19 +224,25 @@ def _stop_set(eos_id: int | set[int]) -> set[int]:
 
 def generate(model, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
              generator: torch.Generator | None = None, eos_id: int | set[int], pad_id: int,
-             batch_size: int = 256, greedy: bool = False, top_p: float = 1.0) -> list[list[int]]:
+             batch_size: int = 256, greedy: bool = False, top_p: float = 1.0,
+             seeds: list[int] | None = None) -> list[list[int]]:
     """Completion token ids for each prompt, ending with a stop token when the model stopped
-    (`eos_id`: one id or a set); every sampled token is kept, whatever it is. Prompts go
+    (`eos_id`: one id or a set); every sampled token is kept, whatever it is. Row i samples
+    from seeds[i] (default: seeds drawn from `generator`, one per prompt, in order). Prompts go
     through the model `batch_size` at a time, in eval mode (its mode is restored after)."""
-    sampling = {"temperature": temperature, "generator": generator, "greedy": greedy,
+    sampling = {"temperature": temperature, "greedy": greedy,
                 "eos_ids": _stop_set(eos_id), "pad_id": pad_id, "top_p": top_p}
+    if not greedy and seeds is None:
+        seeds = seeds_for(len(prompts), generator)
     was_training = model.training
     model.eval()
     completions: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
+        draws = None if greedy else row_uniforms(seeds[start:start + batch_size],
+                                                 max_new_tokens)
         completions += complete(forward_for(model, chunk, pad_id, max_new_tokens), len(chunk),
-                                max_new_tokens=max_new_tokens, **sampling)
+                                max_new_tokens=max_new_tokens, uniforms=draws, **sampling)
     model.train(was_training)
     return completions
 
@@ -227,9 +255,10 @@ def stream(model, prompt: list[int], *, max_new_tokens: int, temperature: float 
     generator. Closing the iterator stops the generation. The model is used in the mode it is
     in (chat's is in eval mode)."""
     greedy = temperature <= 0
+    draws = None if greedy else row_uniforms(seeds_for(1, generator), max_new_tokens)
     steps = sample_steps(forward_for(model, [prompt], 0, max_new_tokens),  # one row: no padding
                          max_new_tokens=max_new_tokens, temperature=1.0 if greedy else temperature,
-                         generator=generator, eos_ids=_stop_set(eos_id), pad_id=0, greedy=greedy,
+                         uniforms=draws, eos_ids=_stop_set(eos_id), pad_id=0, greedy=greedy,
                          top_p=top_p)
     for _, token in steps:
         yield int(token)

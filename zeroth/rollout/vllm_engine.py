@@ -9,9 +9,10 @@ come back as token ids (a stop token last, as the torch engine gives them) with 
 token's log-prob at the sampling temperature (`logprobs_mode="processed_logprobs"`), which the
 update compares with the trainer's own (zeroth.algorithms.update).
 
-Sampling is reproducible: each completion gets its own seed, drawn from the caller's generator,
-so a run still is a function of its seed (though vLLM's random stream is not the torch
-engine's: the two engines sample different completions from the same seed).
+Sampling is reproducible: each completion has its own seed (given, or drawn from the caller's
+generator as the torch engine draws them), so a run still is a function of its seed and a
+completion does not depend on what else is in the batch (though vLLM's random stream from a
+seed is not the torch engine's: the two engines sample different completions).
 
 The same settings start a separate server (zeroth.rollout.vllm_server): `engine_args` is shared.
 """
@@ -32,6 +33,7 @@ import torch
 
 from zeroth.errors import UserError
 from zeroth.models.hf import is_lora
+from zeroth.rollout.decoder import seeds_for
 
 # vLLM's CPU attention kernels take these head sizes only (vllm/v1/attention/backends/cpu_attn.py)
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
@@ -190,16 +192,16 @@ def hf_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
 
 def sampling_params(n: int, *, max_new_tokens: int, temperature: float, generator,
                     eos_id: int | set[int], greedy: bool = False, top_p: float = 1.0,
-                    logprobs: bool = False) -> list:
-    """One vllm.SamplingParams per completion, each with a seed drawn from `generator` (none
-    given: vLLM's own randomness)."""
+                    logprobs: bool = False, seeds: list[int] | None = None) -> list:
+    """One vllm.SamplingParams per completion, each with its seed: `seeds`, else drawn from
+    `generator` as the torch engine draws them."""
     from vllm import SamplingParams
 
     stops = sorted({eos_id} if isinstance(eos_id, int) else set(eos_id))
-    seeds = [None] * n
-    if generator is not None and not greedy:
-        seeds = torch.randint(0, 2**62, (n,), generator=generator,
-                              device=generator.device).tolist()
+    if greedy:
+        seeds = [None] * n
+    elif seeds is None:
+        seeds = seeds_for(n, generator)
     return [SamplingParams(n=1, temperature=0.0 if greedy else temperature,
                            top_p=1.0 if greedy else top_p, max_tokens=max_new_tokens,
                            seed=seed, stop_token_ids=stops, detokenize=False,
@@ -223,14 +225,15 @@ class VLLMEngine:
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int,
                  temperature: float = 1.0, generator=None, eos_id: int | set[int],
                  pad_id: int | None = None, batch_size: int = 256, greedy: bool = False,
-                 top_p: float = 1.0, logprobs: bool = False):
+                 top_p: float = 1.0, logprobs: bool = False, seeds: list[int] | None = None):
         """Completion ids per prompt (and, with `logprobs`, each sampled token's log-prob);
-        vLLM schedules the batch itself (`batch_size` and `pad_id` are not needed)."""
+        row i samples from seeds[i] (default: drawn from `generator`); vLLM schedules the
+        batch itself (`batch_size` and `pad_id` are not needed)."""
         from vllm.inputs import TokensPrompt
 
         params = sampling_params(len(prompts), max_new_tokens=max_new_tokens,
                                  temperature=temperature, generator=generator, eos_id=eos_id,
-                                 greedy=greedy, top_p=top_p, logprobs=logprobs)
+                                 greedy=greedy, top_p=top_p, logprobs=logprobs, seeds=seeds)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
                                     params, use_tqdm=False)
         completions = [list(o.outputs[0].token_ids) for o in outputs]

@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from zeroth.errors import UserError
+from zeroth.rollout.decoder import seeds_for
 from zeroth.rollout.vllm_engine import (
     base_model,
     check_supported,
@@ -242,11 +243,14 @@ def stop_all() -> None:
         _SERVERS.pop(next(iter(_SERVERS))).stop()
 
 
-def runs(prompts: list[list[int]]) -> list[tuple[int, int]]:
-    """(start, length) of each run of identical consecutive prompts (a group's samples)."""
+def runs(prompts: list[list[int]], seeds: list[int] | None = None) -> list[tuple[int, int]]:
+    """(start, length) of each run of identical consecutive prompts (a group's samples) whose
+    seeds (if any) count up by one: one request with n = length and the first seed (vLLM gives
+    sample i the seed + i)."""
     out: list[tuple[int, int]] = []
     for i, p in enumerate(prompts):
-        if out and prompts[out[-1][0]] == p:
+        if out and prompts[out[-1][0]] == p and (
+                seeds is None or seeds[i] == seeds[out[-1][0]] + out[-1][1]):
             out[-1] = (out[-1][0], out[-1][1] + 1)
         else:
             out.append((i, 1))
@@ -264,13 +268,19 @@ class VLLMServerEngine:
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int,
                  temperature: float = 1.0, generator=None, eos_id: int | set[int],
                  pad_id: int | None = None, batch_size: int = 256, greedy: bool = False,
-                 top_p: float = 1.0, logprobs: bool = False):
-        """Completion ids per prompt (with `logprobs`, and each sampled token's log-prob)."""
-        groups = runs(prompts)
-        seeds = [None] * len(groups)
-        if generator is not None and not greedy:
-            seeds = torch.randint(0, 2**62, (len(groups),), generator=generator,
-                                  device=generator.device).tolist()
+                 top_p: float = 1.0, logprobs: bool = False, seeds: list[int] | None = None):
+        """Completion ids per prompt (with `logprobs`, and each sampled token's log-prob);
+        row i samples from seeds[i] (default: a seed per group drawn from `generator`, its
+        samples taking the next ones)."""
+        if greedy:
+            groups, seeds = runs(prompts), None
+        else:
+            if seeds is None:
+                base = seeds_for(len(prompts), generator)
+                groups = runs(prompts)
+                seeds = [base[start] + j for start, n in groups for j in range(n)]
+            groups = runs(prompts, seeds)
+        seeds = [None if seeds is None else seeds[start] for start, _ in groups]
         stops = sorted({eos_id} if isinstance(eos_id, int) else set(eos_id))
 
         def ask(job):

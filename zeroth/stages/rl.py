@@ -50,7 +50,7 @@ from zeroth.record.thoughts import reflect_rate
 from zeroth.rewards import combine, overlong
 from zeroth.rollout import ENGINES, Engine, hash_seed, make_engine
 from zeroth.rollout.batch import Rollouts
-from zeroth.rollout.decoder import stop_ids
+from zeroth.rollout.decoder import SEED_BITS, stop_ids
 from zeroth.stages.eval import decode, difficulty_of
 
 CHANGES_MODEL = True  # the held-out set is evaluated after this stage
@@ -101,18 +101,29 @@ def timed(times: dict, name: str) -> Iterator[None]:
         times[key] = times.get(key, 0.0) + time.perf_counter() - t0
 
 
-def sample(ctx: RLContext, step: int, round_: int = 0) -> Rollouts:
-    """G completions for each of P prompts drawn for `step` (not yet scored); round r > 0 of
-    dynamic sampling draws other prompts and samples from its own stream."""
+def group_seed(ctx: RLContext, step: int, round_: int, group: int) -> int:
+    """The seed of group `group` of a step's sampling round: its sample j samples from this
+    seed + j. It depends on (run seed, stage, step, round, group index) alone, so a group samples
+    the same completions whichever process, batch or engine call it falls in."""
+    suffix = f"-r{round_}" if round_ else ""
+    return hash_seed(f"{ctx.phase}-{ctx.seed}-{step}{suffix}-g{group}") >> (63 - SEED_BITS)
+
+
+def sample(ctx: RLContext, step: int, round_: int = 0,
+           groups: range | None = None) -> Rollouts:
+    """G completions for each of P prompts drawn for `step` (not yet scored), or for the
+    groups `groups` of them only; round r > 0 of dynamic sampling draws other prompts."""
     rl, suffix = ctx.rl, f"-r{round_}" if round_ else ""
     rows = ctx.task.train_rows(Random(f"{ctx.seed}-{ctx.phase}-{step}{suffix}"),
                                rl.prompts_per_step)
-    rows = [r for r in rows for _ in range(rl.group_size)]  # (P*G,) groups are consecutive
+    groups = range(len(rows)) if groups is None else groups
+    rows = [rows[g] for g in groups for _ in range(rl.group_size)]  # groups are consecutive
+    seeds = [group_seed(ctx, step, round_, g) + j for g in groups for j in range(rl.group_size)]
     prompts = prompt_ids(ctx.tokenizer, [r["prompt"] for r in rows])
-    gen = torch.Generator().manual_seed(hash_seed(f"{ctx.phase}-{ctx.seed}-{step}{suffix}"))
     completions, logprobs = ctx.engine.generate(
-        prompts, max_new_tokens=rl.max_new_tokens, generator=gen, temperature=rl.temperature,
-        eos_id=ctx.stops, pad_id=ctx.pad_id, batch_size=len(prompts), logprobs=True)
+        prompts, max_new_tokens=rl.max_new_tokens, generator=None, seeds=seeds,
+        temperature=rl.temperature, eos_id=ctx.stops, pad_id=ctx.pad_id,
+        batch_size=len(prompts), logprobs=True)
     n = len(completions)
     return Rollouts(rows=rows, prompts=prompts, completions=completions,
                     texts=decode(ctx.tokenizer, completions, ctx.stops),
