@@ -318,3 +318,11 @@ def test_server_at_a_url_that_does_not_answer_is_a_clear_error(setup):
                   vllm=replace(cfg.vllm, url="http://127.0.0.1:9", start_timeout=2))
     with pytest.raises(UserError, match="did not answer within 2 s"):
         shared_server(model, bad)
+
+
+def test_a_model_vllm_cannot_run_is_refused_before_anything_is_written(tmp_path):
+    proc = _cli(["run", "tiny", "rl.engine=vllm", "run.name=bad", "--quiet"], tmp_path)
+    assert proc.wait(timeout=120) == 2
+    err = proc.stderr.read()
+    assert "head sizes" in err and "rl.engine=torch" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

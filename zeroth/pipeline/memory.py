@@ -179,6 +179,26 @@ def estimate(cfg: Config, model_cfg=None, prompt_tokens: int | None = None) -> d
     return out
 
 
+def uses_vllm(cfg: Config) -> bool:
+    return cfg.rl.engine in ("vllm", "vllm-server")
+
+
+def check_vllm(cfg: Config) -> None:
+    """Before anything is written: with rl.engine=vllm or vllm-server, vLLM is installed and
+    runs the pipeline's model on the run's device (else a UserError saying what to change)."""
+    import importlib.util
+
+    if not uses_vllm(cfg):
+        return
+    if importlib.util.find_spec("vllm") is None:
+        from zeroth.rollout.vllm_engine import require_vllm
+
+        require_vllm()  # raises, with how to install it
+    from zeroth.rollout.vllm_engine import check_config
+
+    check_config(_configs(cfg.model)[0], pick_device(cfg.run.device))
+
+
 def vllm_bytes(cfg: Config, weights: int) -> int:
     """What a vLLM engine on the run's device holds (see the module docstring); 0 without."""
     v, engine = cfg.vllm, cfg.rl.engine
@@ -250,6 +270,7 @@ def check(cfg: Config, prompt_tokens: int | None = None) -> str:
     """The report line; a UserError saying what to change when the run will not fit in what is
     free (and run.memory_check is on)."""
     device = pick_device(cfg.run.device)
+    check_vllm(cfg)
     est = estimate(cfg, prompt_tokens=prompt_tokens)
     free = available(device)
     line = _fmt(est, free, device)

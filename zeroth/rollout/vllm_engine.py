@@ -71,7 +71,12 @@ def base_model(model):
 
 def check_supported(model, device: torch.device) -> None:
     """A UserError when vLLM cannot run this model here (before anything starts)."""
-    config = base_model(model).config
+    check_config(base_model(model).config, device)
+
+
+def check_config(config, device: torch.device) -> None:
+    """A UserError when vLLM cannot run a model of this transformers config on `device`."""
+    config = config.get_text_config()
     head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if device.type == "cpu" and head not in CPU_HEAD_SIZES:
         raise UserError(
