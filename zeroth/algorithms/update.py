@@ -93,6 +93,17 @@ def on_mask(rows: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _merge_gap(totals: dict, gap: dict, minibatches: int) -> None:
+    """Add one minibatch's engine-gap stats: *_max and *_min over all, the others averaged."""
+    for key, value in gap.items():
+        if key.endswith("_max"):
+            totals[key] = max(totals.get(key, value), value)
+        elif key.endswith("_min"):
+            totals[key] = min(totals.get(key, value), value)
+        else:
+            totals[key] = totals.get(key, 0.0) + value / minibatches
+
+
 @torch.no_grad()
 def logprobs_before(ctx, batch) -> Before:
     """Old log-probs (not needed on-policy: ratio 1) and the reference's, per minibatch."""
@@ -147,10 +158,7 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
             stats["loss"] = loss.item()
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value / passes
-            for key, value in gap.items():  # once per minibatch (max: of all)
-                totals[key] = (max(totals.get(key, 0.0), value) if key.endswith(("_max",))
-                               else min(totals.get(key, value), value) if key.endswith("_min")
-                               else totals.get(key, 0.0) + value / len(before.chunks))
+            _merge_gap(totals, gap, len(before.chunks))
     # The policy's per-token entropy, estimated without bias by the sampled tokens' mean
     # surprisal (they were drawn from this policy at this temperature); costs no extra pass.
     totals["entropy"] = neg_logp / max(1.0, n_tokens)

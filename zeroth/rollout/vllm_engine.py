@@ -109,7 +109,8 @@ def engine_args(model, vcfg, device: torch.device) -> dict:
 
 
 def config_folder(model) -> str:
-    """A temporary folder with the model's config.json: all vLLM reads (weights are pushed)."""
+    """A temporary folder with the model's config.json: all vLLM reads when its weights are
+    pushed (a server also gets the first ones there)."""
     folder = tempfile.mkdtemp(prefix="zeroth-vllm-")
     config = base_model(model).config.to_dict()
     config.pop("_name_or_path", None)

@@ -30,7 +30,6 @@ Either way the prefix cache is emptied after.
 from __future__ import annotations
 
 import atexit
-import itertools
 import json
 import os
 import signal
@@ -51,6 +50,7 @@ from zeroth.rollout.decoder import seeds_for
 from zeroth.rollout.vllm_engine import (
     base_model,
     check_supported,
+    config_folder,
     engine_args,
     hf_weights,
     model_device,
@@ -58,7 +58,6 @@ from zeroth.rollout.vllm_engine import (
 )
 
 _SERVERS: dict[str, Server] = {}  # shape and settings -> the server this process uses
-_names = itertools.count()
 
 
 def post(url: str, path: str, body: dict | None = None, timeout: float = 600.0) -> dict:
@@ -127,6 +126,7 @@ class Server:
     def __init__(self, url: str, process: subprocess.Popen | None = None,
                  folder: str | None = None):
         self.url, self.process, self.folder = url.rstrip("/"), process, folder
+        self.kind = "disk"  # how weights reach it: "nccl" or "disk" (shared_server sets it)
         self.transfer = None  # the NCCL trainer engine, made at the first sync
         self.weights_dir = Path(folder or tempfile.mkdtemp(prefix="zeroth-vllm-weights-"))
 
@@ -134,11 +134,8 @@ class Server:
     def start(cls, model, vcfg, transfer: str) -> Server:
         """Start a server for `model` (its config and current weights saved for it) and wait
         until it answers; a UserError with the end of its log if it does not come up."""
-        folder = tempfile.mkdtemp(prefix="zeroth-vllm-server-")
+        folder = config_folder(model)
         save_weights(model, Path(folder))
-        config = base_model(model).config.to_dict()
-        config.pop("_name_or_path", None)
-        (Path(folder) / "config.json").write_text(json.dumps(config, indent=1))
         port = vcfg.port or free_port()
         args = engine_args(model, vcfg, model_device(model))
         command = [sys.executable, "-m", "zeroth.rollout.vllm_server", "--model", folder,
@@ -273,13 +270,11 @@ class VLLMServerEngine:
         row i samples from seeds[i] (default: a seed per group drawn from `generator`, its
         samples taking the next ones)."""
         if greedy:
-            groups, seeds = runs(prompts), None
-        else:
-            if seeds is None:
-                base = seeds_for(len(prompts), generator)
-                groups = runs(prompts)
-                seeds = [base[start] + j for start, n in groups for j in range(n)]
-            groups = runs(prompts, seeds)
+            seeds = None
+        elif seeds is None:  # one seed per group, its samples taking the next ones
+            base = seeds_for(len(prompts), generator)
+            seeds = [base[start] + j for start, n in runs(prompts) for j in range(n)]
+        groups = runs(prompts, seeds)
         seeds = [None if seeds is None else seeds[start] for start, _ in groups]
         stops = sorted({eos_id} if isinstance(eos_id, int) else set(eos_id))
 
