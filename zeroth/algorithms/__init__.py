@@ -18,7 +18,7 @@ ADVANTAGES = Registry("advantage estimator", {  # (rewards (N,), G, scale, eps) 
     "reinforce_pp": "zeroth.algorithms.advantages:reinforce_pp_advantages",
 })
 
-LOSS_AGGREGATIONS = Registry("loss aggregation", {  # (per_token, mask, constant) -> scalar
+LOSS_AGGREGATIONS = Registry("loss aggregation", {  # (per_token, mask, constant[, total])
     "seq": "zeroth.algorithms.losses:agg_seq",
     "token": "zeroth.algorithms.losses:agg_token",
     "constant": "zeroth.algorithms.losses:agg_constant",

@@ -25,6 +25,10 @@ Aggregation of a per-token loss l with mask m:
     seq      (GRPO)      mean_i [ sum_t m_it l_it / sum_t m_it ]
     token    (DAPO)      sum_it m_it l_it / sum_it m_it
     constant (Dr. GRPO)  sum_it m_it l_it / (B * C),   C = `constant`, default T
+
+On several ranks each holds some rows of a batch; B and sum_it m_it are then the whole batch's
+(`total`), so the ranks' losses sum to the loss world 1 computes, and so do their gradients.
+A registered aggregation that takes no `total` serves one process only.
 """
 
 from __future__ import annotations
@@ -68,26 +72,33 @@ def clipped_surrogate(
 # ---------------------------------------------------------------------------------------------
 
 
-def agg_seq(per_token: Tensor, mask: Tensor, constant: float | None) -> Tensor:
+def agg_seq(per_token: Tensor, mask: Tensor, constant: float | None,
+            total: tuple | None = None) -> Tensor:
     # (B,); a row with no completion tokens contributes 0 and still counts in the mean over B
     per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-    return per_seq.mean()
+    return per_seq.mean() if total is None else per_seq.sum() / total[0]
 
 
-def agg_token(per_token: Tensor, mask: Tensor, constant: float | None) -> Tensor:
-    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+def agg_token(per_token: Tensor, mask: Tensor, constant: float | None,
+              total: tuple | None = None) -> Tensor:
+    tokens = mask.sum().clamp(min=1.0) if total is None else max(1.0, total[1])
+    return (per_token * mask).sum() / tokens
 
 
-def agg_constant(per_token: Tensor, mask: Tensor, constant: float | None) -> Tensor:
+def agg_constant(per_token: Tensor, mask: Tensor, constant: float | None,
+                 total: tuple | None = None) -> Tensor:
     batch, length = per_token.shape
     c = float(length) if constant is None else float(constant)
     if c <= 0:
         raise ValueError(f"aggregation constant must be > 0, got {constant}")
-    return (per_token * mask).sum() / (batch * c)
+    return (per_token * mask).sum() / ((batch if total is None else total[0]) * c)
 
 
-def aggregate(per_token: Tensor, mask: Tensor, mode: str, constant: float | None = None) -> Tensor:
-    """Reduce a (B, T) per-token loss to a scalar over the masked tokens; see the module doc."""
+def aggregate(per_token: Tensor, mask: Tensor, mode: str, constant: float | None = None,
+              total: tuple[int, int] | None = None) -> Tensor:
+    """Reduce a (B, T) per-token loss to a scalar over the masked tokens; see the module doc.
+    `total`: (sequences, tokens) of the whole batch when these B rows are one rank's share of
+    it; each rank's loss is then its part of the whole batch's, and the parts sum to it."""
     try:
         fn = LOSS_AGGREGATIONS[mode]
     except KeyError:
@@ -98,7 +109,9 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str, constant: float | None
             f"per_token and mask must both be (B, T), got {tuple(per_token.shape)} "
             f"and {tuple(mask.shape)}"
         )
-    return fn(per_token, mask.to(per_token.dtype), constant)
+    mask = mask.to(per_token.dtype)
+    return fn(per_token, mask, constant) if total is None else fn(per_token, mask, constant,
+                                                                  total)
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> float:
@@ -155,10 +168,12 @@ def policy_loss(
     beta: float = 0.0,
     agg_constant: float | None = None,
     is_weights: Tensor | None = None,
+    total: tuple[int, int] | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped surrogate (times `is_weights` (B, T), the engine-gap correction, when given;
     + beta * k3 KL when beta > 0), aggregated over the masked tokens.
 
+    `total`: the whole batch's (sequences, tokens) when this is one rank's share (`aggregate`).
     Returns (scalar loss with grad, stats). Stats are python floats over the masked tokens:
     clip_frac (share of clipped tokens), kl (mean k3, reported whenever ref_logp is given, even
     with beta == 0, where it stays out of the loss; else 0.0) and ratio_mean.
@@ -174,7 +189,7 @@ def policy_loss(
             kl = kl_k3(logp, ref_logp)  # (B, T); no graph when it is only a statistic
         if beta > 0:
             per_token = per_token + beta * kl
-    loss = aggregate(per_token, mask, loss_agg, agg_constant)
+    loss = aggregate(per_token, mask, loss_agg, agg_constant, total)
 
     m = mask.detach().to(per_token.dtype)  # (B, T)
     with torch.no_grad():

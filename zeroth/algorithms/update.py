@@ -24,6 +24,7 @@ import torch
 
 from zeroth.algorithms.losses import engine_weights, kl_k3, policy_loss, token_logprobs
 from zeroth.models import lean
+from zeroth.pipeline import dist
 
 
 def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
@@ -66,20 +67,30 @@ class Before:
     log-probs and masks (None on-policy) and the reference's log-probs (None without one);
     `kl`, the mean k3 KL(policy || ref) over the sampled tokens (None when not both)."""
 
-    chunks: list[slice]
+    chunks: list[slice]  # per minibatch: this rank's rows of the batch
     parts: list[tuple]  # per minibatch: (prompts, completions, engine log-probs or None)
+    totals: list[tuple | None]  # per minibatch: (sequences, tokens) of all ranks; None alone
     fast: bool
     old: list | None
     ref: list | None
     kl: float | None
 
 
-def _minibatches(ctx, batch) -> tuple[list[slice], list[tuple]]:
-    size = ctx.rl.minibatch_size
-    chunks = [slice(i, i + size) for i in range(0, len(batch), size)]
-    engine = batch.engine_logprobs
+def _minibatches(ctx, batch) -> tuple[list[slice], list[tuple], list[tuple | None]]:
+    """(slices, parts, totals) per minibatch of `rl.minibatch_size` completions: this rank's
+    rows of it (all of them alone; a contiguous share of each minibatch on several ranks),
+    their (prompts, completions, engine log-probs or None), and, on several ranks, the whole
+    minibatch's (sequences, completion tokens) that normalise the loss (None alone)."""
+    size, engine = ctx.rl.minibatch_size, batch.engine_logprobs
+    chunks, totals = [], []
+    for start in range(0, len(batch), size):
+        whole = range(start, min(start + size, len(batch)))
+        mine = dist.share(len(whole))
+        chunks.append(slice(start + mine.start, start + mine.stop))
+        totals.append(None if dist.world() == 1 else
+                      (len(whole), sum(len(batch.completions[i]) for i in whole)))
     return chunks, [(batch.prompts[c], batch.completions[c], engine and engine[c])
-                    for c in chunks]
+                    for c in chunks], totals
 
 
 def on_mask(rows: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
@@ -108,57 +119,75 @@ def _merge_gap(totals: dict, gap: dict, minibatches: int) -> None:
 def logprobs_before(ctx, batch) -> Before:
     """Old log-probs (not needed on-policy: ratio 1) and the reference's, per minibatch."""
     rl, pad = ctx.rl, ctx.pad_id
-    chunks, parts = _minibatches(ctx, batch)
+    chunks, parts, totals = _minibatches(ctx, batch)
     fast = lean.supports(ctx.policy, grad=True) and (
         ctx.ref is None or lean.supports(ctx.ref))
     on_policy = rl.mu == 1 and len(chunks) == 1
-    old = None if on_policy else [
-        completion_logprobs(ctx.policy, *part[:2], pad, rl.temperature, fast) for part in parts]
-    ref = None if ctx.ref is None else [
-        completion_logprobs(ctx.ref, *part[:2], pad, rl.temperature, fast)[0] for part in parts]
+
+    def run(model, part):  # no rows of this minibatch on this rank: nothing to compute
+        return completion_logprobs(model, *part[:2], pad, rl.temperature, fast) \
+            if part[0] else (None, None)
+
+    old = None if on_policy else [run(ctx.policy, part) for part in parts]
+    ref = None if ctx.ref is None else [run(ctx.ref, part)[0] for part in parts]
     kl = None
     if ref is not None and old is not None:  # KL(policy || ref) on the tokens sampled
-        kl_sum = sum(float((kl_k3(o, r) * m).sum()) for (o, m), r in zip(old, ref))
-        kl = kl_sum / max(1.0, sum(float(m.sum()) for _, m in old))
-    return Before(chunks, parts, fast, old, ref, kl)
+        pairs = [(o, m, r) for (o, m), r in zip(old, ref) if m is not None]
+        kl_sum, n = dist.all_sum([sum(float((kl_k3(o, r) * m).sum()) for o, m, r in pairs),
+                                  sum(float(m.sum()) for _, m, _ in pairs)])
+        kl = kl_sum / max(1.0, n)
+    return Before(chunks, parts, totals, fast, old, ref, kl)
 
 
 def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -> dict:
-    """mu passes of clipped policy-gradient steps over minibatches; returns mean stats."""
+    """mu passes of clipped policy-gradient steps over minibatches; returns mean stats. On
+    several ranks each takes its share of every minibatch, the loss normalised by the whole
+    minibatch, and the gradients are summed before the step: world 1's step."""
     rl, model, optimizer = ctx.rl, ctx.policy, ctx.optimizer
     before = before or logprobs_before(ctx, batch)
     advantages = advantages.to(next(model.parameters()).device)
     on_policy, passes = before.old is None, rl.mu * len(before.chunks)
+    params = [p for p in model.parameters() if p.requires_grad]
     totals: dict[str, float] = {}
     neg_logp, n_tokens = 0.0, 0.0  # first pass: mean -log p of the sampled tokens = entropy
     weights: list = [None] * len(before.chunks)  # engine-gap correction per minibatch
     for epoch in range(rl.mu):
         for i, (c, part) in enumerate(zip(before.chunks, before.parts)):
-            logp, mask = completion_logprobs(model, *part[:2], ctx.pad_id, rl.temperature,
-                                             before.fast)
-            old = logp.detach() if on_policy else before.old[i][0]
-            gap = {}
-            if epoch == 0:
-                neg_logp -= float((logp.detach() * mask).sum())
-                n_tokens += float(mask.sum())
-                if part[2] is not None:  # the trainer's old log-probs against the engine's
-                    weights[i], gap = engine_weights(old, on_mask(part[2], mask), mask,
-                                                     rl.engine_correction,
-                                                     rl.engine_correction_cap)
-            loss, stats = policy_loss(
-                logp, old, advantages[c], mask,
-                eps_low=rl.eps_low, eps_high=rl.eps_high, loss_agg=rl.loss_agg,
-                ref_logp=None if before.ref is None else before.ref[i], beta=rl.beta,
-                agg_constant=float(rl.max_new_tokens), is_weights=weights[i])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                                      rl.max_grad_norm))
+            stats, gap = {}, {}
+            if part[0]:  # this rank has rows of the minibatch
+                logp, mask = completion_logprobs(model, *part[:2], ctx.pad_id, rl.temperature,
+                                                 before.fast)
+                old = logp.detach() if on_policy else before.old[i][0]
+                if epoch == 0:
+                    neg_logp -= float((logp.detach() * mask).sum())
+                    n_tokens += float(mask.sum())
+                    if part[2] is not None:  # the trainer's old log-probs against the engine's
+                        weights[i], gap = engine_weights(old, on_mask(part[2], mask), mask,
+                                                         rl.engine_correction,
+                                                         rl.engine_correction_cap)
+                loss, stats = policy_loss(
+                    logp, old, advantages[c], mask,
+                    eps_low=rl.eps_low, eps_high=rl.eps_high, loss_agg=rl.loss_agg,
+                    ref_logp=None if before.ref is None else before.ref[i], beta=rl.beta,
+                    agg_constant=float(rl.max_new_tokens), is_weights=weights[i],
+                    total=before.totals[i])
+                loss.backward()
+                if before.totals[i] is not None:  # token means, weighted by this rank's share
+                    share = float(mask.sum()) / max(1.0, before.totals[i][1])
+                    stats = {k: v * share for k, v in stats.items()}
+                    gap = {k: v if k.endswith(("_max", "_min")) else v * share
+                           for k, v in gap.items()}
+            dist.sync_grads(params)  # world 1: nothing; else the sum over ranks
+            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm))
             optimizer.step()
-            stats["loss"] = loss.item()
+            stats["loss"] = loss.item() if part[0] else 0.0  # this rank's share of the loss
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value / passes
             _merge_gap(totals, gap, len(before.chunks))
+    if dist.world() > 1:
+        totals = _reduce(totals)
+        neg_logp, n_tokens = dist.all_sum([neg_logp, n_tokens])
     # The policy's per-token entropy, estimated without bias by the sampled tokens' mean
     # surprisal (they were drawn from this policy at this temperature); costs no extra pass.
     totals["entropy"] = neg_logp / max(1.0, n_tokens)
@@ -168,3 +197,21 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
         if before.kl is not None:
             totals["kl"] = before.kl
     return totals
+
+
+def _reduce(totals: dict) -> dict:
+    """Every rank's stats as one: *_max / *_min over ranks, grad_norm as is (every rank clipped
+    the same summed gradient), the rest summed (each rank's already weighted by its share)."""
+    every = dist.gather(totals)
+    out = {}
+    for key in dict.fromkeys(k for t in every for k in t):
+        values = [t[key] for t in every if key in t]
+        if key == "grad_norm":
+            out[key] = totals[key]
+        elif key.endswith("_max"):
+            out[key] = max(values)
+        elif key.endswith("_min"):
+            out[key] = min(values)
+        else:
+            out[key] = sum(values)
+    return out

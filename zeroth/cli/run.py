@@ -42,6 +42,9 @@ def add_parser(subparsers) -> None:
                      "run.threads=N and run.keep_checkpoints=N")
     run.add_argument("--force", action="store_true", help="replace an existing run directory")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--nproc", type=int, metavar="N", help="N processes on this machine, "
+                     "data-parallel (torchrun --standalone --nproc-per-node N); across machines "
+                     "call torchrun yourself: torchrun ... -m zeroth run ...")
     for kind, text in STAGE_HELP.items():
         one = subparsers.add_parser(kind, help=f"run only the {kind} stage: {text}")
         one.add_argument("args", nargs="*", metavar="RECIPE|KEY=VALUE",
@@ -52,43 +55,101 @@ def add_parser(subparsers) -> None:
 
 def run(ns) -> int:
     """`zeroth run` (and each one-stage command): check everything, make or reopen the run
-    directory (kept in ns.run_dir for the Ctrl-C message), run it, print the results."""
+    directory (kept in ns.run_dir for the Ctrl-C message), run it, print the results. Under
+    torchrun every rank comes here: rank 0 makes the directory, all run, rank 0 reports."""
     overrides = list(ns.args)
     recipe = overrides.pop(0) if overrides and "=" not in overrides[0] else None
     if ns.command != "run":  # one stage alone: the same run, with a one-stage pipeline
         overrides.append(f"run.pipeline=[{ns.command}]")
         ns.resume = None
-    estimate = None
+    if getattr(ns, "nproc", None):
+        return launch(ns, recipe, overrides)
+    estimate, name = None, Path(recipe).stem if recipe else "default"
     if ns.resume:
-        run_dir, cfg = Path(ns.resume), _resume_config(ns, recipe, overrides)
+        cfg = _resume_config(ns, recipe, overrides)
     else:
         from zeroth.config import load_config
         from zeroth.tasks import load_task
 
         cfg = load_config(recipe, overrides)  # no torch yet: a mistake is answered at once
         task = load_task(cfg)  # task options, data files, reward names: no torch either
-        from zeroth.pipeline.run import create_run_dir, preflight
+        from zeroth.pipeline.run import preflight
 
         estimate = preflight(cfg, task)  # model folder, memory: before anything is written
-        name = Path(recipe).stem if recipe else "default"
-        run_dir = create_run_dir(cfg, ns.command if ns.command != "run" else name, ns.force)
+    from zeroth.pipeline import dist
+    from zeroth.pipeline.run import create_run_dir, same_config
+
+    dist.init(cfg.run.device)
+    same_config(cfg)
+    if ns.resume:
+        run_dir = Path(ns.resume)
+        cfg = dist.on_main(_resumed, ns.resume, overrides)  # rank 0 writes config.yaml
+    else:
+        run_dir = dist.on_main(create_run_dir, cfg, ns.command if ns.command != "run" else name,
+                               ns.force)
     ns.run_dir = run_dir
     from zeroth.pipeline.run import execute
     from zeroth.record.progress import Display
     from zeroth.record.report import print_results
 
-    display = Display(quiet=ns.quiet)
+    display = Display(quiet=ns.quiet) if dist.is_main() else Display.silent()
     display.print(f"run directory: {run_dir}", highlight=False)
+    if dist.world() > 1:
+        display.print(f"{dist.world()} ranks, data-parallel ({cfg.train.parallel})",
+                      highlight=False)
     if estimate:
         display.print(estimate, highlight=False)
     with display:
         summary = execute(run_dir, cfg, display)
-    print_results(display.console, summary, run_dir)
+    if dist.is_main():
+        print_results(display.console, summary, run_dir)
+    dist.finish()
     return 0
 
 
-def _resume_config(ns, recipe: str | None, overrides: list[str]):
-    """The config `--resume` continues with (zeroth.pipeline.run.resume_config)."""
+def launch(ns, recipe: str | None, overrides: list[str]) -> int:
+    """`zeroth run --nproc N`: check the config here (one answer, at once), then torchrun N
+    ranks of `zeroth run` on this machine. The run's name is fixed here, so every rank and the
+    Ctrl-C message agree on it. A rank that dies stops the others at once (torchrun's agent);
+    its rank and exit code are the one line said about it."""
+    if ns.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {ns.nproc}")
+    argv = ["run"] + ([recipe] if recipe else [])
+    if ns.resume:
+        argv += ["--resume", str(ns.resume)]
+        _resume_config(ns, recipe, overrides, write=False)
+        ns.run_dir = Path(ns.resume)
+    else:
+        import time
+
+        from zeroth.config import load_config
+        from zeroth.tasks import load_task
+
+        cfg = load_config(recipe, overrides)
+        load_task(cfg)
+        check_world(cfg, ns.nproc)
+        if not cfg.run.name:
+            cfg.run.name = f"{Path(recipe).stem if recipe else 'default'}-" \
+                           f"{time.strftime('%Y%m%d-%H%M%S')}"
+            overrides = [*overrides, f"run.name={cfg.run.name}"]
+        ns.run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    argv += overrides + [flag for flag, on in (("--force", ns.force), ("--quiet", ns.quiet))
+                         if on]
+    from zeroth.pipeline.launch import torchrun
+
+    return torchrun(ns.nproc, ["-m", "zeroth", *argv])
+
+
+def check_world(cfg, world: int) -> None:
+    """A one-line error for a world size the config cannot split evenly."""
+    from zeroth.config import check_world as check
+
+    check(cfg, world)
+
+
+def _resume_config(ns, recipe: str | None, overrides: list[str], write: bool = True):
+    """The config `--resume` continues with (zeroth.pipeline.run.resume_config); with
+    write=False only checked."""
     if ns.force:
         raise UserError("--resume continues a run and --force replaces one: give only one")
     if recipe:
@@ -96,7 +157,13 @@ def _resume_config(ns, recipe: str | None, overrides: list[str]):
                         "config saved in its directory")
     from zeroth.config import load_run_config, resume_overrides
 
-    resume_overrides(load_run_config(ns.resume), overrides)  # mistakes answered before torch
+    cfg = resume_overrides(load_run_config(ns.resume), overrides)  # answered before torch
+    if getattr(ns, "nproc", None):
+        check_world(cfg, ns.nproc)
+    return cfg
+
+
+def _resumed(run_dir, overrides: list[str]):
     from zeroth.pipeline.run import resume_config
 
-    return resume_config(ns.resume, overrides)
+    return resume_config(run_dir, overrides)

@@ -10,7 +10,7 @@ Validation is strict: an unknown key, a wrong type or an out-of-range value rais
 with one line naming it.
 """
 
-from zeroth.config.check import check_rules, hub_id, validate
+from zeroth.config.check import check_rules, check_world, hub_id, validate
 from zeroth.config.load import (
     RESUMABLE,
     embedded_recipes,
@@ -33,6 +33,7 @@ from zeroth.config.schema import (
     SandboxConfig,
     SFTConfig,
     TaskConfig,
+    TrainConfig,
     VLLMConfig,
 )
 from zeroth.config.stages import pipeline, resolve_rl, stage_config
@@ -40,7 +41,8 @@ from zeroth.config.stages import pipeline, resolve_rl, stage_config
 __all__ = [
     "GENERIC_WEIGHTS", "RESUMABLE", "Config", "DemoConfig", "DistillConfig",
     "EvalConfig", "ModelConfig", "PretrainConfig", "RLConfig", "RejectionConfig", "RunConfig",
-    "SFTConfig", "SandboxConfig", "TaskConfig", "VLLMConfig", "check_rules", "config_from_dict",
+    "SFTConfig", "SandboxConfig", "TaskConfig", "TrainConfig", "VLLMConfig", "check_rules",
+    "check_world", "config_from_dict",
     "config_to_dict", "dump_config", "embedded_recipes", "hub_id", "load_config",
     "load_run_config", "pipeline", "recipe_summary", "resolve_rl", "resume_overrides",
     "stage_config", "validate",

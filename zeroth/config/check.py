@@ -244,6 +244,7 @@ _RULES: list[tuple] = [
     ("vllm.port", *_between(0, 65535)),
     ("vllm.transfer", *_one_of("auto", "nccl", "disk")),
     ("vllm.start_timeout", *_gt(0)),
+    ("train.parallel", *_one_of("ddp", "fsdp")),
 ]
 
 
@@ -275,3 +276,24 @@ def check_rules(cfg: Config, where: str) -> None:
 _NULLABLE = {f"rl.{k}" for k in ("eps_low", "eps_high", "beta", "advantage", "scale_rewards",
                                   "loss_agg", "dynamic_sampling")} | {
     "vllm.kv_cache_gib"}  # null: the algorithm's (rl), the device's (vllm)
+
+
+def check_world(cfg: Config, world: int) -> None:
+    """Raise for a config that `world` ranks cannot share: RL groups must split evenly (a group
+    never spans ranks) and every batch needs a row for each rank."""
+    if world <= 1:
+        return
+    for index, (sid, kind, _) in enumerate(pipeline(cfg)):
+        c = stage_config(cfg, index, resolve=False)
+        where = f"stage {sid}: " if len(pipeline(cfg)) > 1 else ""
+        if kind == "rl" and c.rl.prompts_per_step % world:
+            raise UserError(f"{where}rl.prompts_per_step={c.rl.prompts_per_step} does not split "
+                            f"into {world} ranks — make it a multiple of {world}")
+        if kind == "rl" and c.rl.engine not in ("torch", "auto"):
+            raise UserError(f"{where}rl.engine={c.rl.engine} does not run on several ranks yet "
+                            "— use rl.engine=torch with --nproc / torchrun")
+        section = {"pretrain": "pretrain", "sft": "sft", "distill": "distill"}.get(kind)
+        if section and getattr(c, section).batch_size < world:
+            size = getattr(c, section).batch_size
+            raise UserError(f"{where}{section}.batch_size={size} is smaller than the {world} "
+                            f"ranks — give each rank a row at least: {section}.batch_size>={world}")

@@ -174,6 +174,15 @@ class VLLMConfig:
 
 
 @dataclass
+class TrainConfig:
+    """How the training of every stage is spread over the ranks of a torchrun job."""
+
+    # ddp: every rank holds the whole model, gradients summed with one all-reduce per step;
+    # fsdp: parameters, gradients and optimiser state sharded (FSDP2)
+    parallel: str = "ddp"
+
+
+@dataclass
 class EvalConfig:
     k: int = 8  # samples per problem for pass@1 (mean accuracy) and pass@k
     temperature: float = 1.0
@@ -196,3 +205,4 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -322,3 +322,13 @@ def _where(**filters: Any) -> tuple[str, tuple]:
     if not used:
         return "", ()
     return " WHERE " + " AND ".join(f"{k} = ?" for k in used), tuple(used.values())
+
+
+class Unwritten:
+    """The ledger of a rank that does not write (every rank but 0 of a torchrun job): each
+    write does nothing. Rank 0 writes what every rank computed alike (the gathered rollouts)."""
+
+    def __getattr__(self, name: str):
+        if name.startswith(("log_", "set_", "clear_", "truncate_")) or name == "close":
+            return lambda *args, **kwargs: None
+        raise AttributeError(f"only rank 0 reads the ledger ({name})")

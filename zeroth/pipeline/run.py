@@ -53,9 +53,9 @@ from zeroth.models.hf import (
     train_tokenizer,
 )
 from zeroth.models.locate import latest_checkpoint, model_dir
-from zeroth.pipeline import export, memory
+from zeroth.pipeline import dist, export, memory
 from zeroth.pipeline.checkpoint import load_checkpoint, save_checkpoint
-from zeroth.pipeline.ledger import Ledger
+from zeroth.pipeline.ledger import Ledger, Unwritten
 from zeroth.rewards.resolve import absolute_reference, rename_rewards
 from zeroth.stages import STAGES
 from zeroth.stages import eval as eval_stage
@@ -213,8 +213,9 @@ class Runner:
 
     def __init__(self, run_dir: Path, cfg: Config, display):
         self.dir, self.base_cfg, self.cfg, self.display = Path(run_dir), cfg, cfg, display
-        self.lock = lock_run_dir(self.dir)
-        self.ledger = Ledger(self.dir / "ledger.sqlite")
+        main = dist.is_main()  # rank 0 alone writes the run directory
+        self.lock = lock_run_dir(self.dir) if main else None
+        self.ledger = Ledger(self.dir / "ledger.sqlite") if main else Unwritten()
         self.task = load_task(cfg)
         self.device = pick_device(cfg.run.device)
         self.t0 = time.time()
@@ -249,9 +250,9 @@ class Runner:
         """Checkpoint `<stage id>-<step>` of the current model and state."""
         self.state["step"] = step
         self.state["wall_s"] = self.wall0 + time.time() - self.t0
-        save_checkpoint(self.dir, f"{self.stage_id}-{step:06d}", model=self.model,
-                        tokenizer=self.tokenizer, optimizer=optimizer, state=self.state,
-                        keep=self.base_cfg.run.keep_checkpoints)
+        dist.on_main(save_checkpoint, self.dir, f"{self.stage_id}-{step:06d}", model=self.model,
+                     tokenizer=self.tokenizer, optimizer=optimizer, state=self.state,
+                     keep=self.base_cfg.run.keep_checkpoints)
 
     def evaluate(self, phase: str) -> dict:
         """The held-out evaluation of the current model, recorded under `phase`."""
@@ -352,9 +353,38 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def same_config(cfg: Config) -> None:
+    """Every rank of a torchrun job runs the same config: a one-line error naming the first
+    setting where a rank's differs from rank 0's, and one for a world size the config cannot
+    split (zeroth.config.check_world)."""
+    from zeroth.config import check_world, config_to_dict
+
+    if dist.world() == 1:
+        return
+    flat = _flat(config_to_dict(cfg))
+    for r, other in enumerate(dist.gather(flat)):
+        diff = sorted(k for k in set(flat) | set(other) if flat.get(k) != other.get(k))
+        if diff:
+            key = diff[0]
+            raise UserError(f"rank {dist.rank()} and rank {r} were given different configs "
+                            f"({key}: {flat.get(key)!r} here, {other.get(key)!r} there) — "
+                            "launch every rank with the same recipe and overrides")
+    check_world(cfg, dist.world())
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = repr(value)
+    return out
+
+
 def execute(run_dir: Path, cfg: Config, display) -> dict:
-    """Run (or resume) every remaining stage; write and return summary.json."""
-    torch.set_num_threads(cfg.run.threads)
+    """Run (or resume) every remaining stage; write (rank 0) and return summary.json."""
+    torch.set_num_threads(dist.threads(cfg.run.threads))
     done = Path(run_dir) / "summary.json"
     if done.is_file():
         display.print(f"{run_dir} has finished already; its summary is unchanged")
@@ -362,11 +392,12 @@ def execute(run_dir: Path, cfg: Config, display) -> dict:
     r = Runner(run_dir, cfg, display)
     try:
         run_pipeline(r)
-        save_final(r)
-        summary = summary_of(r)
-        write_json(r.dir / "summary.json", summary)
+        dist.on_main(save_final, r)
+        summary = dist.broadcast(summary_of(r))  # rank 0's wall time
+        dist.on_main(write_json, r.dir / "summary.json", summary)
         r.ledger.set_meta("summary", summary)
         return summary
     finally:
         r.ledger.close()
-        r.lock.close()
+        if r.lock is not None:
+            r.lock.close()

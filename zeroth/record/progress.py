@@ -38,6 +38,13 @@ class Display:
             TextColumn("{task.fields[info]}"), console=self.console, disable=not self.live)
         self._stage = None
 
+    @classmethod
+    def silent(cls) -> Display:
+        """A display that shows nothing (the ranks of a torchrun job but rank 0)."""
+        import os
+
+        return cls(Console(file=open(os.devnull, "w")), quiet=True)
+
     def __enter__(self):
         self.progress.start()
         return self

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from zeroth.errors import UserError
 from zeroth.models.hf import build_model, load_model, n_params, prepare_model
 from zeroth.models.locate import FINAL, locate_model
+from zeroth.pipeline import dist
 from zeroth.pipeline.checkpoint import save_folder
 from zeroth.rollout import hash_seed, make_engine
 from zeroth.stages import pretrain as pt
@@ -38,10 +39,12 @@ from zeroth.stages.supervised import Hyper, batches, token_loss, train
 CHANGES_MODEL = True  # the held-out set is evaluated after this stage (the student)
 
 
-def token_kl(teacher_logits, student_logits, mask, chunk: int = 1024) -> torch.Tensor:
-    """Mean over the tokens where `mask` of KL(teacher || student) over the shared vocabulary.
-    teacher_logits, student_logits: (B, T, V*); mask: (B, T) bool. Computed `chunk` tokens at a
-    time, so a 150k vocabulary never needs float32 (N, V) copies of every token at once."""
+def token_kl(teacher_logits, student_logits, mask, chunk: int = 1024,
+             items: int | None = None) -> torch.Tensor:
+    """Mean over the tokens where `mask` of KL(teacher || student) over the shared vocabulary
+    (with `items`: the sum divided by it). teacher_logits, student_logits: (B, T, V*); mask:
+    (B, T) bool. Computed `chunk` tokens at a time, so a 150k vocabulary never needs float32
+    (N, V) copies of every token at once."""
     v = min(teacher_logits.shape[-1], student_logits.shape[-1])
     teacher_rows, student_rows = teacher_logits[mask][:, :v], student_logits[mask][:, :v]
     total = student_rows.new_zeros((), dtype=torch.float32)
@@ -49,20 +52,25 @@ def token_kl(teacher_logits, student_logits, mask, chunk: int = 1024) -> torch.T
         t = F.log_softmax(teacher_rows[i:i + chunk].float(), dim=-1)  # (n, V)
         s = F.log_softmax(student_rows[i:i + chunk].float(), dim=-1)  # (n, V)
         total = total + F.kl_div(s, t, log_target=True, reduction="sum")
-    return total / max(teacher_rows.shape[0], 1)
+    return total / max(teacher_rows.shape[0] if items is None else items, 1)
 
 
-def distill_loss(student, teacher, ids, labels, alpha: float):
-    """(loss, stats) of one batch: CE on the answer tokens, plus alpha * KL with a teacher."""
+def distill_loss(student, teacher, ids, labels, alpha: float, items: int | None = None):
+    """(loss, stats) of one batch: CE on the answer tokens, plus alpha * KL with a teacher.
+    `items`: the whole batch's answer tokens when these rows are one rank's share of it (both
+    terms are then sums divided by it)."""
     logits = student(input_ids=ids, use_cache=False).logits[:, :-1]  # (B, T-1, V)
     targets = labels[:, 1:]  # (B, T-1)
     mask = targets != -100
-    ce = F.cross_entropy(logits[mask].float(), targets[mask])
+    if items is None:
+        ce = F.cross_entropy(logits[mask].float(), targets[mask])
+    else:
+        ce = F.cross_entropy(logits[mask].float(), targets[mask], reduction="sum") / items
     if teacher is None:
         return ce, {"ce": ce.item()}
     with torch.no_grad():
         teacher_logits = teacher(input_ids=ids, use_cache=False).logits[:, :-1]  # (B, T-1, V')
-    kl = token_kl(teacher_logits, logits, mask)
+    kl = token_kl(teacher_logits, logits, mask, items=items)
     return (1 - alpha) * ce + alpha * kl, {"ce": ce.item(), "kl": kl.item()}
 
 
@@ -151,11 +159,11 @@ def start(r):
         raise UserError(f"the teacher ({label}) solved none of {len(rollouts)} samples — use a "
                         "stronger teacher or raise distill.prompts / distill.samples")
     data = f"data/{sid}.jsonl"
-    write_jsonl(Path(r.dir) / data, kept)
+    dist.on_main(write_jsonl, Path(r.dir) / data, kept)
     student, s_tok = build_student(r, t_tok)
     logits = use_logits(d.logits, t_tok, s_tok)
     if logits and changes:
-        save_folder(teacher, t_tok, Path(r.dir) / "teacher")  # a resume finds it
+        dist.on_main(save_folder, teacher, t_tok, Path(r.dir) / "teacher")  # a resume finds it
         folder = Path("teacher")  # inside the run directory
     elif folder is not None:
         folder = folder.resolve()

@@ -18,9 +18,10 @@ from math import comb
 import torch
 
 from zeroth.models.hf import prompt_ids
+from zeroth.pipeline import dist
 from zeroth.rewards import combine, extract_answer
 from zeroth.rollout import hash_seed, make_engine
-from zeroth.rollout.decoder import stop_ids
+from zeroth.rollout.decoder import seeds_for, stop_ids
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -120,22 +121,30 @@ def evaluate(engine, tokenizer, task, rows: list[dict], eval_cfg,
     """(metrics, ledger rows) for `rows`: k samples each at eval temperature, plus greedy,
     sampled by `engine` (`make_engine(cfg, model)`).
 
-    The samples come from one generator seeded by `seed` and consumed batch after batch, so
-    the numbers are a function of the model, rows, seed and eval config — eval.batch_size
-    included: another batch size draws another random stream (and pads prompts differently).
+    Sample j of problem i samples from the (i * k + j)-th seed drawn from a generator seeded by
+    `seed`, so the numbers are a function of the model, rows, seed and eval config, whatever
+    the batch size or the number of ranks: on several, each samples and scores its share of the
+    problems and the results are joined on every rank.
     """
-    k = eval_cfg.k
-    prompts = prompt_ids(tokenizer, [r["prompt"] for r in rows])
+    k, mine = eval_cfg.k, dist.share(len(rows))
+    local = rows[mine.start:mine.stop]
+    prompts = prompt_ids(tokenizer, [r["prompt"] for r in local])
     stops = stop_ids(engine.model, tokenizer)
     common = {"max_new_tokens": eval_cfg.max_new_tokens, "eos_id": stops,
               "pad_id": tokenizer.pad_token_id, "batch_size": eval_cfg.batch_size}
     gen = torch.Generator().manual_seed(hash_seed(f"eval-{seed}"))
-    sampled = engine.generate([p for p in prompts for _ in range(k)], generator=gen,
-                              temperature=eval_cfg.temperature, **common)
-    greedy = engine.generate(prompts, temperature=1.0, generator=None, greedy=True, **common)
+    seeds = seeds_for(len(rows) * k, gen)[mine.start * k:mine.stop * k]
+    sampled, greedy = [], []
+    if local:
+        sampled = engine.generate([p for p in prompts for _ in range(k)], generator=None,
+                                  seeds=seeds, temperature=eval_cfg.temperature, **common)
+        greedy = engine.generate(prompts, temperature=1.0, generator=None, greedy=True, **common)
+    s_text, s_ok, s_fmt = _score(tokenizer, task, [r for r in local for _ in range(k)],
+                                 sampled, stops)
+    g_text, g_ok, _ = _score(tokenizer, task, local, greedy, stops)
+    sampled, greedy, s_text, s_ok, s_fmt, g_text, g_ok = dist.joined(
+        sampled, greedy, s_text, s_ok, s_fmt, g_text, g_ok)
     many = [r for r in rows for _ in range(k)]
-    s_text, s_ok, s_fmt = _score(tokenizer, task, many, sampled, stops)
-    g_text, g_ok, _ = _score(tokenizer, task, rows, greedy, stops)
 
     n = len(rows)
     solved = [s_ok[i * k:(i + 1) * k] for i in range(n)]  # (problems, k)

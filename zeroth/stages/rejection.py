@@ -17,9 +17,10 @@ from random import Random
 import torch
 
 from zeroth.models.hf import prompt_ids
+from zeroth.pipeline import dist
 from zeroth.rewards import combine
 from zeroth.rollout import hash_seed, make_engine
-from zeroth.rollout.decoder import stop_ids
+from zeroth.rollout.decoder import seeds_for, stop_ids
 from zeroth.stages.eval import decode
 
 CHANGES_MODEL = False  # sampling changes no weights: no evaluation after it
@@ -39,22 +40,29 @@ def sample_verified(engine, tokenizer, task, rows: list[dict], *, samples: int,
     Kept: the task's accuracy verifier says 1.0 and, with `require_format`, the R1 format does
     too; per prompt, completions equal up to whitespace count once and at most `keep_per_prompt`
     are kept, the first sampled first. Returns (kept records, ledger rollout rows, stats).
-    `update(done, total)`, when given, is told of each generated batch."""
+    `update(done, total)`, when given, is told of each generated batch. Sample i samples from
+    the i-th seed drawn from a generator seeded by `seed_tag`; on several ranks each samples and
+    scores its share of the prompts, the results joined on every rank."""
     many = [row for row in rows for _ in range(samples)]  # (P*N,) a prompt's samples in a row
-    prompts = prompt_ids(tokenizer, [row["prompt"] for row in many])
+    mine = dist.share(len(rows))  # this rank's prompts (all of them alone)
+    local = many[mine.start * samples:mine.stop * samples]
+    prompts = prompt_ids(tokenizer, [row["prompt"] for row in local])
     stops = stop_ids(engine.model, tokenizer)
     gen = torch.Generator().manual_seed(hash_seed(seed_tag))
+    seeds = seeds_for(len(many), gen)[mine.start * samples:mine.stop * samples]
     completions: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         completions += engine.generate(prompts[start:start + batch_size],
                                        max_new_tokens=max_new_tokens, temperature=temperature,
-                                       generator=gen, eos_id=stops,
-                                       pad_id=tokenizer.pad_token_id, batch_size=batch_size)
+                                       generator=None, seeds=seeds[start:start + batch_size],
+                                       eos_id=stops, pad_id=tokenizer.pad_token_id,
+                                       batch_size=batch_size)
         if update is not None:
-            update(len(completions), len(prompts))
+            update(len(completions) * dist.world(), len(many))
     texts = decode(tokenizer, completions, stops)
     weights = {task.accuracy: 1.0, "format": 1.0}
-    totals, parts = combine(texts, many, task.rewards, weights)
+    totals, parts = combine(texts, local, task.rewards, weights)
+    completions, texts, totals, parts = dist.joined(completions, texts, totals, parts)
     verified = [p.get(task.accuracy) == 1.0 and (not require_format or p.get("format") == 1.0)
                 for p in parts]
     kept, chosen, seen = [], [False] * len(many), [set() for _ in rows]
@@ -109,7 +117,7 @@ def run(r) -> dict:
             batch_size=cfg.batch_size, seed_tag=f"{r.cfg.run.seed}-{sid}",
             update=lambda done, total: update(done))
     relative = f"data/{sid}.jsonl"
-    write_jsonl(Path(r.dir) / relative, kept)
+    dist.on_main(write_jsonl, Path(r.dir) / relative, kept)
     r.ledger.clear_phase(sid)
     r.ledger.log_rollouts(sid, 0, rollouts)
     r.ledger.log_metrics(sid, 0, stats)

@@ -11,6 +11,13 @@ turn scores into group-relative advantages, take clipped policy-gradient steps, 
         engine.sync(policy)                                   # sync   (sample the new policy)
         ledger rows, metrics, progress; checkpoint            # record
 
+On several ranks (torchrun) each samples and scores its share of the groups; a group never
+spans ranks, and group g samples from its own seed whichever rank draws it, so the completions
+are world 1's. Each round is gathered, so every rank holds the whole batch and computes alike
+what must be global: the groups kept, the advantages (REINFORCE++'s batch std), the reward
+statistics and the ledger rows (written by rank 0). The update splits every minibatch between
+the ranks and sums their gradients (zeroth.algorithms.update): the step world 1 takes.
+
 Each line's wall time is in the step's metrics as time_<name> (gen and reward summed over
 dynamic-sampling rounds).
 
@@ -45,6 +52,7 @@ from zeroth.algorithms.update import logprobs_before, update
 from zeroth.config import resolve_rl
 from zeroth.errors import UserError
 from zeroth.models.hf import load_model, prompt_ids, trainable
+from zeroth.pipeline import dist
 from zeroth.pipeline.checkpoint import load_checkpoint, save_folder
 from zeroth.record.thoughts import reflect_rate
 from zeroth.rewards import combine, overlong
@@ -151,10 +159,11 @@ def gather(ctx: RLContext, step: int, times: dict) -> tuple[Rollouts, list[int],
     rounds, keep, info = [], [], {}
     limit = rl.max_sample_rounds if rl.dynamic_sampling else 1
     while len(rounds) < limit and len(keep) < rl.prompts_per_step:
-        with timed(times, "gen"):
-            batch = sample(ctx, step, len(rounds))
+        with timed(times, "gen"):  # this rank's share of the groups (all of them alone)
+            batch = sample(ctx, step, len(rounds), groups=dist.share(rl.prompts_per_step))
         with timed(times, "reward"):
             score(ctx, batch)
+        batch = Rollouts.concat(dist.gather(batch))  # every rank sees the whole round
         flat = batch.flat_groups(rl.group_size)
         if not rounds:
             info["groups_flat"] = sum(flat) / len(flat)  # share of groups with no signal
@@ -271,7 +280,7 @@ def reward_stats(ctx: RLContext, batch: Rollouts) -> dict:
 def start(r) -> None:
     """Once, as the stage starts fresh: with beta > 0, the policy now is the frozen reference."""
     if r.cfg.rl.beta > 0:
-        save_folder(r.model, r.tokenizer, r.dir / "reference")
+        dist.on_main(save_folder, r.model, r.tokenizer, r.dir / "reference")
 
 
 def reference(r):

@@ -9,7 +9,10 @@
         a checkpoint every hp.checkpoint_every steps and at the end (a stage's own loop)
 
 Batches are drawn by a seeded Random of (tag, step), so a resumed loop sees exactly the batches
-an uninterrupted one would; each caller keeps its own tag.
+an uninterrupted one would; each caller keeps its own tag. On several ranks every rank draws
+the same batch and trains on its share of the rows, its loss divided by the whole batch's
+labelled tokens; the gradients are summed over the ranks before the step (zeroth.pipeline.dist),
+so the step is world 1's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from random import Random
 import torch
 
 from zeroth.models.hf import trainable
+from zeroth.pipeline import dist
 from zeroth.pipeline.checkpoint import load_checkpoint
 
 LOG_EVERY = 10  # steps between ledger rows (and the last step)
@@ -77,9 +81,22 @@ def batches(examples, size: int, tag: str, pad_id: int):
     return lambda step: batch_at(examples, step, size, tag, pad_id)
 
 
-def token_loss(model, ids, labels):
-    """(loss, stats): mean next-token cross-entropy over the labelled tokens, no extra stats."""
-    return model(input_ids=ids, labels=labels, use_cache=False).loss, {}
+def token_loss(model, ids, labels, items: int | None = None):
+    """(loss, stats): mean next-token cross-entropy over the labelled tokens, no extra stats;
+    with `items`, the sum over these rows divided by `items` (the whole batch's labelled
+    tokens, when these rows are one rank's share of it)."""
+    extra = {} if items is None else {"num_items_in_batch": items}
+    return model(input_ids=ids, labels=labels, use_cache=False, **extra).loss, {}
+
+
+def my_rows(ids, labels):
+    """(ids, labels, items): this rank's rows of a batch and the number of labelled target
+    tokens in the whole batch, which normalises every rank's loss; alone: the batch, None."""
+    if dist.world() == 1:
+        return ids, labels, None
+    rows = dist.share(len(ids))
+    items = int((labels[:, 1:] != -100).sum())
+    return ids[rows.start:rows.stop], labels[rows.start:rows.stop], items
 
 
 def train(r, model, batch, loss_fn, hp: Hyper, *, phase: str, checkpoint: bool) -> float | None:
@@ -102,12 +119,19 @@ def train(r, model, batch, loss_fn, hp: Hyper, *, phase: str, checkpoint: bool) 
             lr = hp.lr * lr_at(step, hp.steps, hp.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            value, stats = loss_fn(ids.to(r.device), labels.to(r.device))
+            ids, labels, items = my_rows(ids, labels)
+            value, stats = loss_fn(ids.to(r.device), labels.to(r.device),
+                                   **({} if items is None else {"items": items}))
             optimizer.zero_grad(set_to_none=True)
             value.backward()
+            dist.sync_grads(params)  # several ranks: the whole batch's gradient
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
             optimizer.step()
-            loss = progress["loss"] = value.item()
+            loss = value.item()
+            if items is not None:  # each rank's loss and stats are its part of the whole's
+                loss, *values = dist.all_sum([loss, *stats.values()])
+                stats = dict(zip(stats, values))
+            progress["loss"] = loss
             last = step + 1 == hp.steps
             if (step + 1) % LOG_EVERY == 0 or last:
                 r.ledger.log_metrics(phase, step + 1, {"loss": loss, "lr": lr, **stats})

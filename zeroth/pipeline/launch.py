@@ -1,0 +1,46 @@
+"""`zeroth run --nproc N`: torchrun on this machine, in this process (torch.distributed.run).
+
+torchrun's agent starts the N ranks, watches them every 0.1 s and, when one exits with an
+error or a signal, stops the others and reports it; here that report becomes one line naming
+the rank and how it ended. A rank that failed with a user error (exit code 2) has printed its
+own message already.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def torchrun(nproc: int, args: list[str]) -> int:
+    """Run `python <args>` as `nproc` ranks (torchrun --standalone); the exit code of the job:
+    0, or the first failed rank's (a signal: 1)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # each rank sets its own thread count
+    ns = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}",
+                                       "--no-python", sys.executable, *args])
+    try:
+        run(ns)
+    except ChildFailedError as exc:
+        failures = sorted(exc.failures.items(), key=lambda kv: kv[1].timestamp)
+        rank, failure = failures[0]  # the first observed: the cause, the others were stopped
+        code = failure.exitcode
+        if code != 2:
+            print(f"zeroth: error: rank {rank} of {nproc} failed ({_how(code)}); the job was "
+                  "stopped", file=sys.stderr)
+        return code if code > 0 else 1
+    return 0
