@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command_modules()[ns.command].run(ns)
     except UserError as exc:
-        print(f"zeroth: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for every rank
+            print(f"zeroth: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         run_dir = getattr(ns, "run_dir", None)  # set by cmd_run once the run directory exists
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             hint = f" — continue with {resume_command(run_dir)}"
         else:
             hint = ""
-        print(f"zeroth: interrupted{hint}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"zeroth: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -99,7 +99,7 @@ def run(ns) -> int:
                       highlight=False)
     if estimate:
         display.print(estimate, highlight=False)
-    with display:
+    with display, dist.peer_lost(run_dir):
         summary = execute(run_dir, cfg, display)
     if dist.is_main():
         print_results(display.console, summary, run_dir)

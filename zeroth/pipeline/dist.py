@@ -23,7 +23,9 @@ everything, gather(x) is [x]. Collectives use gloo on CPU and NCCL on GPU.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -156,6 +158,22 @@ def on_main(fn: Callable, *args, **kwargs):
     if failed:
         raise SystemExit(2)
     return result
+
+
+@contextmanager
+def peer_lost(run_dir) -> Iterator[None]:
+    """A collective that fails because another rank is gone (killed, crashed) becomes one line
+    and exit code 1, not a traceback: the launcher names the rank that died."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if world() == 1 or not (isinstance(exc, td.DistError) or "gloo" in str(exc)
+                                or "NCCL" in str(exc)):
+            raise
+        text = str(exc).splitlines()[0][:160]
+        print(f"zeroth: error: rank {rank()} stopped: another rank is gone ({text}); resume "
+              f"with the same launch and --resume {run_dir}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def finish() -> None:

@@ -2,8 +2,8 @@
 
 torchrun's agent starts the N ranks, watches them every 0.1 s and, when one exits with an
 error or a signal, stops the others and reports it; here that report becomes one line naming
-the rank and how it ended. A rank that failed with a user error (exit code 2) has printed its
-own message already.
+the rank and how it ended. A user error (exit code 2) is printed by rank 0, which meets the same
+one as every rank; another rank's is only named here.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def torchrun(nproc: int, args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # said below
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # each rank sets its own thread count
     ns = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}",
                                        "--no-python", sys.executable, *args])
@@ -39,7 +39,7 @@ def torchrun(nproc: int, args: list[str]) -> int:
         failures = sorted(exc.failures.items(), key=lambda kv: kv[1].timestamp)
         rank, failure = failures[0]  # the first observed: the cause, the others were stopped
         code = failure.exitcode
-        if code != 2:
+        if code != 2 or rank != 0:
             print(f"zeroth: error: rank {rank} of {nproc} failed ({_how(code)}); the job was "
                   "stopped", file=sys.stderr)
         return code if code > 0 else 1
