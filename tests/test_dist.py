@@ -104,18 +104,37 @@ def _children(pid: int) -> dict[int, int]:
 def test_a_killed_rank_stops_the_job_and_the_run_resumes(tmp_path, finished_tiny_run):
     proc = zeroth(tmp_path, "run", "--nproc", "2", *ARGS, wait=False)
     run = tmp_path / "runs" / "t"
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "rl-000001").is_dir():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.02)
-    os.kill(_children(proc.pid)[1], signal.SIGKILL)
-    killed = time.time()
-    _, err = proc.communicate(timeout=60)
-    assert time.time() - killed < 10  # the whole job down within seconds, no hang
+    err, down = _kill_rank(proc, run, "rl-000001", 1)
+    assert down < 10  # the whole job down within seconds, no hang
     assert proc.returncode != 0
     assert "rank 1 of 2 failed (killed by SIGKILL)" in err
     assert not (run / "summary.json").exists()
     done = zeroth(tmp_path, "run", "--nproc", "2", "--resume", str(run), "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(run, finished_tiny_run)
+
+
+def _kill_rank(proc, run: Path, checkpoint: str, rank: int) -> tuple[str, float]:
+    """Kill `rank` of launcher `proc` once `checkpoint` is written: (its stderr, seconds from
+    the kill until the whole job had exited)."""
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / checkpoint).is_dir():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    os.kill(_children(proc.pid)[rank], signal.SIGKILL)
+    killed = time.time()
+    err = proc.communicate(timeout=60)[1]
+    return err, time.time() - killed
+
+
+def test_fsdp_at_world2_resumed_at_world1_runs_world1s_run(tmp_path, finished_tiny_run):
+    """FSDP2 (sharded weights, gradients and AdamW state; whole-state checkpoints): killed at
+    world 2 after two RL steps and resumed by one process, it still ends as world 1 ends."""
+    proc = zeroth(tmp_path, "run", "--nproc", "2", *ARGS, "train.parallel=fsdp", wait=False)
+    run = tmp_path / "runs" / "t"
+    err, _ = _kill_rank(proc, run, "rl-000002", 1)
+    assert "rank 1 of 2 failed (killed by SIGKILL)" in err
+    done = zeroth(tmp_path, "run", "--resume", str(run), "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(run, finished_tiny_run)
 
@@ -209,6 +228,7 @@ def test_rank_supervised_losses_sum_to_the_whole_batch_loss(tiny_model):
     items = int((labels[:, 1:] != -100).sum())
     for fn in (lambda i, lab, **kw: token_loss(model, i, lab, **kw),
                lambda i, lab, **kw: distill_loss(model, model, i, lab, alpha=0.5, **kw)):
-        whole = float(fn(ids, labels)[0])
-        parts = [float(fn(ids[s], labels[s], items=items)[0]) for s in (slice(0, 1), slice(1, 4))]
+        whole = float(fn(ids, labels)[0].detach())
+        parts = [float(fn(ids[s], labels[s], items=items)[0].detach())
+                 for s in (slice(0, 1), slice(1, 4))]
         assert sum(parts) == pytest.approx(whole, rel=1e-5)

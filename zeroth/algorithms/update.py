@@ -70,27 +70,33 @@ class Before:
     chunks: list[slice]  # per minibatch: this rank's rows of the batch
     parts: list[tuple]  # per minibatch: (prompts, completions, engine log-probs or None)
     totals: list[tuple | None]  # per minibatch: (sequences, tokens) of all ranks; None alone
+    ghosts: set[int]  # minibatches whose rows here are FSDP's stand-ins (see _minibatches)
     fast: bool
     old: list | None
     ref: list | None
     kl: float | None
 
 
-def _minibatches(ctx, batch) -> tuple[list[slice], list[tuple], list[tuple | None]]:
-    """(slices, parts, totals) per minibatch of `rl.minibatch_size` completions: this rank's
-    rows of it (all of them alone; a contiguous share of each minibatch on several ranks),
-    their (prompts, completions, engine log-probs or None), and, on several ranks, the whole
-    minibatch's (sequences, completion tokens) that normalise the loss (None alone)."""
+def _minibatches(ctx, batch) -> tuple[list[slice], list[tuple], list[tuple | None], set[int]]:
+    """(slices, parts, totals, ghosts) per minibatch of `rl.minibatch_size` completions: this
+    rank's rows of it (all of them alone; a contiguous share of each minibatch on several
+    ranks), their (prompts, completions, engine log-probs or None), and, on several ranks, the
+    whole minibatch's (sequences, completion tokens) that normalise the loss (None alone).
+    Ghosts: the minibatches where this rank has no row but, FSDP's forward being collective,
+    runs one stand-in row whose loss counts 0."""
     size, engine = ctx.rl.minibatch_size, batch.engine_logprobs
-    chunks, totals = [], []
+    chunks, totals, ghosts = [], [], set()
     for start in range(0, len(batch), size):
         whole = range(start, min(start + size, len(batch)))
         mine = dist.share(len(whole))
+        if not mine and dist.sharded(ctx.policy):  # FSDP: every rank runs every forward
+            mine = range(1)
+            ghosts.add(len(chunks))
         chunks.append(slice(start + mine.start, start + mine.stop))
         totals.append(None if dist.world() == 1 else
                       (len(whole), sum(len(batch.completions[i]) for i in whole)))
     return chunks, [(batch.prompts[c], batch.completions[c], engine and engine[c])
-                    for c in chunks], totals
+                    for c in chunks], totals, ghosts
 
 
 def on_mask(rows: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
@@ -119,7 +125,7 @@ def _merge_gap(totals: dict, gap: dict, minibatches: int) -> None:
 def logprobs_before(ctx, batch) -> Before:
     """Old log-probs (not needed on-policy: ratio 1) and the reference's, per minibatch."""
     rl, pad = ctx.rl, ctx.pad_id
-    chunks, parts, totals = _minibatches(ctx, batch)
+    chunks, parts, totals, ghosts = _minibatches(ctx, batch)
     fast = lean.supports(ctx.policy, grad=True) and (
         ctx.ref is None or lean.supports(ctx.ref))
     on_policy = rl.mu == 1 and len(chunks) == 1
@@ -132,11 +138,12 @@ def logprobs_before(ctx, batch) -> Before:
     ref = None if ctx.ref is None else [run(ctx.ref, part)[0] for part in parts]
     kl = None
     if ref is not None and old is not None:  # KL(policy || ref) on the tokens sampled
-        pairs = [(o, m, r) for (o, m), r in zip(old, ref) if m is not None]
+        pairs = [(o, m, r) for i, ((o, m), r) in enumerate(zip(old, ref))
+                 if m is not None and i not in ghosts]
         kl_sum, n = dist.all_sum([sum(float((kl_k3(o, r) * m).sum()) for o, m, r in pairs),
                                   sum(float(m.sum()) for _, m, _ in pairs)])
         kl = kl_sum / max(1.0, n)
-    return Before(chunks, parts, totals, fast, old, ref, kl)
+    return Before(chunks, parts, totals, ghosts, fast, old, ref, kl)
 
 
 def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -> dict:
@@ -155,11 +162,12 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
         for i, (c, part) in enumerate(zip(before.chunks, before.parts)):
             optimizer.zero_grad(set_to_none=True)
             stats, gap = {}, {}
+            ghost = i in before.ghosts  # FSDP's stand-in row: it takes no share of the loss
             if part[0]:  # this rank has rows of the minibatch
                 logp, mask = completion_logprobs(model, *part[:2], ctx.pad_id, rl.temperature,
                                                  before.fast)
                 old = logp.detach() if on_policy else before.old[i][0]
-                if epoch == 0:
+                if epoch == 0 and not ghost:
                     neg_logp -= float((logp.detach() * mask).sum())
                     n_tokens += float(mask.sum())
                     if part[2] is not None:  # the trainer's old log-probs against the engine's
@@ -172,8 +180,10 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
                     ref_logp=None if before.ref is None else before.ref[i], beta=rl.beta,
                     agg_constant=float(rl.max_new_tokens), is_weights=weights[i],
                     total=before.totals[i])
-                loss.backward()
-                if before.totals[i] is not None:  # token means, weighted by this rank's share
+                (loss * 0.0 if ghost else loss).backward()
+                if ghost:
+                    stats, gap, loss = {}, {}, loss * 0.0
+                elif before.totals[i] is not None:  # token means, weighted by this rank's share
                     share = float(mask.sum()) / max(1.0, before.totals[i][1])
                     stats = {k: v * share for k, v in stats.items()}
                     gap = {k: v if k.endswith(("_max", "_min")) else v * share

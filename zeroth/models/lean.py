@@ -31,12 +31,14 @@ SUPPORTED = ("qwen2", "llama")
 
 def supports(model, grad: bool = False) -> bool:
     """The lean path applies: a plain transformers Qwen2/Llama causal LM, full attention, SiLU
-    MLP, no peft wrapper; and for a pass with grad, no gradient checkpointing (that pass then
+    MLP, no peft wrapper, not sharded; and for a pass with grad, no gradient checkpointing (that pass then
     takes transformers' path, which recomputes activations)."""
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) not in SUPPORTED:
         return False
     if hasattr(model, "peft_config") or hasattr(model, "get_base_model"):
+        return False
+    if hasattr(next(model.parameters()), "device_mesh"):  # FSDP: its hooks run in forward()
         return False
     if grad and (getattr(model, "is_activation_checkpointing", False)  # transformers >= 5.20
                  or getattr(model, "is_gradient_checkpointing", False)):

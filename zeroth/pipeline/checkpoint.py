@@ -7,6 +7,7 @@ Layout under a run directory:
         <tag>/               e.g. pretrain-000500, rl-000010
             model/           model.save_pretrained (safetensors + config.json) and tokenizer files
             optimizer.pt     torch.save(optimizer.state_dict()), when an optimizer was given
+                             (or the whole state by parameter name, from FSDP)
                              (kept in the newest OPTIMIZER_KEPT checkpoints only)
             rng.pt           python `random`, torch CPU (and CUDA) RNG, numpy, named generators
             state.json       the caller's JSON-able state (phase, step, data position, ...)
@@ -254,7 +255,7 @@ def save_checkpoint(
     *,
     model: Any,
     tokenizer: Any = None,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | dict | None = None,
     state: dict,
     generators: dict[str, torch.Generator] | None = None,
     keep: int = 0,
@@ -279,7 +280,8 @@ def save_checkpoint(
     try:
         _save_model(model, tokenizer, model_dir(tmp))
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            saved = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+            torch.save(saved, tmp / "optimizer.pt")
         torch.save(_rng_states(generators), tmp / "rng.pt")
         (tmp / "state.json").write_text(state_text + "\n", encoding="utf-8")
         fsync_tree(tmp)
@@ -306,6 +308,7 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     generators: dict[str, torch.Generator] | None = None,
     restore_rng: bool = True,
+    model: Any = None,
 ) -> dict:
     """Restore a checkpoint's optimizer and RNG states; return its state dict (state.json).
 
@@ -323,7 +326,12 @@ def load_checkpoint(
             raise UserError(f"{path} has no optimizer.pt (saved without an optimizer, or an older "
                             "checkpoint whose optimizer state was pruned) — resume from LATEST")
         saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(saved)
+        if model is None:
+            optimizer.load_state_dict(saved)
+        else:  # the model the optimizer trains: FSDP loads each rank's shard
+            from zeroth.pipeline.dist import load_optimizer_state
+
+            load_optimizer_state(model, optimizer, saved)
     if restore_rng:
         states = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
         _restore_rng(states, generators)

@@ -16,6 +16,11 @@ the others keep the same state in memory and write nothing. Gradients are reduce
 all-reduce of a flat buffer per optimiser step, as DDP does, but explicitly: the lean log-prob
 path calls the model's modules directly, which DDP's forward hook would not see.
 
+With train.parallel=fsdp the model is sharded with FSDP2 instead (`shard`): its backward
+reduce-scatters the gradients; `full_params` gathers the weights for generation and `plain` /
+`optimizer_state` gather them to rank 0 for a checkpoint, which stays a plain Hugging Face
+folder plus a whole optimiser state, so a run resumes at any world size.
+
 Without torchrun (WORLD_SIZE unset or 1) nothing here communicates: world() is 1, share(n) is
 everything, gather(x) is [x]. Collectives use gloo on CPU and NCCL on GPU.
 """
@@ -130,8 +135,8 @@ def all_sum(values: list[float]) -> list[float]:
 def sync_grads(params: list[torch.nn.Parameter]) -> None:
     """Sum every parameter's gradient over the ranks, in one all-reduce of a flat buffer (a
     parameter without a gradient on this rank counts as zeros)."""
-    if not td.is_initialized():
-        return
+    if not td.is_initialized() or (params and hasattr(params[0], "device_mesh")):
+        return  # alone, or FSDP (its backward reduce-scatters the gradients itself)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1).float() for g in grads])  # fp32 sums
     td.all_reduce(flat)
@@ -174,6 +179,123 @@ def peer_lost(run_dir) -> Iterator[None]:
         print(f"zeroth: error: rank {rank()} stopped: another rank is gone ({text}); resume "
               f"with the same launch and --resume {run_dir}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# FSDP2 (train.parallel=fsdp): parameters, gradients and optimiser state sharded over the ranks.
+# ---------------------------------------------------------------------------------------------
+
+
+def shard(model, parallel: str):
+    """`model` sharded with FSDP2 when `parallel` is "fsdp" on several ranks (each decoder layer
+    one unit, the rest the root's; on GPU bf16 compute with fp32 gradient reductions); else
+    `model` as it is. Gradients are summed, not averaged, over the ranks: every rank's loss is
+    already its part of the whole batch's (gloo has no pre-scaled sum: plain SUM is forced)."""
+    if parallel != "fsdp" or world() == 1:
+        return model
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy()
+    if next(model.parameters()).is_cuda:
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+def sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+@contextmanager
+def full_params(model) -> Iterator[None]:
+    """Inside, a sharded model holds its whole weights on every rank and its forward passes
+    communicate nothing, so ranks may run different numbers of them (generation); outside, it
+    is sharded again. Nested uses do nothing more. Every rank must enter it together."""
+    if not sharded(model) or getattr(model, "_zeroth_full", False):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+        unit.set_reshard_after_forward(False, recurse=False)
+    model._zeroth_full = True
+    try:
+        yield
+    finally:
+        model._zeroth_full = False
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True, recurse=False)
+
+
+def plain(model):
+    """The model as one process holds it: `model` itself unless sharded; sharded, a plain copy
+    with the whole weights gathered to CPU on rank 0 (None on the other ranks), for saving.
+    Every rank must call it together."""
+    if not sharded(model):
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=True))
+    if not is_main():
+        return None
+    with torch.device("meta"):
+        copy = type(model)._from_config(model.config)
+    copy.load_state_dict(full, assign=True)
+    for name, buffer in model.named_buffers():  # not in the state dict (rotary frequencies)
+        owner, _, attr = name.rpartition(".")
+        copy.get_submodule(owner).register_buffer(attr, buffer.detach().cpu().clone(),
+                                                  persistent=False)
+    copy.tie_weights()
+    copy.generation_config = model.generation_config
+    return copy.eval()
+
+
+def optimizer_state(model, optimizer) -> dict | None:
+    """What a checkpoint saves of `optimizer`: its state_dict, or for a sharded model the whole
+    state keyed by parameter name (rank 0; every rank must call it). None for None."""
+    if optimizer is None or not sharded(model):
+        return None if optimizer is None else optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(
+        full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, saved: dict) -> None:
+    """Put back what `optimizer_state` saved, whichever way it was saved and whatever the
+    world size now: a plain state_dict into a plain model as is; otherwise through torch's
+    name-keyed loader (for a sharded model, each rank takes its shard)."""
+    by_name = any(isinstance(k, str) for k in saved.get("state", {}))
+    if not sharded(model) and not by_name:
+        optimizer.load_state_dict(saved)
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    if not by_name:  # saved by one process: the optimizer's parameters in their order
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        saved = {"state": {names[i]: v for i, v in saved["state"].items()},
+                 "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                                  for g in saved["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=saved,
+                             options=StateDictOptions(full_state_dict=True))
 
 
 def finish() -> None:

@@ -231,6 +231,7 @@ class Runner:
             self.model = prepare_model(model, self.model_cfg, self.device)
             load_checkpoint(self.ckpt)  # the random states last, as they were at the save
             display.print(f"resuming {self.dir} from {self.ckpt.name}")
+        self.model = dist.shard(self.model, cfg.train.parallel)  # FSDP2; else as it is
         self.wall0 = self.state["wall_s"]
 
     @property
@@ -250,8 +251,10 @@ class Runner:
         """Checkpoint `<stage id>-<step>` of the current model and state."""
         self.state["step"] = step
         self.state["wall_s"] = self.wall0 + time.time() - self.t0
-        dist.on_main(save_checkpoint, self.dir, f"{self.stage_id}-{step:06d}", model=self.model,
-                     tokenizer=self.tokenizer, optimizer=optimizer, state=self.state,
+        model = dist.plain(self.model)  # FSDP: the whole weights and optimiser state gathered
+        opt_state = dist.optimizer_state(self.model, optimizer)
+        dist.on_main(save_checkpoint, self.dir, f"{self.stage_id}-{step:06d}", model=model,
+                     tokenizer=self.tokenizer, optimizer=opt_state, state=self.state,
                      keep=self.base_cfg.run.keep_checkpoints)
 
     def evaluate(self, phase: str) -> dict:
@@ -342,9 +345,9 @@ def summary_of(r: Runner) -> dict:
     return out
 
 
-def save_final(r: Runner) -> None:
+def save_final(model, r: Runner) -> None:
     """The pipeline's final model as a plain Hugging Face folder (LoRA merged): final/."""
-    export.save_final(r.model, r.tokenizer, r.dir / "final")  # atomic and fsynced
+    export.save_final(model, r.tokenizer, r.dir / "final")  # atomic and fsynced
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -392,7 +395,7 @@ def execute(run_dir: Path, cfg: Config, display) -> dict:
     r = Runner(run_dir, cfg, display)
     try:
         run_pipeline(r)
-        dist.on_main(save_final, r)
+        dist.on_main(save_final, dist.plain(r.model), r)
         summary = dist.broadcast(summary_of(r))  # rank 0's wall time
         dist.on_main(write_json, r.dir / "summary.json", summary)
         r.ledger.set_meta("summary", summary)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from zeroth.pipeline import dist
 from zeroth.rollout.decoder import generate, stream
 
 
@@ -15,10 +16,13 @@ class TorchEngine:
         self.model = model
 
     def generate(self, prompts: list[list[int]], *, logprobs: bool = False, **kwargs):
-        completions = generate(self.model, prompts, **kwargs)
+        with dist.full_params(self.model):  # FSDP: the whole weights, for every decoding step
+            completions = generate(self.model, prompts, **kwargs)
         return (completions, None) if logprobs else completions  # samples the trainer's model
 
     def stream(self, prompt_ids: list[int], **kwargs) -> Iterator[int]:
+        if dist.sharded(self.model):
+            raise RuntimeError("stream() samples one chat reply: not from a sharded model")
         return stream(self.model, prompt_ids, **kwargs)
 
     def sync(self, model) -> None:

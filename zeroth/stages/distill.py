@@ -120,6 +120,7 @@ def build_student(r, teacher_tok):
     if s.lora_r > 0:
         torch.manual_seed(hash_seed(f"{seed}-{r.stage_id}-adapters"))
     model = prepare_model(model, s, r.device)  # the student's dtype, LoRA, checkpointing
+    model = dist.shard(model, r.cfg.train.parallel)
     steps = r.cfg.distill.student_pretrain_steps
     if steps > 0:
         pretrain_student(r, model, tokenizer, steps)
@@ -163,7 +164,7 @@ def start(r):
     student, s_tok = build_student(r, t_tok)
     logits = use_logits(d.logits, t_tok, s_tok)
     if logits and changes:
-        dist.on_main(save_folder, teacher, t_tok, Path(r.dir) / "teacher")  # a resume finds it
+        dist.on_main(save_folder, dist.plain(teacher), t_tok, Path(r.dir) / "teacher")  # kept
         folder = Path("teacher")  # inside the run directory
     elif folder is not None:
         folder = folder.resolve()

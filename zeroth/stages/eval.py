@@ -134,11 +134,9 @@ def evaluate(engine, tokenizer, task, rows: list[dict], eval_cfg,
               "pad_id": tokenizer.pad_token_id, "batch_size": eval_cfg.batch_size}
     gen = torch.Generator().manual_seed(hash_seed(f"eval-{seed}"))
     seeds = seeds_for(len(rows) * k, gen)[mine.start * k:mine.stop * k]
-    sampled, greedy = [], []
-    if local:
-        sampled = engine.generate([p for p in prompts for _ in range(k)], generator=None,
-                                  seeds=seeds, temperature=eval_cfg.temperature, **common)
-        greedy = engine.generate(prompts, temperature=1.0, generator=None, greedy=True, **common)
+    sampled = engine.generate([p for p in prompts for _ in range(k)], generator=None,
+                              seeds=seeds, temperature=eval_cfg.temperature, **common)
+    greedy = engine.generate(prompts, temperature=1.0, generator=None, greedy=True, **common)
     s_text, s_ok, s_fmt = _score(tokenizer, task, [r for r in local for _ in range(k)],
                                  sampled, stops)
     g_text, g_ok, _ = _score(tokenizer, task, local, greedy, stops)

@@ -50,15 +50,11 @@ def sample_verified(engine, tokenizer, task, rows: list[dict], *, samples: int,
     stops = stop_ids(engine.model, tokenizer)
     gen = torch.Generator().manual_seed(hash_seed(seed_tag))
     seeds = seeds_for(len(many), gen)[mine.start * samples:mine.stop * samples]
-    completions: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
-        completions += engine.generate(prompts[start:start + batch_size],
-                                       max_new_tokens=max_new_tokens, temperature=temperature,
-                                       generator=None, seeds=seeds[start:start + batch_size],
-                                       eos_id=stops, pad_id=tokenizer.pad_token_id,
-                                       batch_size=batch_size)
-        if update is not None:
-            update(len(completions) * dist.world(), len(many))
+    with dist.full_params(engine.model):  # FSDP: ranks may run different numbers of batches
+        completions = _generate(engine, prompts, seeds, max_new_tokens=max_new_tokens,
+                                temperature=temperature, eos_id=stops,
+                                pad_id=tokenizer.pad_token_id, batch_size=batch_size,
+                                update=update, total=len(many))
     texts = decode(tokenizer, completions, stops)
     weights = {task.accuracy: 1.0, "format": 1.0}
     totals, parts = combine(texts, local, task.rewards, weights)
@@ -91,6 +87,18 @@ def sample_verified(engine, tokenizer, task, rows: list[dict], *, samples: int,
         "kept_len": sum(k["n_tokens"] for k in kept) / max(1, len(kept)),
     }
     return kept, rollouts, stats
+
+
+def _generate(engine, prompts, seeds, *, batch_size: int, update, total: int, **sampling):
+    """The completions of `prompts`, `batch_size` at a time, `update` told after each batch."""
+    completions: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        completions += engine.generate(prompts[start:start + batch_size], generator=None,
+                                       seeds=seeds[start:start + batch_size],
+                                       batch_size=batch_size, **sampling)
+        if update is not None:
+            update(len(completions) * dist.world(), total)
+    return completions
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:

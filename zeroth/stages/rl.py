@@ -280,7 +280,7 @@ def reward_stats(ctx: RLContext, batch: Rollouts) -> dict:
 def start(r) -> None:
     """Once, as the stage starts fresh: with beta > 0, the policy now is the frozen reference."""
     if r.cfg.rl.beta > 0:
-        dist.on_main(save_folder, r.model, r.tokenizer, r.dir / "reference")
+        dist.on_main(save_folder, dist.plain(r.model), r.tokenizer, r.dir / "reference")
 
 
 def reference(r):
@@ -302,7 +302,7 @@ def run(r) -> dict:
                                   weight_decay=0.0)
     begin = r.state["step"]
     if r.resume_ckpt is not None:
-        load_checkpoint(r.resume_ckpt, optimizer=optimizer)
+        load_checkpoint(r.resume_ckpt, optimizer=optimizer, model=r.model)
     r.ledger.truncate_after(r.stage_id, begin)
     r.model.eval()  # no dropout: sampling, old and new log-probs must see the same network
     ctx = RLContext(r.model, optimizer, reference(r), r.tokenizer, r.task, rl,

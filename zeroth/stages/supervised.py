@@ -149,6 +149,6 @@ def _begin(r, phase: str, optimizer, checkpoint: bool) -> tuple[int, dict]:
         return 0, {}
     start = r.state["step"]
     if r.resume_ckpt is not None:  # a checkpoint of this loop, past step 0
-        load_checkpoint(r.resume_ckpt, optimizer=optimizer)
+        load_checkpoint(r.resume_ckpt, optimizer=optimizer, model=r.model)
     r.ledger.truncate_after(phase, start)
     return start, r.state.setdefault(phase, {})
