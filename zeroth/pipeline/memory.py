@@ -274,7 +274,12 @@ def check(cfg: Config, prompt_tokens: int | None = None) -> str:
     est = estimate(cfg, prompt_tokens=prompt_tokens)
     free = available(device)
     line = _fmt(est, free, device)
-    if cfg.run.memory_check and free is not None and est["total"] > free:
+    need = est["total"]
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: ranks sharing this machine
+    if ranks > 1 and device.type == "cpu":  # one GPU a rank; on CPU they share the memory
+        need *= ranks
+        line = line.replace(" of ", f" a rank, x {ranks} ranks, of ", 1)
+    if cfg.run.memory_check and free is not None and need > free:
         raise UserError(f"{line} — it will not fit: try {', '.join(_advice(cfg))}, or "
                         "run.memory_check=false to start anyway")
     return line

@@ -19,7 +19,7 @@ statistics and the ledger rows (written by rank 0). The update splits every mini
 the ranks and sums their gradients (zeroth.algorithms.update): the step world 1 takes.
 
 Each line's wall time is in the step's metrics as time_<name> (gen and reward summed over
-dynamic-sampling rounds).
+dynamic-sampling rounds; on several ranks also time_gather, the rounds' exchange).
 
 `rl.algorithm` (zeroth.algorithms.ALGORITHMS) fills every rl field left null. Departures from the
 GRPO paper: the clip range is decoupled (eps_low / eps_high); the loss aggregation is a choice
@@ -163,7 +163,9 @@ def gather(ctx: RLContext, step: int, times: dict) -> tuple[Rollouts, list[int],
             batch = sample(ctx, step, len(rounds), groups=dist.share(rl.prompts_per_step))
         with timed(times, "reward"):
             score(ctx, batch)
-        batch = Rollouts.concat(dist.gather(batch))  # every rank sees the whole round
+        if dist.world() > 1:
+            with timed(times, "gather"):  # every rank sees the whole round
+                batch = Rollouts.concat(dist.gather(batch))
         flat = batch.flat_groups(rl.group_size)
         if not rounds:
             info["groups_flat"] = sum(flat) / len(flat)  # share of groups with no signal
