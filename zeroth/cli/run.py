@@ -117,12 +117,12 @@ def launch(ns, recipe: str | None, overrides: list[str]) -> int:
     argv = ["run"] + ([recipe] if recipe else [])
     if ns.resume:
         argv += ["--resume", str(ns.resume)]
-        _resume_config(ns, recipe, overrides, write=False)
+        _resume_config(ns, recipe, overrides)
         ns.run_dir = Path(ns.resume)
     else:
         import time
 
-        from zeroth.config import load_config
+        from zeroth.config import check_world, load_config
         from zeroth.tasks import load_task
 
         cfg = load_config(recipe, overrides)
@@ -140,22 +140,14 @@ def launch(ns, recipe: str | None, overrides: list[str]) -> int:
     return torchrun(ns.nproc, ["-m", "zeroth", *argv])
 
 
-def check_world(cfg, world: int) -> None:
-    """A one-line error for a world size the config cannot split evenly."""
-    from zeroth.config import check_world as check
-
-    check(cfg, world)
-
-
-def _resume_config(ns, recipe: str | None, overrides: list[str], write: bool = True):
-    """The config `--resume` continues with (zeroth.pipeline.run.resume_config); with
-    write=False only checked."""
+def _resume_config(ns, recipe: str | None, overrides: list[str]):
+    """The config `--resume` continues with, checked (nothing written yet: `_resumed`)."""
     if ns.force:
         raise UserError("--resume continues a run and --force replaces one: give only one")
     if recipe:
         raise UserError(f"--resume takes no recipe ('{recipe}'): a run continues with the "
                         "config saved in its directory")
-    from zeroth.config import load_run_config, resume_overrides
+    from zeroth.config import check_world, load_run_config, resume_overrides
 
     cfg = resume_overrides(load_run_config(ns.resume), overrides)  # answered before torch
     if getattr(ns, "nproc", None):
@@ -164,6 +156,7 @@ def _resume_config(ns, recipe: str | None, overrides: list[str], write: bool = T
 
 
 def _resumed(run_dir, overrides: list[str]):
+    """resume_config: `--resume`'s changes written to the run's config.yaml (by rank 0)."""
     from zeroth.pipeline.run import resume_config
 
     return resume_config(run_dir, overrides)
