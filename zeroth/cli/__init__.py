@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             hint = f" — continue with {resume_command(run_dir)}"
         else:
             hint = ""
-        if os.environ.get("RANK", "0") == "0":
+        if "RANK" not in os.environ:  # under torchrun the launcher says it
             print(f"zeroth: interrupted{hint}", file=sys.stderr)
         return 130
 

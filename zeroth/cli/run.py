@@ -137,7 +137,7 @@ def launch(ns, recipe: str | None, overrides: list[str]) -> int:
                          if on]
     from zeroth.pipeline.launch import torchrun
 
-    return torchrun(ns.nproc, ["-m", "zeroth", *argv])
+    return torchrun(ns.nproc, ["-m", "zeroth", *argv], ns.run_dir)
 
 
 def _resume_config(ns, recipe: str | None, overrides: list[str]):

@@ -23,18 +23,30 @@ def _how(code: int) -> str:
     return f"exit code {code}"
 
 
-def torchrun(nproc: int, args: list[str]) -> int:
+def torchrun(nproc: int, args: list[str], run_dir) -> int:
     """Run `python <args>` as `nproc` ranks (torchrun --standalone); the exit code of the job:
-    0, or the first failed rank's (a signal: 1)."""
+    0, or the first failed rank's (a signal: 1; Ctrl-C: 130, with the command that resumes
+    `run_dir`)."""
+    os.environ.setdefault("LOGLEVEL", "ERROR")  # torchrun's agent: its news is said below
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # said below
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # each rank sets its own thread count
     ns = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}",
                                        "--no-python", sys.executable, *args])
     try:
         run(ns)
+    except SignalException as exc:
+        if exc.sigval == signal.SIGINT:
+            print(f"zeroth: interrupted — continue with zeroth run --nproc {nproc} --resume "
+                  f"{run_dir}", file=sys.stderr)
+            return 130
+        print(f"zeroth: stopped by {exc.sigval.name}", file=sys.stderr)
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         failures = sorted(exc.failures.items(), key=lambda kv: kv[1].timestamp)
         rank, failure = failures[0]  # the first observed: the cause, the others were stopped
