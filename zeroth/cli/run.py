@@ -42,15 +42,20 @@ def add_parser(subparsers) -> None:
                      "run.threads=N and run.keep_checkpoints=N")
     run.add_argument("--force", action="store_true", help="replace an existing run directory")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    run.add_argument("--nproc", type=int, metavar="N", help="N processes on this machine, "
-                     "data-parallel (torchrun --standalone --nproc-per-node N); across machines "
-                     "call torchrun yourself: torchrun ... -m zeroth run ...")
+    add_nproc(run)
     for kind, text in STAGE_HELP.items():
         one = subparsers.add_parser(kind, help=f"run only the {kind} stage: {text}")
         one.add_argument("args", nargs="*", metavar="RECIPE|KEY=VALUE",
                          help=f"a recipe, then overrides (the {kind} section: {kind}.field=value)")
         one.add_argument("--force", action="store_true", help="replace an existing run directory")
         one.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_nproc(one)
+
+
+def add_nproc(parser) -> None:
+    parser.add_argument("--nproc", type=int, metavar="N", help="N processes on this machine, "
+                        "data-parallel (torchrun --standalone --nproc-per-node N); across "
+                        "machines call torchrun yourself: torchrun ... -m zeroth run ...")
 
 
 def run(ns) -> int:
@@ -114,7 +119,7 @@ def launch(ns, recipe: str | None, overrides: list[str]) -> int:
     its rank and exit code are the one line said about it."""
     if ns.nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {ns.nproc}")
-    argv = ["run"] + ([recipe] if recipe else [])
+    argv = ["run"] + ([recipe] if recipe else [])  # a one-stage command: its pipeline override
     if ns.resume:
         argv += ["--resume", str(ns.resume)]
         _resume_config(ns, recipe, overrides)
@@ -129,8 +134,9 @@ def launch(ns, recipe: str | None, overrides: list[str]) -> int:
         load_task(cfg)
         check_world(cfg, ns.nproc)
         if not cfg.run.name:
-            cfg.run.name = f"{Path(recipe).stem if recipe else 'default'}-" \
-                           f"{time.strftime('%Y%m%d-%H%M%S')}"
+            stem = ns.command if ns.command != "run" else Path(recipe).stem if recipe \
+                else "default"  # as create_run_dir names it
+            cfg.run.name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
             overrides = [*overrides, f"run.name={cfg.run.name}"]
         ns.run_dir = Path(cfg.run.out_dir) / cfg.run.name
     argv += overrides + [flag for flag, on in (("--force", ns.force), ("--quiet", ns.quiet))
