@@ -146,6 +146,39 @@ def logprobs_before(ctx, batch) -> Before:
     return Before(chunks, parts, totals, ghosts, fast, old, ref, kl)
 
 
+def _minibatch(ctx, before: Before, i: int, advantages, weights: list, first: bool):
+    """Minibatch i's loss on this rank, backward done: (its value, stats, engine-gap stats,
+    (sum of -log p, tokens) on the first pass). On several ranks the stats are weighted by this
+    rank's share of the minibatch's tokens, so summing them over ranks gives the whole's."""
+    rl, part = ctx.rl, before.parts[i]
+    if not part[0]:  # no row of this minibatch here
+        return 0.0, {}, {}, (0.0, 0.0)
+    logp, mask = completion_logprobs(ctx.policy, *part[:2], ctx.pad_id, rl.temperature,
+                                     before.fast)
+    old = logp.detach() if before.old is None else before.old[i][0]
+    ghost = i in before.ghosts  # FSDP's stand-in row: it takes no share of the loss
+    gap, surprisal = {}, (0.0, 0.0)
+    if first and not ghost:
+        surprisal = (-float((logp.detach() * mask).sum()), float(mask.sum()))
+        if part[2] is not None:  # the trainer's old log-probs against the engine's
+            weights[i], gap = engine_weights(old, on_mask(part[2], mask), mask,
+                                             rl.engine_correction, rl.engine_correction_cap)
+    loss, stats = policy_loss(
+        logp, old, advantages[before.chunks[i]], mask,
+        eps_low=rl.eps_low, eps_high=rl.eps_high, loss_agg=rl.loss_agg,
+        ref_logp=None if before.ref is None else before.ref[i], beta=rl.beta,
+        agg_constant=float(rl.max_new_tokens), is_weights=weights[i], total=before.totals[i])
+    if ghost:
+        (loss * 0.0).backward()
+        return 0.0, {}, {}, surprisal
+    loss.backward()
+    if before.totals[i] is not None:  # token means, weighted by this rank's share
+        share = float(mask.sum()) / max(1.0, before.totals[i][1])
+        stats = {k: v * share for k, v in stats.items()}
+        gap = {k: v if k.endswith(("_max", "_min")) else v * share for k, v in gap.items()}
+    return loss.item(), stats, gap, surprisal
+
+
 def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -> dict:
     """mu passes of clipped policy-gradient steps over minibatches; returns mean stats. On
     several ranks each takes its share of every minibatch, the loss normalised by the whole
@@ -159,39 +192,15 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
     neg_logp, n_tokens = 0.0, 0.0  # first pass: mean -log p of the sampled tokens = entropy
     weights: list = [None] * len(before.chunks)  # engine-gap correction per minibatch
     for epoch in range(rl.mu):
-        for i, (c, part) in enumerate(zip(before.chunks, before.parts)):
+        for i in range(len(before.chunks)):
             optimizer.zero_grad(set_to_none=True)
-            stats, gap = {}, {}
-            ghost = i in before.ghosts  # FSDP's stand-in row: it takes no share of the loss
-            if part[0]:  # this rank has rows of the minibatch
-                logp, mask = completion_logprobs(model, *part[:2], ctx.pad_id, rl.temperature,
-                                                 before.fast)
-                old = logp.detach() if on_policy else before.old[i][0]
-                if epoch == 0 and not ghost:
-                    neg_logp -= float((logp.detach() * mask).sum())
-                    n_tokens += float(mask.sum())
-                    if part[2] is not None:  # the trainer's old log-probs against the engine's
-                        weights[i], gap = engine_weights(old, on_mask(part[2], mask), mask,
-                                                         rl.engine_correction,
-                                                         rl.engine_correction_cap)
-                loss, stats = policy_loss(
-                    logp, old, advantages[c], mask,
-                    eps_low=rl.eps_low, eps_high=rl.eps_high, loss_agg=rl.loss_agg,
-                    ref_logp=None if before.ref is None else before.ref[i], beta=rl.beta,
-                    agg_constant=float(rl.max_new_tokens), is_weights=weights[i],
-                    total=before.totals[i])
-                (loss * 0.0 if ghost else loss).backward()
-                if ghost:
-                    stats, gap, loss = {}, {}, loss * 0.0
-                elif before.totals[i] is not None:  # token means, weighted by this rank's share
-                    share = float(mask.sum()) / max(1.0, before.totals[i][1])
-                    stats = {k: v * share for k, v in stats.items()}
-                    gap = {k: v if k.endswith(("_max", "_min")) else v * share
-                           for k, v in gap.items()}
+            loss, stats, gap, (surprise, tokens) = _minibatch(ctx, before, i, advantages,
+                                                              weights, epoch == 0)
+            neg_logp, n_tokens = neg_logp + surprise, n_tokens + tokens
             dist.sync_grads(params)  # world 1: nothing; else the sum over ranks
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm))
             optimizer.step()
-            stats["loss"] = loss.item() if part[0] else 0.0  # this rank's share of the loss
+            stats["loss"] = loss  # this rank's share of the loss (all of it alone)
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value / passes
             _merge_gap(totals, gap, len(before.chunks))
