@@ -139,6 +139,22 @@ def test_fsdp_at_world2_resumed_at_world1_runs_world1s_run(tmp_path, finished_ti
     assert_same_run(run, finished_tiny_run)
 
 
+def test_vllm_on_each_rank_samples_world1s_rollouts(tmp_path):
+    """rl.engine=vllm at world 2: each rank its own vllm.LLM (external_launcher mode), the
+    rollouts and evaluation samples world 1's vLLM gives (head size 32: vLLM's CPU kernels)."""
+    args = ["tiny", "model.hidden_size=64", "model.num_heads=2", "rl.engine=vllm", "rl.steps=2",
+            "task.eval_problems=4", "--quiet"]
+    runs = {}
+    for world in (1, 2):
+        proc = zeroth(tmp_path, "run", "--nproc", str(world), *args, f"run.name=v{world}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[world] = tmp_path / "runs" / f"v{world}"
+    assert table(runs[2], "rollouts") == table(runs[1], "rollouts")
+    assert table(runs[2], "evals") == table(runs[1], "evals")
+    gaps = [json.loads(m[2])["logprob_gap"] for m in table(runs[2], "metrics") if m[0] == "rl"]
+    assert len(gaps) == 2 and max(gaps) < 1e-3  # the engine's log-probs came back at world 2
+
+
 def test_a_world_size_that_does_not_split_the_groups_is_refused(tmp_path):
     proc = zeroth(tmp_path, "run", "--nproc", "3", "tiny", "--quiet")
     assert proc.returncode == 2

@@ -299,6 +299,9 @@ def load_optimizer_state(model, optimizer, saved: dict) -> None:
 
 
 def finish() -> None:
-    """Leave the process group (at the end of a run)."""
+    """Leave the process group (at the end of a run). vLLM engines go first: their shutdown
+    takes down the groups they made, the default one included."""
+    if "zeroth.rollout.vllm_engine" in sys.modules:
+        sys.modules["zeroth.rollout.vllm_engine"].shutdown_all()
     if td.is_initialized():
         td.destroy_process_group()

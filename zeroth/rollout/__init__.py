@@ -86,14 +86,12 @@ AUTO_CPU_MIN_PARAMS = 10_000_000
 def auto_choice(model) -> str:
     """What rl.engine=auto picks for `model`: "vllm" when vLLM is installed and runs the model,
     on a GPU always and on CPU from AUTO_CPU_MIN_PARAMS parameters up; else "torch" (always
-    "torch" on several ranks, where vLLM does not run yet)."""
+    for a model sharded by FSDP, whose weights vLLM cannot take yet)."""
     import importlib.util
 
-    import torch.distributed as td
-
     device = next(model.parameters()).device
-    if importlib.util.find_spec("vllm") is None or (td.is_initialized()
-                                                    and td.get_world_size() > 1):
+    if importlib.util.find_spec("vllm") is None or hasattr(next(model.parameters()),
+                                                           "device_mesh"):
         return "torch"
     if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < AUTO_CPU_MIN_PARAMS:
         return "torch"

@@ -14,6 +14,9 @@ generator as the torch engine draws them), so a run still is a function of its s
 completion does not depend on what else is in the batch (though vLLM's random stream from a
 seed is not the torch engine's: the two engines sample different completions).
 
+Under torchrun every rank has its own `vllm.LLM` (vLLM's "external_launcher" mode: it joins the
+ranks' process group, one engine a rank, on the rank's GPU) sampling that rank's groups.
+
 The same settings start a separate server (zeroth.rollout.vllm_server): `engine_args` is shared.
 """
 
@@ -101,6 +104,10 @@ def engine_args(model, vcfg, device: torch.device) -> dict:
             "max_model_len": config.max_position_embeddings, "seed": 0}
     gib = vcfg.kv_cache_gib if vcfg.kv_cache_gib is not None else (
         CPU_KV_CACHE_GIB if device.type == "cpu" else None)
+    import torch.distributed as td
+
+    if td.is_initialized() and td.get_world_size() > 1:  # one engine a rank (torchrun)
+        args["distributed_executor_backend"] = "external_launcher"
     if gib is not None:
         args["kv_cache_memory_bytes"] = int(gib * (1 << 30))
     else:
