@@ -295,9 +295,6 @@ def check_world(cfg: Config, world: int) -> None:
         if kind == "rl" and c.rl.engine == "vllm-server":
             raise UserError(f"{where}rl.engine=vllm-server does not run on several ranks yet — "
                             "use rl.engine=vllm (one engine a rank) or torch with --nproc")
-        if kind == "rl" and c.rl.engine == "vllm" and cfg.train.parallel == "fsdp":
-            raise UserError(f"{where}rl.engine=vllm does not take weights from a sharded model "
-                            "yet — use train.parallel=ddp with rl.engine=vllm")
         section = {"pretrain": "pretrain", "sft": "sft", "distill": "distill"}.get(kind)
         if section and getattr(c, section).batch_size < world:
             size = getattr(c, section).batch_size

@@ -85,13 +85,11 @@ AUTO_CPU_MIN_PARAMS = 10_000_000
 
 def auto_choice(model) -> str:
     """What rl.engine=auto picks for `model`: "vllm" when vLLM is installed and runs the model,
-    on a GPU always and on CPU from AUTO_CPU_MIN_PARAMS parameters up; else "torch" (always
-    for a model sharded by FSDP, whose weights vLLM cannot take yet)."""
+    on a GPU always and on CPU from AUTO_CPU_MIN_PARAMS parameters up; else "torch"."""
     import importlib.util
 
     device = next(model.parameters()).device
-    if importlib.util.find_spec("vllm") is None or hasattr(next(model.parameters()),
-                                                           "device_mesh"):
+    if importlib.util.find_spec("vllm") is None:
         return "torch"
     if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < AUTO_CPU_MIN_PARAMS:
         return "torch"

@@ -184,10 +184,15 @@ def shutdown_all() -> None:
 
 def hf_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     """The model's weights under their transformers names, as a checkpoint holds them; a LoRA
-    model's with each adapter merged into its base weight (the model is not changed)."""
+    model's with each adapter merged into its base weight (the model is not changed); a model
+    sharded by FSDP gathered whole first (every rank together, each for its own engine)."""
     model = getattr(model, "_orig_mod", model)
     if not is_lora(model):
-        yield from model.state_dict().items()
+        state = model.state_dict()
+        if any(hasattr(v, "full_tensor") for v in state.values()):  # FSDP's shards: gather
+            state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v
+                     for k, v in state.items()}
+        yield from state.items()
         return
     base = model.get_base_model()
     deltas = {}
