@@ -28,6 +28,7 @@ everything, gather(x) is [x]. Collectives use gloo on CPU and NCCL on GPU.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -175,7 +176,7 @@ def peer_lost(run_dir) -> Iterator[None]:
         if world() == 1 or not (isinstance(exc, td.DistError) or "gloo" in str(exc)
                                 or "NCCL" in str(exc)):
             raise
-        text = str(exc).splitlines()[0][:160]
+        text = re.sub(r"\[[^\]]*\]:?\s*", "", str(exc).splitlines()[0]).split(". ")[0][:120]
         print(f"zeroth: error: rank {rank()} stopped: another rank is gone ({text}); resume "
               f"with the same launch and --resume {run_dir}", file=sys.stderr)
         raise SystemExit(1) from None
