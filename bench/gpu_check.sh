@@ -13,13 +13,8 @@
 #     bash bench/gpu_check.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-${OUT:-/tmp/zeroth-gpu-check}}"
-mkdir -p "$out"
-export HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-python -c "import torch, vllm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'vllm', vllm.__version__)" | tee "$out/versions.txt"
-folder=$(python bench/gpu_check.py "$out/qwen2-0.5b-shape" | tail -1)
-gpus=$(nvidia-smi -L | wc -l)
+default_out=/tmp/zeroth-gpu-check
+source bench/gpu_common.sh "$@"
 common=(--folder "$folder" --sizes 0.5B --device cuda --dtype bfloat16 --prompts 16
         --group-size 8 --max-new-tokens 128 --warmup 1 --steps 3)
 # torch and colocated vLLM (vLLM takes 30% of the GPU, the rest stays the trainer's)

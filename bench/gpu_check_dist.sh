@@ -8,13 +8,8 @@
 #     bash bench/gpu_check_dist.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-${OUT:-/tmp/zeroth-gpu-check-dist}}"
-mkdir -p "$out"
-export HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl', torch.cuda.nccl.version())" | tee "$out/versions.txt"
-folder=$(python bench/gpu_check.py "$out/qwen2-0.5b-shape" | tail -1)
-gpus=$(nvidia-smi -L | wc -l)
+default_out=/tmp/zeroth-gpu-check-dist
+source bench/gpu_common.sh "$@"
 for parallel in ddp fsdp; do
   name="$parallel-$gpus"
   rm -rf "$out/runs/$name"
