@@ -139,6 +139,15 @@ def test_fsdp_at_world2_resumed_at_world1_runs_world1s_run(tmp_path, finished_ti
     assert_same_run(run, finished_tiny_run)
 
 
+def test_lora_under_fsdp_runs_world1s_run(tmp_path):
+    """LoRA adapters sharded with their frozen base (FSDP2), world 2 against world 1."""
+    args = ["tiny", "model.lora_r=4", "rl.steps=2", "task.eval_problems=4", "--quiet"]
+    one = zeroth(tmp_path, "run", *args, "run.name=one")
+    two = zeroth(tmp_path, "run", "--nproc", "2", *args, "train.parallel=fsdp", "run.name=two")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert_same_run(tmp_path / "runs" / "two", tmp_path / "runs" / "one")
+
+
 def test_vllm_on_each_rank_samples_world1s_rollouts(tmp_path):
     """rl.engine=vllm at world 2: each rank its own vllm.LLM (external_launcher mode), the
     rollouts and evaluation samples world 1's vLLM gives (head size 32: vLLM's CPU kernels)."""

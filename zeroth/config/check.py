@@ -283,9 +283,12 @@ def check_world(cfg: Config, world: int) -> None:
     never spans ranks) and every batch needs a row for each rank."""
     if world <= 1:
         return
-    if cfg.train.parallel == "fsdp" and (cfg.model.lora_r > 0 or cfg.student.lora_r > 0):
-        raise UserError("train.parallel=fsdp does not shard LoRA models yet — use "
-                        "train.parallel=ddp with LoRA (the adapters are small)")
+    lora = cfg.model.lora_r > 0 or cfg.student.lora_r > 0
+    if cfg.train.parallel == "fsdp" and lora and any(
+            stage_config(cfg, i, resolve=False).rl.engine == "vllm"
+            for i, (_, kind, _) in enumerate(pipeline(cfg)) if kind == "rl"):
+        raise UserError("rl.engine=vllm does not take a LoRA model's weights from FSDP's shards "
+                        "yet — use train.parallel=ddp with LoRA and vLLM")
     for index, (sid, kind, _) in enumerate(pipeline(cfg)):
         c = stage_config(cfg, index, resolve=False)
         where = f"stage {sid}: " if len(pipeline(cfg)) > 1 else ""

@@ -199,7 +199,8 @@ def shard(model, parallel: str):
     policy = MixedPrecisionPolicy()
     if next(model.parameters()).is_cuda:
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for layer in model.model.layers:
+    body = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: peft
+    for layer in body.model.layers:
         fully_shard(layer, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     for module in model.modules():
@@ -251,6 +252,14 @@ def plain(model):
                                                                 cpu_offload=True))
     if not is_main():
         return None
+    if hasattr(model, "get_base_model"):  # LoRA: the same adapters on a plain base, then load
+        from peft import get_peft_model
+
+        base = model.get_base_model()
+        copy = get_peft_model(type(base)._from_config(base.config),
+                              model.peft_config[model.active_adapter])
+        copy.load_state_dict(full)
+        return copy.eval()
     with torch.device("meta"):
         copy = type(model)._from_config(model.config)
     copy.load_state_dict(full, assign=True)
