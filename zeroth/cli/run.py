@@ -82,7 +82,7 @@ def run(ns) -> int:
 
         estimate = preflight(cfg, task)  # model folder, memory: before anything is written
     from zeroth.pipeline import dist
-    from zeroth.pipeline.run import create_run_dir, same_config
+    from zeroth.pipeline.run import same_config
 
     dist.init(cfg.run.device)
     same_config(cfg)
@@ -90,8 +90,8 @@ def run(ns) -> int:
         run_dir = Path(ns.resume)
         cfg = dist.on_main(_resumed, ns.resume, overrides)  # rank 0 writes config.yaml
     else:
-        run_dir = dist.on_main(create_run_dir, cfg, ns.command if ns.command != "run" else name,
-                               ns.force)
+        run_dir, cfg = dist.on_main(_created, cfg, ns.command if ns.command != "run" else name,
+                                    ns.force)  # rank 0's config (paths resolved) for every rank
     ns.run_dir = run_dir
     from zeroth.pipeline.run import execute
     from zeroth.record.progress import Display
@@ -159,6 +159,13 @@ def _resume_config(ns, recipe: str | None, overrides: list[str]):
     if getattr(ns, "nproc", None):
         check_world(cfg, ns.nproc)
     return cfg
+
+
+def _created(cfg, recipe_name: str, force: bool):
+    """(run directory, cfg as create_run_dir completes it: its name, absolute paths)."""
+    from zeroth.pipeline.run import create_run_dir
+
+    return create_run_dir(cfg, recipe_name, force), cfg
 
 
 def _resumed(run_dir, overrides: list[str]):

@@ -188,11 +188,17 @@ def peer_lost(run_dir) -> Iterator[None]:
 
 
 def shard(model, parallel: str):
-    """`model` sharded with FSDP2 when `parallel` is "fsdp" on several ranks (each decoder layer
+    """`model` with rank 0's weights on every rank (as DDP starts: a model built from the same
+    seed on other hardware could differ), then sharded with FSDP2 when `parallel` is "fsdp" on several ranks (each decoder layer
     one unit, the rest the root's; on GPU bf16 compute with fp32 gradient reductions); else
     `model` as it is. Gradients are summed, not averaged, over the ranks: every rank's loss is
     already its part of the whole batch's (gloo has no pre-scaled sum: plain SUM is forced)."""
-    if parallel != "fsdp" or world() == 1:
+    if world() == 1:
+        return model
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            td.broadcast(tensor.data, src=0)
+    if parallel != "fsdp":
         return model
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 

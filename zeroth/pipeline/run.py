@@ -231,7 +231,7 @@ class Runner:
             self.model = prepare_model(model, self.model_cfg, self.device)
             load_checkpoint(self.ckpt)  # the random states last, as they were at the save
             display.print(f"resuming {self.dir} from {self.ckpt.name}")
-        self.model = dist.shard(self.model, cfg.train.parallel)  # FSDP2; else as it is
+        self.model = dist.shard(self.model, cfg.train.parallel)  # rank 0's weights; FSDP2
         self.wall0 = self.state["wall_s"]
 
     @property
