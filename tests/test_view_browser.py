@@ -232,7 +232,9 @@ def test_page_loads_without_console_errors(page):
     assert label.locator(".badge").inner_text() == "finished"
     swatch = label.locator(".swatch").evaluate("e => getComputedStyle(e).backgroundColor")
     assert swatch not in ("", "transparent", "rgba(0, 0, 0, 0)")  # set despite the CSP
-    box = p.tab.locator("svg[data-metric=reward] rect.hit").bounding_box()
+    hit = p.tab.locator("svg[data-metric=reward] rect.hit")
+    hit.scroll_into_view_if_needed()
+    box = hit.bounding_box()
     p.tab.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     assert "step" in p.tab.inner_text("#tooltip")
     p.shot("overview")
@@ -256,13 +258,26 @@ def test_reward_curve_has_a_point_per_step(page, runs):
     assert "kl" in absent
 
 
+def test_heldout_curve_beside_the_training_accuracy(page):
+    """rl.eval_every: the held-out pass@1 measured during RL (the tiny run: steps 2 and 4) is
+    a chart of its own right after the training accuracy, one line through its points."""
+    p = page()
+    path = p.tab.locator("svg[data-metric=heldout_pass1] path.series")
+    path.wait_for(state="attached")  # a flat line (the tiny run stays at 0) has no height
+    assert _points(path.get_attribute("d")) == 2
+    assert p.tab.locator("svg[data-metric=heldout_pass1] circle.pt").count() == 2
+    charts = p.tab.locator("#charts .phase-charts[data-phase=rl] svg.chart-svg")
+    order = [charts.nth(i).get_attribute("data-metric") for i in range(3)]
+    assert order == ["accuracy", "heldout_pass1", "heldout_greedy"]
+
+
 def test_step_timers_are_charted_in_the_order_the_step_runs_them(page):
     p = page()
     p.tab.wait_for_selector("svg[data-metric=time_gen]", state="attached")
     names = p.tab.locator("svg[data-metric^=time_]").evaluate_all(
         "els => els.map(e => e.dataset.metric)")
     assert names == ["time_gen", "time_reward", "time_adv", "time_ref", "time_update",
-                     "time_sync", "time_record"]
+                     "time_sync", "time_record", "time_heldout"]
     caption = p.tab.locator("figure.chart", has=p.tab.locator("svg[data-metric=time_gen]"))
     assert "seconds: sample" in caption.text_content()  # among the other metrics, folded
 
@@ -420,6 +435,7 @@ def test_clicking_a_chart_point_browses_that_step(page):
     p = page()
     point = p.tab.locator("svg[data-metric=reward] circle.pt").nth(2)  # step 3
     point.wait_for()
+    point.scroll_into_view_if_needed()
     box = point.bounding_box()
     p.tab.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     p.wait_total(16)

@@ -244,8 +244,23 @@ def _label_evals(ax, run: Run) -> None:
                         ha="center", fontsize=7, color="dimgray")
 
 
+def draw_heldout(ax, runs: list[Run], first_color: int) -> int:
+    """The held-out pass@1 measured during RL (rl.eval_every) as a line on the RL step axis,
+    never smoothed: each point is an evaluation, not a noisy training batch."""
+    drawn, many = 0, len(runs) > 1
+    for ri, run in enumerate(runs):
+        for _, xs, ys in curves(run, "heldout_pass1", "rl"):
+            label = "held-out pass@1 (during RL)"
+            ax.plot(xs, ys, linestyle="--", marker="s", markersize=4, linewidth=1.4,
+                    color=COLORS[(ri if many else first_color) % len(COLORS)],
+                    label=f"{run.name} · {label}" if many else label)
+            drawn += 1
+    return drawn
+
+
 def draw_accuracy(ax, runs: list[Run], smooth: int) -> int:
     n = draw_lines(ax, runs, ["accuracy"], "rl", smooth, legend_one=True)
+    n += draw_heldout(ax, runs, first_color=len(EVAL_MARKS) + 1)
     n += draw_evals(ax, runs, first_color=1)
     low, high = ax.get_ylim()
     ax.set_ylim(min(low, -0.03), max(high, 1.08))  # the whole 0..1 range, or more if needed

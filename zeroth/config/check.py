@@ -232,6 +232,8 @@ _RULES: list[tuple] = [
                                       "sequence_truncate", "sequence_mask")),
     ("rl.engine_correction_cap", *_gt(1)),
     ("rl.checkpoint_every", *_ge(1)),
+    ("rl.eval_every", *_ge(0)),
+    ("rl.eval_problems", *_ge(1)),
     ("eval.k", *_ge(1)),
     ("eval.temperature", *_gt(0)),
     ("eval.max_new_tokens", *_ge(1)),

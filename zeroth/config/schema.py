@@ -108,6 +108,10 @@ class RLConfig:
     overlong_cache: int = 16  # the overlong reward's soft zone: the last N tokens before the cap
     max_grad_norm: float = 1.0
     checkpoint_every: int = 10
+    # held-out evaluation during RL: every N steps (0: only after the stage), on the first
+    # eval_problems of the held-out set, with the eval section's k, temperature and length
+    eval_every: int = 10
+    eval_problems: int = 50
     reward_weights: dict[str, float] | None = None  # name -> weight; None -> the task's own
     engine: str = "torch"  # generation engine: torch | vllm | vllm-server | auto (zeroth.rollout)
     # importance-sampling correction of the gap between the engine's and the trainer's log-probs

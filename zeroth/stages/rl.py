@@ -10,6 +10,7 @@ turn scores into group-relative advantages, take clipped policy-gradient steps, 
         for _ in range(mu): for minibatch: policy_loss(...)   # update
         engine.sync(policy)                                   # sync   (sample the new policy)
         ledger rows, metrics, progress; checkpoint            # record
+        every rl.eval_every steps: held-out pass@1, greedy    # heldout (in the step's metrics)
 
 On several ranks (torchrun) each samples and scores its share of the groups; a group never
 spans ranks, and group g samples from its own seed whichever rank draws it, so the completions
@@ -59,7 +60,7 @@ from zeroth.rewards import combine, overlong
 from zeroth.rollout import ENGINES, Engine, hash_seed, make_engine
 from zeroth.rollout.batch import Rollouts
 from zeroth.rollout.decoder import SEED_BITS, stop_ids
-from zeroth.stages.eval import decode, difficulty_of
+from zeroth.stages.eval import decode, difficulty_of, evaluate
 
 CHANGES_MODEL = True  # the held-out set is evaluated after this stage
 
@@ -89,6 +90,7 @@ class RLContext:
     seed: int = 0
     phase: str = "rl"
     engine: Engine | None = None
+    heldout: float | None = None  # pass@1 of the latest held-out evaluation during the stage
 
     def __post_init__(self):
         rl = resolve_rl(self.rl)
@@ -186,10 +188,12 @@ def advantages(ctx: RLContext, batch: Rollouts) -> torch.Tensor:
 
 
 def train(ctx: RLContext, *, start: int, ledger, show: Callable = lambda step, **_: None,
-          save: Callable = lambda step: None, stop: int | None = None) -> dict:
+          save: Callable = lambda step: None, stop: int | None = None,
+          heldout: Callable[[], dict] | None = None) -> dict:
     """The RL loop from step `start` to rl.steps (or `stop`): every rollout and step metric to
     the ledger under ctx.phase, progress to `show(step, **numbers)`, `save(step)` at each
-    checkpoint. Returns the last step's metrics."""
+    checkpoint, and every rl.eval_every steps `heldout()`'s numbers (the held-out evaluation)
+    in that step's metrics. Returns the last step's metrics."""
     rl, size, metrics = ctx.rl, ctx.rl.group_size, {}
     for step in range(start, rl.steps if stop is None else stop):
         times: dict[str, float] = {}
@@ -209,6 +213,10 @@ def train(ctx: RLContext, *, start: int, ledger, show: Callable = lambda step, *
         with timed(times, "record"):
             ledger.log_rollouts(ctx.phase, step + 1, ledger_rows(ctx, sampled, adv, set(keep)))
         metrics = {**reward_stats(ctx, sampled), **info, **stats, **times}
+        if heldout is not None and rl.eval_every and (step + 1) % rl.eval_every == 0:
+            with timed(metrics, "heldout"):
+                metrics.update(heldout())
+            ctx.heldout = metrics["heldout_pass1"]
         ledger.log_metrics(ctx.phase, step + 1, metrics)
         show(step + 1, **shown(ctx, metrics))
         if (step + 1) % rl.checkpoint_every == 0 or step + 1 == rl.steps:
@@ -240,6 +248,8 @@ def shown(ctx: RLContext, metrics: dict) -> dict:
     out = {"reward": metrics["reward"], "acc": metrics.get(acc, 0.0), "len": metrics["mean_len"]}
     if "kl" in metrics:
         out["kl"] = metrics["kl"]
+    if ctx.heldout is not None:
+        out["held-out"] = ctx.heldout  # pass@1 of the latest evaluation during the stage
     return out
 
 
@@ -297,6 +307,20 @@ def reference(r):
     return ref.to(r.device).eval().requires_grad_(False)
 
 
+def heldout_eval(r, ctx: RLContext) -> Callable[[], dict]:
+    """The evaluation during the stage: the first rl.eval_problems held-out problems, sampled
+    as the final evaluation samples them (eval.k at eval.temperature, and greedy, from the same
+    seeds each time, so the curve moves with the policy, not the draw)."""
+    rows = r.task.eval_rows(r.cfg.task.eval_problems, r.cfg.run.seed)[:ctx.rl.eval_problems]
+
+    def heldout() -> dict:
+        metrics, _ = evaluate(ctx.engine, r.tokenizer, r.task, rows, r.cfg.eval, r.cfg.run.seed)
+        return {"heldout_pass1": metrics["pass1"], "heldout_greedy": metrics["greedy"],
+                "heldout_mean_len": metrics["mean_len"]}
+
+    return heldout
+
+
 def run(r) -> dict:
     """The rl stage: GRPO-family RL from the current policy, resumable at any checkpoint."""
     rl = r.cfg.rl
@@ -311,7 +335,7 @@ def run(r) -> dict:
                     seed=r.cfg.run.seed, phase=r.stage_id, engine=make_engine(r.cfg, r.model))
     with r.display.stage(r.stage_id, total=rl.steps, done=begin) as show:
         train(ctx, start=begin, ledger=r.ledger, show=show,
-              save=lambda step: r.save(step, optimizer))
+              save=lambda step: r.save(step, optimizer), heldout=heldout_eval(r, ctx))
     settings = ("algorithm", "advantage", "scale_rewards", "loss_agg", "eps_low", "eps_high",
                 "beta", "dynamic_sampling", "lr")
     return {"steps": rl.steps, **{k: getattr(rl, k) for k in settings},

@@ -32,6 +32,8 @@ function reflectionPattern(phrases) {
 // Curves drawn first, in this order, for every training phase that logged them.
 const MAIN_METRICS = [
   "accuracy",
+  "heldout_pass1",
+  "heldout_greedy",
   "reward",
   "reward_*",
   "mean_len",
@@ -51,6 +53,9 @@ const ACCURACY_KEYS = [
 ];
 const LABELS = {
   accuracy: "accuracy",
+  heldout_pass1: "held-out pass@1 (during RL)",
+  heldout_greedy: "held-out greedy (during RL)",
+  heldout_mean_len: "held-out response tokens",
   reward: "reward (total)",
   mean_len: "mean response tokens",
   kl: "KL to reference",
@@ -62,23 +67,27 @@ const LABELS = {
   grad_norm: "gradient norm",
   loss: "loss",
   time_gen: "seconds: sample",
+  time_gather: "seconds: rollouts exchanged between ranks",
   time_reward: "seconds: score",
   time_adv: "seconds: advantages",
   time_ref: "seconds: old & reference log-probs",
   time_update: "seconds: update",
   time_sync: "seconds: engine sync",
   time_record: "seconds: record",
+  time_heldout: "seconds: held-out evaluation",
 };
 // An RL step's timers (zeroth/stages/rl.py), charted first among the other metrics, in the
 // order the step runs them.
 const TIMERS = [
   "time_gen",
+  "time_gather",
   "time_reward",
   "time_adv",
   "time_ref",
   "time_update",
   "time_sync",
   "time_record",
+  "time_heldout",
 ];
 const EVAL_ORDER = [
   "pass@1",
@@ -543,7 +552,14 @@ function frame(xs, yLo, yHi, attrs) {
 }
 
 function chart(phase, name, key) {
-  const series = phase.runs.map((r) => ({ id: r.id, steps: r.steps, values: r.series[key] || [] }));
+  // held-out evaluations come every rl.eval_every steps: their line bridges the steps between
+  const bridge = key.startsWith("heldout_");
+  const series = phase.runs.map((r) => ({
+    id: r.id,
+    steps: r.steps,
+    values: r.series[key] || [],
+    bridge,
+  }));
   const points = series
     .flatMap((s) => s.steps.map((x, i) => [x, s.values[i]]))
     .filter((p) => isNum(p[1]) && isNum(p[0]));
@@ -628,7 +644,7 @@ function drawSeries(root, s, sx, sy) {
   s.steps.forEach((x, i) => {
     const y = s.values[i];
     if (!isNum(y)) {
-      pen = false;
+      if (!s.bridge) pen = false;
       return;
     }
     d += `${pen ? "L" : "M"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`;
