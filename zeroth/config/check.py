@@ -64,7 +64,16 @@ def _task_names() -> list[str]:
 def _known_tasks(name: Any) -> str:
     close = difflib.get_close_matches(str(name), _task_names(), n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"{hint}known tasks: {', '.join(_task_names())}"
+    return f"{hint}known tasks: {', '.join(_task_names())}, or your own: path/to/file.py:load"
+
+
+def _own_task(v: Any) -> bool:
+    """A user's task loader, `module:function` or `path/to/file.py:function` (an existing file;
+    what it holds is checked when the task loads)."""
+    if not isinstance(v, str) or ":" not in v:
+        return False
+    where = v.rsplit(":", 1)[0]
+    return not where.endswith(".py") or Path(where).expanduser().is_file()
 
 
 def _model_dir(v: str | None) -> Path | None:
@@ -97,7 +106,7 @@ _RULES: list[tuple] = [
     ("run.device", *_one_of("cpu", "cuda", "auto")),
     (
         "task.name",
-        lambda v, c: v in _task_names(),
+        lambda v, c: v in _task_names() or _own_task(v),
         lambda key, v: f"config key '{key}' must name a task, got {show(v)} — {_known_tasks(v)}",
     ),
     ("task.digits", *_between(1, 9)),

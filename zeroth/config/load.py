@@ -164,6 +164,9 @@ def _rewards_beside(raw: dict, folder: Path) -> None:
                              lambda name: beside(name, folder))
     if "reward_weights" in rl:
         rl["reward_weights"] = weights
+    task = raw.get("task", {})
+    if isinstance(task.get("name"), str):  # a task file of the user's, beside the recipe
+        task["name"] = beside(task["name"], folder)
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> Config:

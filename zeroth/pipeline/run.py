@@ -144,6 +144,7 @@ def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
                 body[key] = str(Path(value).expanduser().resolve())
     cfg.rl.reward_weights = rename_rewards(cfg.rl.reward_weights, cfg.run.pipeline,
                                            absolute_reference)
+    cfg.task.name = absolute_reference(cfg.task.name)  # a task file of the user's
     name = cfg.run.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(cfg.run.out_dir) / name
     if path.exists() and any(path.iterdir()):

@@ -17,16 +17,16 @@ from pathlib import Path
 from zeroth.errors import UserError
 
 
-def _from_file(path: str, attr: str):
+def _from_file(path: str, attr: str, what: str = "reward"):
     file = Path(path).expanduser()
     if not file.is_file():
-        raise UserError(f"reward '{path}:{attr}': file '{path}' does not exist")
-    spec = importlib.util.spec_from_file_location(f"zeroth_user_rewards_{file.stem}", file)
+        raise UserError(f"{what} '{path}:{attr}': file '{path}' does not exist")
+    spec = importlib.util.spec_from_file_location(f"zeroth_user_{what}s_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 — any error in the user's file is reported in one line
-        raise UserError(f"reward file '{path}' failed to import: {type(exc).__name__}: {exc}"
+        raise UserError(f"{what} file '{path}' failed to import: {type(exc).__name__}: {exc}"
                         ) from None
     return module
 
@@ -80,17 +80,23 @@ def resolve_reward(name: str, builtins: dict):
     if ":" not in name:
         raise UserError(f"unknown reward '{name}' — use one of {', '.join(sorted(builtins))}, "
                         "'module:function' or 'path/to/file.py:function'")
+    return find_function(name, "reward")
+
+
+def find_function(name: str, what: str):
+    """The function `module:function` or `path/to/file.py:function` names (a user's reward or
+    task loader); a UserError naming the `what` when there is none."""
     where, attr = _split(name)
     if where.endswith(".py"):
-        module = _from_file(where, attr)
+        module = _from_file(where, attr, what)
     else:
         try:
             module = importlib.import_module(where)
         except ImportError as exc:
-            raise UserError(f"reward '{name}': cannot import module '{where}' ({exc}) — put it "
+            raise UserError(f"{what} '{name}': cannot import module '{where}' ({exc}) — put it "
                             f"on PYTHONPATH, or name its file: path/to/{where.split('.')[-1]}.py:"
                             f"{attr}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise UserError(f"reward '{name}': '{where}' has no function '{attr}'")
+        raise UserError(f"{what} '{name}': '{where}' has no function '{attr}'")
     return fn

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 
 from zeroth.errors import UserError
-from zeroth.rewards.resolve import resolve_reward
+from zeroth.rewards.resolve import find_function, resolve_reward
 from zeroth.tasks import (
     addition,
     arithmetic,
@@ -53,12 +53,16 @@ def task_names() -> list[str]:
 
 
 def _loader(name: str):
+    """A built-in task's loader, or a user's: `path/to/file.py:load` or `module:load`, a
+    function (task_cfg, demos_cfg) -> Task (examples/parity.py is one)."""
     if name in TASKS:
         return TASKS[name]
+    if ":" in str(name):
+        return find_function(name, "task")
     close = difflib.get_close_matches(str(name), list(TASKS), n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise UserError(f"unknown task '{name}' in task.name — {hint}known tasks: "
-                    f"{', '.join(task_names())}")
+                    f"{', '.join(task_names())}, or your own: path/to/file.py:load")
 
 
 def _bind_sandbox(task: Task, cfg) -> None:
