@@ -1,7 +1,7 @@
 """`zeroth` command line: thin argument parsing that dispatches to the pipeline.
 
     zeroth --version
-    zeroth run [RECIPE] [section.field=value ...] [--force] [--quiet]
+    zeroth run [RECIPE] [section.field=value ...] [--force] [--quiet] [--nproc N]
     zeroth run --resume runs/<name> [rl.steps=N] [run.threads=N] [run.keep_checkpoints=N]
     zeroth pretrain|sft|rl|rejection|distill [RECIPE] [section.field=value ...]   (one stage)
     zeroth eval MODEL|runs/<name> [RECIPE] [section.field=value ...] [--k N] [--out FILE] [--force]
