@@ -69,7 +69,7 @@ def run(ns) -> int:
         ns.resume = None
     if getattr(ns, "nproc", None):
         return launch(ns, recipe, overrides)
-    estimate, name = None, Path(recipe).stem if recipe else "default"
+    estimate = None
     if ns.resume:
         cfg = _resume_config(ns, recipe, overrides)
     else:
@@ -90,7 +90,7 @@ def run(ns) -> int:
         run_dir = Path(ns.resume)
         cfg = dist.on_main(_resumed, ns.resume, overrides)  # rank 0 writes config.yaml
     else:
-        run_dir, cfg = dist.on_main(_created, cfg, ns.command if ns.command != "run" else name,
+        run_dir, cfg = dist.on_main(_created, cfg, _stem(ns, recipe),
                                     ns.force)  # rank 0's config (paths resolved) for every rank
     ns.run_dir = run_dir
     from zeroth.pipeline.run import execute
@@ -125,8 +125,6 @@ def launch(ns, recipe: str | None, overrides: list[str]) -> int:
         _resume_config(ns, recipe, overrides)
         ns.run_dir = Path(ns.resume)
     else:
-        import time
-
         from zeroth.config import check_world, load_config
         from zeroth.tasks import load_task
 
@@ -134,9 +132,9 @@ def launch(ns, recipe: str | None, overrides: list[str]) -> int:
         load_task(cfg)
         check_world(cfg, ns.nproc)
         if not cfg.run.name:
-            stem = ns.command if ns.command != "run" else Path(recipe).stem if recipe \
-                else "default"  # as create_run_dir names it
-            cfg.run.name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+            from zeroth.pipeline.run import default_name
+
+            cfg.run.name = default_name(_stem(ns, recipe))
             overrides = [*overrides, f"run.name={cfg.run.name}"]
         ns.run_dir = Path(cfg.run.out_dir) / cfg.run.name
     argv += overrides + [flag for flag, on in (("--force", ns.force), ("--quiet", ns.quiet))
@@ -159,6 +157,11 @@ def _resume_config(ns, recipe: str | None, overrides: list[str]):
     if getattr(ns, "nproc", None):
         check_world(cfg, ns.nproc)
     return cfg
+
+
+def _stem(ns, recipe: str | None) -> str:
+    """What a run's default name starts with: the one-stage command, else the recipe's name."""
+    return ns.command if ns.command != "run" else Path(recipe).stem if recipe else "default"
 
 
 def _created(cfg, recipe_name: str, force: bool):

@@ -309,8 +309,7 @@ def check_world(cfg: Config, world: int) -> None:
         if kind == "rl" and c.rl.engine == "vllm-server":
             raise UserError(f"{where}rl.engine=vllm-server does not run on several ranks yet — "
                             "use rl.engine=vllm (one engine a rank) or torch with --nproc")
-        section = {"pretrain": "pretrain", "sft": "sft", "distill": "distill"}.get(kind)
-        if section and getattr(c, section).batch_size < world:
-            size = getattr(c, section).batch_size
-            raise UserError(f"{where}{section}.batch_size={size} is smaller than the {world} "
-                            f"ranks — give each rank a row at least: {section}.batch_size>={world}")
+        if kind in ("pretrain", "sft", "distill") and getattr(c, kind).batch_size < world:
+            size = getattr(c, kind).batch_size
+            raise UserError(f"{where}{kind}.batch_size={size} is smaller than the {world} "
+                            f"ranks — give each rank a row at least: {kind}.batch_size>={world}")

@@ -189,9 +189,9 @@ def peer_lost(run_dir) -> Iterator[None]:
 
 def shard(model, parallel: str):
     """`model` with rank 0's weights on every rank (as DDP starts: a model built from the same
-    seed on other hardware could differ), then sharded with FSDP2 when `parallel` is "fsdp" on several ranks (each decoder layer
-    one unit, the rest the root's; on GPU bf16 compute with fp32 gradient reductions); else
-    `model` as it is. Gradients are summed, not averaged, over the ranks: every rank's loss is
+    seed on other hardware could differ), then sharded with FSDP2 when `parallel` is "fsdp"
+    (each decoder layer one unit, the rest the root's; on GPU bf16 compute with fp32 gradient
+    reductions). Alone: `model` as it is. Gradients are summed, not averaged, over the ranks: every rank's loss is
     already its part of the whole batch's (gloo has no pre-scaled sum: plain SUM is forced)."""
     if world() == 1:
         return model

@@ -126,6 +126,11 @@ def no_demos_hint(task) -> str:
 SFT_SOURCES = ("reasoned", "demos", "rejection")  # sft.data values that are not files
 
 
+def default_name(recipe: str) -> str:
+    """A run's name when run.name is not given: `<recipe>-<date>-<time>`."""
+    return f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
     """Make runs/<name>/ and save the resolved config; never clobber an existing run unasked."""
     paths = (("model", "path"), ("task", "path"), ("task", "eval_path"), ("student", "path"),
@@ -145,7 +150,7 @@ def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
     cfg.rl.reward_weights = rename_rewards(cfg.rl.reward_weights, cfg.run.pipeline,
                                            absolute_reference)
     cfg.task.name = absolute_reference(cfg.task.name)  # a task file of the user's
-    name = cfg.run.name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.run.name or default_name(recipe)
     path = Path(cfg.run.out_dir) / name
     if path.exists() and any(path.iterdir()):
         if not force:
