@@ -173,6 +173,13 @@ def test_a_world_size_that_does_not_split_the_groups_is_refused(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_nproc_below_one_is_refused(tmp_path):
+    proc = zeroth(tmp_path, "run", "--nproc", "0", "tiny", "--quiet")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "zeroth: error: --nproc must be >= 1, got 0"
+    assert not (tmp_path / "runs").exists()
+
+
 def _compare_configs(rank: int, port: int, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
                       RANK=str(rank), LOCAL_RANK=str(rank))

@@ -126,7 +126,7 @@ def test_a_users_own_task_file_is_a_task(tmp_path):
 
 
 @pytest.mark.parametrize("name, needle", [
-    ("nowhere/task.py:load", "must name a task"),
+    ("nowhere/task.py:load", "file .nowhere/task.py. does not exist"),
     ("zeroth_no_such_module:load", "cannot import module"),
 ])
 def test_a_task_that_cannot_be_found_is_one_line(name, needle):

@@ -67,7 +67,7 @@ def run(ns) -> int:
     if ns.command != "run":  # one stage alone: the same run, with a one-stage pipeline
         overrides.append(f"run.pipeline=[{ns.command}]")
         ns.resume = None
-    if getattr(ns, "nproc", None):
+    if getattr(ns, "nproc", None) is not None:
         return launch(ns, recipe, overrides)
     estimate = None
     if ns.resume:
@@ -154,7 +154,7 @@ def _resume_config(ns, recipe: str | None, overrides: list[str]):
     from zeroth.config import check_world, load_run_config, resume_overrides
 
     cfg = resume_overrides(load_run_config(ns.resume), overrides)  # answered before torch
-    if getattr(ns, "nproc", None):
+    if getattr(ns, "nproc", None) is not None:
         check_world(cfg, ns.nproc)
     return cfg
 

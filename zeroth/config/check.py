@@ -107,7 +107,9 @@ _RULES: list[tuple] = [
     (
         "task.name",
         lambda v, c: v in _task_names() or _own_task(v),
-        lambda key, v: f"config key '{key}' must name a task, got {show(v)} — {_known_tasks(v)}",
+        lambda key, v: f"task.name {v}: file '{v.rsplit(':', 1)[0]}' does not exist — give the "
+        "path of your task's file (path/to/file.py:load)" if isinstance(v, str) and ":" in v
+        else f"config key '{key}' must name a task, got {show(v)} — {_known_tasks(v)}",
     ),
     ("task.digits", *_between(1, 9)),
     ("task.heldout_fraction", *_between(0, 1, open_lo=True, open_hi=True)),
