@@ -34,7 +34,10 @@ from zeroth.errors import UserError
 def embedded_recipes() -> list[str]:
     """Names of the recipes shipped in zeroth/recipes (without .yaml), sorted."""
     folder = files("zeroth") / "recipes"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    names = [p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")]
+    names += [f"learn/{p.name[:-5]}" for p in (folder / "learn").iterdir()
+              if p.name.endswith(".yaml")]
+    return sorted(names)
 
 
 def recipe_summary(name: str) -> str:
@@ -48,7 +51,8 @@ def _read_recipe(recipe: str | Path | None) -> tuple[str, str, Path | None]:
     """(where, YAML text, the recipe file's folder or None when embedded) for a recipe: None,
     an embedded name, or a file path."""
     name = "default" if recipe is None else str(recipe)
-    bare = isinstance(recipe, str) and "/" not in name and os.sep not in name
+    bare = isinstance(recipe, str) and ("/" not in name and os.sep not in name
+                                        or not Path(name).expanduser().is_file())
     if recipe is None or (bare and name in embedded_recipes()):
         res = files("zeroth") / "recipes" / f"{name}.yaml"
         return f"embedded recipe {name!r}", res.read_text(encoding="utf-8"), None

@@ -8,10 +8,17 @@ Difficulty column: the number of operations a solution needs (numbers - 1).
 
 Every problem is solvable: the generator combines the drawn numbers at random (exact divisions,
 non-negative differences) until the value lands in 1..max_target, and keeps that expression as
-the reference `answer` (any other valid expression is just as right). The worked solution
-writes one operation per step: `<think>3*7=21 21+12=33</think><answer>3*7+12</answer>`.
-The systematic slip of direct answers: the parentheses the solution needs are left out
-(`(3+7)*12` written `3+7*12`), right only when none were needed.
+the reference solution (any other valid expression is just as right).
+
+The worked solution is a search: try, check, backtrack. Each try combines the numbers left to
+right, picking at each step the operation that lands closest to the target, and is checked:
+`no` and the next try starts from another pair of numbers, `yes` and it is the answer. When no
+greedy try lands (about 1 problem in 4 with the default knobs) the last try is the reference:
+
+    <think>12+7=19 19+3=22 no 12+3=15 15+7=22 no 7*3=21 21+12=33 yes</think><answer>7*3+12</answer>
+
+The row's `answer` is that found expression. The systematic slip of direct answers: the first
+try, unchecked (numbers in the order given, each step the closest), right about 44% of the time.
 
 Verifier: the answer is parsed with `ast` (never evaluated by Python); only decimal integers,
 + - * / and parentheses are allowed; the multiset of numbers used must equal the given one,
@@ -24,6 +31,7 @@ from __future__ import annotations
 import ast
 import re
 from fractions import Fraction
+from itertools import combinations
 from random import Random
 
 from zeroth.tasks.options import Option, integer
@@ -64,6 +72,36 @@ def _combine(rng: Random, numbers: list[int]) -> tuple[int, str, int]:
     return pool[0]
 
 
+def _closest(numbers: list[int], target: int) -> tuple[int, str, int]:
+    """Left to right, each step the operation whose result lands closest to the target."""
+    now = (numbers[0], str(numbers[0]), _ATOM)
+    for n in numbers[1:]:
+        new, options = (n, str(n), _ATOM), []
+        for op in "+-*/":
+            for left, right in ((now, new), (new, now)) if op in "-/" else ((now, new),):
+                if (op == "-" and left[0] < right[0]) or (
+                        op == "/" and (right[0] == 0 or left[0] % right[0])):
+                    continue
+                options.append(_join(left, op, right))
+        now = min(options, key=lambda joined: abs(joined[0] - target))
+    return now
+
+
+def tries(numbers: list[int], target: int, reference: str) -> list[str]:
+    """The worked search: greedy tries from each first pair (3 at most) until one makes the
+    target; the reference solution ends the list when none does."""
+    orders = [numbers] + [[numbers[i], numbers[j]] + [n for k, n in enumerate(numbers)
+                                                        if k not in (i, j)]
+                          for i, j in combinations(range(len(numbers)), 2) if (i, j) != (0, 1)]
+    texts: list[str] = []
+    for order in orders[:3]:
+        value_, text, _ = _closest(order, target)
+        texts.append(text)
+        if value_ == target:
+            return texts
+    return texts + [reference]
+
+
 def draw(rng: Random, knobs: dict) -> Row:
     for _ in range(10_000):
         numbers = [rng.randint(1, knobs["max_number"]) for _ in range(knobs["numbers"])]
@@ -71,7 +109,8 @@ def draw(rng: Random, knobs: dict) -> Row:
         if 1 <= target <= knobs["max_target"]:
             shown = ", ".join(map(str, numbers))
             return {"prompt": f"Make {target} from {shown} with + - * /, each number once.",
-                    "answer": solution, "numbers": numbers, "target": target,
+                    "answer": tries(numbers, target, solution)[-1], "numbers": numbers,
+                    "target": target,
                     "difficulty": len(numbers) - 1}
     raise ValueError("countdown: no target in range — raise task.options.max_target")
 
@@ -118,11 +157,16 @@ def check(text: str, row: Row) -> bool:
     return value(tree.body) == row["target"]
 
 
-def reasoned(row: Row) -> str:
-    """One step per operation of the reference solution."""
+def _worked(text: str) -> str:
     steps: list[str] = []
-    value(ast.parse(row["answer"], mode="eval").body, steps)
+    value(ast.parse(text, mode="eval").body, steps)
     return " ".join(steps)
+
+
+def reasoned(row: Row) -> str:
+    """The search, one step per operation, each try checked: `no` or `yes`."""
+    found = tries(row["numbers"], row["target"], row["answer"])
+    return " ".join(f"{_worked(t)} {'yes' if t == found[-1] else 'no'}" for t in found)
 
 
 FAMILY = Family(
@@ -135,7 +179,7 @@ FAMILY = Family(
     draw=draw,
     check=check,
     reasoned=reasoned,
-    slip=lambda row: row["answer"].replace("(", "").replace(")", ""),
+    slip=lambda row: _closest(row["numbers"], row["target"])[1],
 )
 
 

@@ -6,8 +6,9 @@ Knobs (task.options): `max_coef` (a drawn from ±1..max_coef, default 9), `max_x
 from -max_x..max_x, default 10), `max_const` (b drawn from -max_const..max_const, default 20).
 Difficulty column: 1 + (b moved across) + (a negative).
 
-The worked solution moves b across, then divides by a:
-`<think>-3x=26-5=21 x=21/(-3)=-7</think><answer>-7</answer>`.
+The worked solution moves b across, then divides by a; the subtraction is worked as mental
+arithmetic, the tens of b first, then its units (one step when |b| < 10):
+`<think>-3x=36-15=36-10-5=26-5=21 x=21/(-3)=-7</think><answer>-7</answer>`.
 The systematic slip of direct answers: the sign of a negative coefficient is dropped
 (x = (c-b)/|a|), right only when a > 0 or x = 0.
 Verifier: integer equality.
@@ -36,11 +37,20 @@ def draw(rng: Random, knobs: dict) -> Row:
             "difficulty": 1 + (b != 0) + (a < 0)}
 
 
+def _moved(c: int, d: int) -> str:
+    """c+d worked as mental arithmetic: the tens of d first, then its units
+    (36-15=36-10-5=26-5=21); a d below 10 (or a whole ten) in one step."""
+    tens, units = (abs(d) // 10) * 10 * (1 if d > 0 else -1), d % 10 if d > 0 else -(-d % 10)
+    if not tens or not units:
+        return f"{c}{d:+d}={c + d}"
+    return f"{c}{d:+d}={c}{tens:+d}{units:+d}={c + tens}{units:+d}={c + d}"
+
+
 def reasoned(row: Row) -> str:
     a, b, c = row["a"], row["b"], row["c"]
     rest, steps = c - b, []
     if b:
-        steps.append(f"{_term(a)}={c}{-b:+d}={rest}")
+        steps.append(f"{_term(a)}={_moved(c, -b)}")
     if a != 1:
         steps.append(f"x={rest}/{a if a > 0 else f'({a})'}={rest // a}")
     return " ".join(steps) or f"x={c}"
