@@ -612,3 +612,66 @@ def test_runs_past_ten_keep_distinct_colours(browser, many):
     finally:
         p.close()
 
+
+
+# -- a mix of task families with a curriculum (zeroth/tasks/mix.py) ---------------------------------
+
+
+def _mix_run(path: Path) -> Path:
+    """3 RL steps of a mix (addition, sorting): per-family accuracy, held-out pass@1 at step 2,
+    levels, one level change after step 2, and an evaluation per family."""
+    ledger = Ledger(path / "ledger.sqlite")
+    for step in (1, 2, 3):
+        row = {"reward": 0.1 * step, "reward_correct": 0.1 * step,
+               "accuracy/addition": 0.2 * step, "accuracy/sorting": 0.1 * step,
+               "level/addition": 2 if step < 3 else 3, "level/sorting": 3}
+        if step == 2:
+            row.update({"heldout_pass1/addition": 0.5, "heldout_pass1/sorting": 0.25})
+        ledger.log_metrics("rl", step, row)
+        ledger.log_rollouts("rl", step, [{**_rollout(step, p, s),
+                                          "task": ("addition", "sorting")[p]}
+                                         for p in range(2) for s in range(2)])
+    ledger.set_meta("curriculum", [{"stage": "rl", "step": 2, "family": "addition",
+                                    "knob": "digits", "from": 2, "to": 3, "accuracy": 0.75,
+                                    "window": 4}])
+    ledger.log_metrics("eval_rl", 0, {"pass@1": 0.5, "greedy": 0.5, "problems": 4, "k": 1})
+    ledger.set_meta("eval_rl_by_task", {"addition": {"problems": 2, "pass@1": 0.75},
+                                        "sorting": {"problems": 2, "pass@1": 0.25}})
+    ledger.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def mix_server(tmp_path_factory):
+    from zeroth.view.server import start_in_thread
+
+    root = tmp_path_factory.mktemp("mixview")
+    _mix_run(root / "mixed")
+    srv = start_in_thread([root])
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_a_mix_charts_each_family_and_its_level_changes(browser, mix_server):
+    p = Page(browser, f"{mix_server.url}?poll={POLL_MS}&runs=mixed")
+    try:
+        chart = p.tab.locator("svg[data-metric='accuracy per task']")
+        chart.wait_for(state="attached")
+        lines = chart.locator("path.series").evaluate_all(
+            "els => els.map(e => `${e.dataset.family}:${e.dataset.key}`)")
+        assert sorted(lines) == ["addition:accuracy", "addition:heldout_pass1",
+                                 "sorting:accuracy", "sorting:heldout_pass1"]
+        assert chart.locator("line.level-change[data-family=addition]").count() == 1
+        levels = p.tab.locator("svg[data-metric='curriculum level per task'] path.series")
+        assert levels.count() == 2
+        assert p.tab.locator("svg[data-metric^='accuracy/']").count() == 0  # not one by one
+        table = p.tab.locator("table.curriculum[data-phase=rl]").inner_text()
+        assert "addition" in table and "2 → 3" in table and "75.0%" in table
+        by_task = p.tab.locator("#evals table.by-task[data-phase=eval_rl]")
+        by_task.wait_for()
+        assert by_task.locator("tbody tr").count() == 2 and "25.0%" in by_task.inner_text()
+        p.shot("mix")
+        assert p.errors == []
+    finally:
+        p.close()

@@ -28,6 +28,9 @@ class Task:
     accuracy: the name (in `rewards`) of the verifier whose 1.0 means "solved"; evaluation,
         pass@k and the progress line report it.
     weights: the reward weights used when the recipe names none (`task: gsm8k` alone works).
+    levels: family -> the value of its difficulty knob that train_rows draws at now (a mix, or
+        a family under task.curriculum: zeroth.tasks.mix); the curriculum changes it in place.
+        None for every other task.
     """
 
     name: str
@@ -38,6 +41,7 @@ class Task:
     info: dict = field(default_factory=dict)
     accuracy: str = "correct"
     weights: dict[str, float] = field(default_factory=lambda: {"correct": 1.0, "format": 0.1})
+    levels: dict[str, int] | None = None
 
 
 def bind_reward(task: Task, name: str, **settings) -> None:

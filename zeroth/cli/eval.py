@@ -256,6 +256,8 @@ def report(display, result: dict, folder: Path, out: Path, temperature: float) -
     title = (f"{result['task']} · {folder} · {result['problems']} held-out problems · "
              f"{result['wall_s']:.0f}s")
     display.print(eval_table(metrics, title, temperature))
+    if result.get("by_task"):
+        display.print(difficulty_table(result["by_task"], metrics["k"], "by task", "task"))
     if levels:
         display.print(difficulty_table(levels, metrics["k"]))
     display.print(f"results: {out}", highlight=False)
@@ -318,8 +320,10 @@ def evaluate_one(folder: Path, info: dict | None, out: Path, job: tuple, header:
                   "samples + greedy", highlight=False)
     metrics = score(folder, cfg, task, rows, display)
     levels = metrics.pop("by_difficulty", None)
+    families = metrics.pop("by_task", None)
     result = {**header, "model": str(folder.resolve()), "checkpoint": info,
               "metrics": metrics, "by_difficulty": levels,
+              **({"by_task": families} if families else {}),
               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "wall_s": round(time.time() - t0, 2)}
     out.parent.mkdir(parents=True, exist_ok=True)

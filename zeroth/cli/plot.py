@@ -6,8 +6,10 @@ One figure per metric group, written to DIR (default: <first run>/plots/): rewar
 each reward_* component), accuracy.png (the task's accuracy reward during RL, and the held-out
 evaluations — pass@1, greedy, maj@k — at the RL step they were taken, with every RL checkpoint
 that `zeroth eval --checkpoint` scored), length.png, kl.png,
-entropy.png, reflection.png, lr.png, loss.png (pre-training, SFT, distillation) and summary.png
-(a 2x2 overview). Several runs are overlaid, one colour each. RL curves share one step axis (a
+entropy.png, reflection.png, lr.png, loss.png (pre-training, SFT, distillation), tasks.png (a mix
+of task families: each family's training accuracy and held-out pass@1 during RL, the curriculum's
+level changes as dotted vertical lines, and a panel of the levels) and summary.png (a 2x2
+overview). Several runs are overlaid, one colour each. RL curves share one step axis (a
 second RL stage continues where the first ended); other stages use their own steps. A group no
 run has is skipped. The ledgers are read read-only, so a running run can be plotted.
 """
@@ -33,7 +35,8 @@ from zeroth.cli.metrics import (
 )
 from zeroth.errors import UserError
 
-GROUPS = ("reward", "accuracy", "length", "kl", "entropy", "reflection", "lr", "loss", "summary")
+GROUPS = ("reward", "accuracy", "length", "kl", "entropy", "reflection", "lr", "loss", "tasks",
+          "summary")
 ACCURACY_REWARDS = ("correct", "math_accuracy", "code_tests")  # preferred, in this order
 EVAL_MARKS = (("pass@1", "o"), ("greedy", "s"), ("maj", "^"))  # maj: the maj@k key logged
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
@@ -339,6 +342,8 @@ def figure(group: str, runs: list[Run], smooth: int):
 
     if group == "summary":
         return summary_figure(runs, smooth)
+    if group == "tasks":
+        return tasks_figure(runs, smooth)
     labels = panels(group, runs)
     width = SIZE[0] if len(labels) == 1 else min(4.6 * len(labels), 14.0)
     fig, axes = plt.subplots(1, len(labels), figsize=(width, SIZE[1]), dpi=DPI, squeeze=False)
@@ -372,6 +377,94 @@ def summary_figure(runs: list[Run], smooth: int):
         plt.close(fig)
         return None
     fig.suptitle(", ".join(r.name for r in runs))
+    fig.tight_layout()
+    return fig
+
+
+def families(runs: list[Run], prefix: str) -> list[str]:
+    """The families of a mix with a metric `<prefix>/<family>` in the runs, in first-seen order."""
+    names: list[str] = []
+    for run in runs:
+        for row in run.train:
+            names += [k[len(prefix) + 1:] for k in row
+                      if k.startswith(f"{prefix}/") and k[len(prefix) + 1:] not in names]
+    return names
+
+
+def level_changes(run: Run, family: str) -> list[tuple[float, float, float]]:
+    """(x, from, to) where the family's curriculum level changed: between the last RL step at
+    the old level and the first at the new (x halfway)."""
+    out = []
+    for _, xs, ys in curves(run, f"level/{family}", "rl"):
+        out += [((xs[i - 1] + xs[i]) / 2, ys[i - 1], ys[i])
+                for i in range(1, len(ys)) if ys[i] != ys[i - 1]]
+    return out
+
+
+def draw_tasks(ax, runs: list[Run], names: list[str], smooth: int) -> int:
+    """Each family's training accuracy (solid) and held-out pass@1 during RL (dashed, squares),
+    a colour per family (a line style per run), and its level changes as dotted lines."""
+    drawn = 0
+    for ri, run in enumerate(runs):
+        tag = f"{run.name} · " if len(runs) > 1 else ""
+        for fi, name in enumerate(names):
+            color = COLORS[fi % len(COLORS)]
+            for _, xs, ys in curves(run, f"accuracy/{name}", "rl"):
+                _line(ax, xs, ys, color, STYLES[ri % len(STYLES)], f"{tag}{name} (train)", smooth)
+                drawn += 1
+            for _, xs, ys in curves(run, f"heldout_pass1/{name}", "rl"):
+                ax.plot(xs, ys, color=color, linestyle="--", marker="s", markersize=4,
+                        linewidth=1.2, label=f"{tag}{name} (held-out pass@1)")
+                drawn += 1
+            for x, old, new in level_changes(run, name):
+                ax.axvline(x, color=color, linestyle=":", linewidth=1, alpha=0.8)
+                ax.annotate(f"{old:g}→{new:g}", (x, 1.0), textcoords="offset points",
+                            xytext=(0, 4 + 7 * fi), fontsize=6, color=color, ha="center",
+                            annotation_clip=False)
+    ax.set_ylim(-0.03, 1.08)
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Accuracy per task (dotted: level changes)")
+    return drawn
+
+
+def draw_levels(ax, runs: list[Run], names: list[str]) -> int:
+    """Each family's curriculum level (its difficulty knob) per RL step, as steps."""
+    drawn = 0
+    for ri, run in enumerate(runs):
+        for fi, name in enumerate(names):
+            for _, xs, ys in curves(run, f"level/{name}", "rl"):
+                ax.step(xs, ys, where="mid", color=COLORS[fi % len(COLORS)],
+                        linestyle=STYLES[ri % len(STYLES)], linewidth=1.6,
+                        label=f"{run.name} · {name}" if len(runs) > 1 else name)
+                drawn += 1
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("level (the family's difficulty knob)")
+    ax.set_title("Curriculum levels")
+    return drawn
+
+
+def tasks_figure(runs: list[Run], smooth: int):
+    """A mix's per-family accuracy, and its curriculum levels when it has one; None when no
+    run logged either."""
+    import matplotlib.pyplot as plt
+
+    mixed = families(runs, "accuracy") or families(runs, "heldout_pass1")
+    levelled = families(runs, "level")
+    if not mixed and not levelled:
+        return None
+    panels_ = [p for p, names in (("accuracy", mixed), ("levels", levelled)) if names]
+    fig, axes = plt.subplots(1, len(panels_), dpi=DPI, squeeze=False,
+                             figsize=(SIZE[0] * (1 if len(panels_) == 1 else 1.8), SIZE[1]))
+    for ax, panel in zip(axes.flat, panels_, strict=True):
+        if panel == "accuracy":
+            draw_tasks(ax, runs, mixed or levelled, smooth)
+        else:
+            draw_levels(ax, runs, levelled)
+        _style(ax)
     fig.tight_layout()
     return fig
 

@@ -264,6 +264,7 @@ _RULES: list[tuple] = [
 def validate(cfg: Config) -> Config:
     """Check value ranges and choices; raise UserError for the first bad key. Returns `cfg`."""
     check_rules(cfg, "")
+    check_mix(cfg)
     for index, (_, kind, overrides) in enumerate(pipeline(cfg)):
         if overrides:
             check_rules(stage_config(cfg, index, resolve=False),
@@ -284,6 +285,19 @@ def check_rules(cfg: Config, where: str) -> None:
             message = template(key, value) if callable(template) else template.format(
                 key=key, v=show(value))  # a callable: a message read at check time
             raise UserError(where + message)
+
+
+def check_mix(cfg: Config) -> None:
+    """task.mix and task.name=mix go together, each family named and weighted right; and
+    task.curriculum is well formed, on a task with a difficulty ladder."""
+    from zeroth.tasks import curriculum, mix  # late: the task registry imports the rewards
+
+    mix.check(cfg.task, tuple(_task_names()))
+    if curriculum.settings(cfg.task.curriculum) and cfg.task.name != "mix" and \
+            cfg.task.name not in mix.LADDERS:
+        raise UserError(f"task.curriculum: task '{cfg.task.name}' has no difficulty ladder — "
+                        f"a curriculum moves a mix (task.name=mix) or one of "
+                        f"{', '.join(mix.LADDERS)}; remove task.curriculum")
 
 
 _NULLABLE = {f"rl.{k}" for k in ("eps_low", "eps_high", "beta", "advantage", "scale_rewards",

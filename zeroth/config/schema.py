@@ -33,6 +33,11 @@ class TaskConfig:
     eval_path: str | None = None  # file tasks: a held-out file; None -> a stable hash split
     eval_problems: int = 200  # held-out problems evaluated before and after RL
     options: dict[str, Any] = field(default_factory=dict)  # family knobs: task.options.numbers=4
+    # with name=mix: family -> weight, or -> {weight, options} (zeroth.tasks.mix)
+    mix: dict[str, Any] = field(default_factory=dict)
+    # {up, down, window}: a family's difficulty follows its training accuracy; {} -> off
+    # (zeroth.tasks.curriculum)
+    curriculum: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

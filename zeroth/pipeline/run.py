@@ -60,7 +60,8 @@ from zeroth.rewards.resolve import absolute_reference, rename_rewards
 from zeroth.stages import STAGES
 from zeroth.stages import eval as eval_stage
 from zeroth.stages import pretrain as pt
-from zeroth.stages.eval import headline
+from zeroth.stages.eval import BREAKDOWNS, headline
+from zeroth.tasks import curriculum as curricula
 from zeroth.tasks import load_task
 
 
@@ -92,6 +93,11 @@ def preflight(cfg: Config, task=None) -> str:
         if kind == "sft" and task.demonstration is None and scfg.sft.data in ("demos", "reasoned"):
             raise UserError(f"stage {sid}: task '{task.name}' has no demonstrations for "
                             f"sft.data={scfg.sft.data} — give sft.data=FILE.jsonl")
+        weights = scfg.rl.reward_weights or task.weights
+        if kind == "rl" and cfg.task.curriculum and task.accuracy not in weights:
+            raise UserError(f"stage {sid}: task.curriculum follows the training accuracy of "
+                            f"the '{task.accuracy}' reward — give it a weight in "
+                            f"rl.reward_weights (0 scores it without rewarding it)")
     pick_device(cfg.run.device)
     return memory.check(cfg)  # the estimate line; raises before anything is written
 
@@ -150,6 +156,7 @@ def create_run_dir(cfg: Config, recipe: str, force: bool = False) -> Path:
     cfg.rl.reward_weights = rename_rewards(cfg.rl.reward_weights, cfg.run.pipeline,
                                            absolute_reference)
     cfg.task.name = absolute_reference(cfg.task.name)  # a task file of the user's
+    cfg.task.mix = {absolute_reference(k): v for k, v in cfg.task.mix.items()}
     name = cfg.run.name or default_name(recipe)
     path = Path(cfg.run.out_dir) / name
     if path.exists() and any(path.iterdir()):
@@ -236,6 +243,7 @@ class Runner:
             model, self.tokenizer = load_model(model_dir(self.ckpt), dtype=self.model_cfg.dtype)
             self.model = prepare_model(model, self.model_cfg, self.device)
             load_checkpoint(self.ckpt)  # the random states last, as they were at the save
+            curricula.restore_levels(self.task, self.state)  # the levels it had reached
             display.print(f"resuming {self.dir} from {self.ckpt.name}")
         self.model = dist.shard(self.model, cfg.train.parallel)  # rank 0's weights; FSDP2
         self.wall0 = self.state["wall_s"]
@@ -337,11 +345,15 @@ def summary_of(r: Runner) -> dict:
                               for i, (_, kind, _) in enumerate(stages) if kind == "pretrain"),
         "params": res.get("params"), "k": final["k"], "eval_problems": final["problems"],
     }
-    for key in [k for k in final if k not in ("k", "problems", "by_difficulty")]:
+    for key in [k for k in final if k not in ("k", "problems", *BREAKDOWNS)]:
         out[f"base_{key}"], out[f"final_{key}"] = base.get(key), final[key]
-    if final.get("by_difficulty"):
-        out["base_by_difficulty"] = base.get("by_difficulty")
-        out["final_by_difficulty"] = final["by_difficulty"]
+    for key in BREAKDOWNS:
+        if final.get(key):
+            out[f"base_{key}"], out[f"final_{key}"] = base.get(key), final[key]
+    if r.task.info.get("mix"):
+        out["mix"] = r.task.info["mix"]
+    if curricula.summary(r.state):
+        out["curriculum"] = curricula.summary(r.state)
     out["stages"] = [{"stage": sid, "kind": kind, "result": res.get(sid),
                       "eval": headline(evals.get(sid))} for sid, kind, _ in stages]
     if "start" in evals:

@@ -1,5 +1,6 @@
-"""Results as tables: before/after RL on the held-out split, against the demonstrations; one
-model's evaluation (`zeroth eval`) with its per-difficulty breakdown."""
+"""Results as tables: before/after RL on the held-out split, against the demonstrations (per
+family for a mix, with the curriculum's levels); one model's evaluation (`zeroth eval`) with its
+per-difficulty and per-family breakdowns."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ def print_results(console, summary: dict, run_dir: Path) -> None:
     console.print(results_table(results_rows(summary), title, heads))
     if pipeline != ["pretrain", "rl"] and summary.get("stages"):
         console.print(stages_table(summary["stages"], summary["k"]))
+    if summary.get("final_by_task"):
+        console.print(task_table(summary.get("base_by_task") or {}, summary["final_by_task"],
+                                 summary["k"], heads))
+    if summary.get("curriculum"):
+        console.print(curriculum_line(summary["curriculum"]), highlight=False)
     console.print(f"summary: {Path(run_dir) / 'summary.json'}", highlight=False)
 
 
@@ -117,15 +123,40 @@ def checkpoints_table(results: list[dict], title: str) -> Table:
     return table
 
 
-def difficulty_table(levels: dict[str, dict], k: int) -> Table:
-    """One row per difficulty level: problems, pass@1, pass@k..., maj@k, greedy."""
+def difficulty_table(levels: dict[str, dict], k: int, title: str = "by difficulty",
+                     head: str = "difficulty") -> Table:
+    """One row per difficulty level (or per family: by_task): problems, pass@1, pass@k...,
+    maj@k, greedy."""
     first = next(iter(levels.values()))
     keys = ["pass1", *_pass_keys(first), f"maj@{k}", "greedy"]
-    table = Table(title="by difficulty")
-    table.add_column("difficulty")
+    table = Table(title=title)
+    table.add_column(head)
     table.add_column("problems", justify="right")
     for key in keys:
         table.add_column("pass@1" if key == "pass1" else key, justify="right")
     for level, m in levels.items():
         table.add_row(level, str(m["problems"]), *(_pct(m[key]) for key in keys))
     return table
+
+
+def task_table(base: dict[str, dict], final: dict[str, dict], k: int,
+               heads: tuple[str, str]) -> Table:
+    """A mix's held-out results per family: pass@1 and greedy at the start and the end, and
+    pass@k and maj@k at the end."""
+    table = Table(title=f"held-out results per task ({heads[0]} → {heads[1]})")
+    for head in ("task", "problems", "pass@1", "greedy", f"pass@{k}", f"maj@{k}"):
+        table.add_column(head, justify="left" if head == "task" else "right")
+    for name, m in final.items():
+        b = base.get(name) or {}
+        table.add_row(name, str(m["problems"]), f"{_pct(b.get('pass1'))} → {_pct(m['pass1'])}",
+                      f"{_pct(b.get('greedy'))} → {_pct(m['greedy'])}",
+                      _pct(m.get(f"pass@{k}")), _pct(m.get(f"maj@{k}")))
+    return table
+
+
+def curriculum_line(curriculum: dict) -> str:
+    """How many times the curriculum moved and the levels it reached."""
+    changes = curriculum.get("changes") or []
+    levels = ", ".join(f"{name} {level}" for name, level in curriculum["levels"].items())
+    return (f"curriculum: {len(changes)} level change{'s' * (len(changes) != 1)}; "
+            f"levels at the end: {levels}")

@@ -4,7 +4,8 @@ pass@1 is the mean accuracy of k samples per problem at the sampling temperature
 pass@k uses the unbiased estimator 1 - C(n - c, k) / C(n, k) of Chen et al. (2021) from the
 n = eval.k samples, reported for k = 1, 2, 4, ... and n; maj@n is the accuracy of the most frequent
 extracted answer. Greedy decoding is scored apart. When the rows carry a difficulty (`difficulty`,
-or `level` as in MATH) the same numbers are also given per level under "by_difficulty".
+or `level` as in MATH) the same numbers are also given per level under "by_difficulty", and for
+a mix of task families (zeroth.tasks.mix) per family under "by_task".
 Sampling uses its own generator seeded from the run seed, so the evaluations before and after
 training see the same random stream and a resumed run repeats them exactly.
 """
@@ -99,21 +100,42 @@ def natural_key(text: str) -> list[tuple]:
             for part in re.split(r"(\d+)", text)]
 
 
+def breakdown(labels: list, order: list, solved: list[list[bool]],
+              answers: list[list[str | None]], greedy: list[bool]) -> dict[str, dict]:
+    """{label: {"problems", pass1, pass@k..., maj@n, greedy}} over the problems of each label,
+    in `order` (a label no problem has is left out)."""
+    out = {}
+    for label in order:
+        idx = [i for i, lb in enumerate(labels) if lb == label]
+        if idx:
+            out[label] = {"problems": len(idx),
+                          **accuracy([solved[i] for i in idx], [answers[i] for i in idx],
+                                     [greedy[i] for i in idx])}
+    return out
+
+
 def by_difficulty(rows: list[dict], solved: list[list[bool]], answers: list[list[str | None]],
                   greedy: list[bool]) -> dict[str, dict] | None:
     """{level: {"problems", pass1, pass@k..., maj@n, greedy}} in natural order of the levels,
-    or None when no row has a difficulty (rows without one are grouped as "unknown")."""
+    or None when no row has a difficulty (rows without one are grouped as "unknown"). Rows of
+    several families (a mix) are levelled within their family: "sorting · 4"."""
     levels = [difficulty_of(r) for r in rows]
     if all(level is None for level in levels):
         return None
     levels = ["unknown" if level is None else level for level in levels]
-    out = {}
-    for level in sorted(set(levels), key=natural_key):
-        idx = [i for i, lv in enumerate(levels) if lv == level]
-        out[level] = {"problems": len(idx),
-                      **accuracy([solved[i] for i in idx], [answers[i] for i in idx],
-                                 [greedy[i] for i in idx])}
-    return out
+    if len({r.get("task") for r in rows}) > 1:
+        levels = [f"{r.get('task')} · {level}" for r, level in zip(rows, levels, strict=True)]
+    return breakdown(levels, sorted(set(levels), key=natural_key), solved, answers, greedy)
+
+
+def by_task(task, rows: list[dict], solved: list[list[bool]], answers: list[list[str | None]],
+            greedy: list[bool]) -> dict[str, dict] | None:
+    """A mix's numbers per family (the rows' `task`), in the mix's order; None for any other
+    task."""
+    families = list((getattr(task, "info", None) or {}).get("mix") or ())
+    if not families:
+        return None
+    return breakdown([r.get("task") for r in rows], families, solved, answers, greedy)
 
 
 def evaluate(engine, tokenizer, task, rows: list[dict], eval_cfg,
@@ -159,6 +181,9 @@ def evaluate(engine, tokenizer, task, rows: list[dict], eval_cfg,
     levels = by_difficulty(rows, solved, answers, g_ok)
     if levels is not None:
         metrics["by_difficulty"] = levels
+    families = by_task(task, rows, solved, answers, g_ok)
+    if families is not None:
+        metrics["by_task"] = families
     ledger_rows = [
         {"problem_idx": i // k, "sample_idx": i % k, "prompt": many[i]["prompt"],
          "completion": s_text[i], "n_tokens": len(sampled[i]), "correct": s_ok[i],
@@ -172,11 +197,14 @@ def evaluate(engine, tokenizer, task, rows: list[dict], eval_cfg,
     return metrics, ledger_rows
 
 
+BREAKDOWNS = ("by_difficulty", "by_task")  # an evaluation's tables beside its numbers
+
+
 def headline(metrics: dict | None) -> dict | None:
     """The numbers of an evaluation worth a line in the summary's stage list."""
     if metrics is None:
         return None
-    return {k: v for k, v in metrics.items() if k != "by_difficulty"}
+    return {k: v for k, v in metrics.items() if k not in BREAKDOWNS}
 
 
 def run(r, phase: str | None = None) -> dict:
@@ -192,6 +220,7 @@ def run(r, phase: str | None = None) -> dict:
         update(1, pass1=metrics["pass1"], greedy=metrics["greedy"])
     r.ledger.log_eval(phase, samples)
     r.ledger.log_metrics(phase, 0, headline(metrics))  # numbers only
-    if metrics.get("by_difficulty"):
-        r.ledger.set_meta(f"{phase}_by_difficulty", metrics["by_difficulty"])
+    for key in BREAKDOWNS:
+        if metrics.get(key):
+            r.ledger.set_meta(f"{phase}_{key}", metrics[key])
     return metrics

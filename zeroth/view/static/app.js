@@ -443,11 +443,125 @@ function metricsOf(phase) {
   }
   if (phase.kind !== "rl" && keys.has("loss")) main.unshift(["loss", "loss"]);
   const used = new Set(main.map((m) => m[1]));
+  [...keys].filter(isFamilyKey).forEach((k) => used.add(k)); // charted per task (taskCharts)
   const timers = TIMERS.filter((k) => keys.has(k) && !used.has(k));
   const other = timers.concat(
     [...keys].filter((k) => !used.has(k) && !timers.includes(k)).sort(),
   ).map((k) => [k, k]);
   return { main, other };
+}
+
+/* A mix of task families (zeroth/tasks/mix.py): metrics <prefix>/<family>, charted together. */
+
+const FAMILY_PREFIXES = ["accuracy", "heldout_pass1", "level"];
+
+function isFamilyKey(key) {
+  const cut = key.indexOf("/");
+  return cut > 0 && FAMILY_PREFIXES.includes(key.slice(0, cut));
+}
+
+function familiesOf(phase, prefixes) {
+  // The families with a metric under one of `prefixes`, in first-seen order.
+  const names = new Set();
+  for (const r of phase.runs) {
+    for (const [k, values] of Object.entries(r.series)) {
+      const cut = k.indexOf("/");
+      if (cut > 0 && prefixes.includes(k.slice(0, cut)) && values.some(isNum)) {
+        names.add(k.slice(cut + 1));
+      }
+    }
+  }
+  return [...names];
+}
+
+function changesOf(phase) {
+  // The curriculum's level changes in this phase, of every run drawn: [{run, ...change}].
+  return phase.runs.flatMap((r) =>
+    (state.metrics.get(r.id)?.data?.curriculum || [])
+      .filter((c) => c.stage === phase.phase)
+      .map((c) => ({ run: r.id, ...c })),
+  );
+}
+
+function taskCharts(phase) {
+  // Accuracy per task (training: solid, held-out pass@1: dashed) and the curriculum's levels,
+  // a colour per family, the level changes as dotted vertical lines.
+  const names = familiesOf(phase, FAMILY_PREFIXES);
+  const charts = [];
+  if (familiesOf(phase, ["accuracy", "heldout_pass1"]).length) {
+    charts.push(familyChart(phase, names, ["accuracy", "heldout_pass1"], "accuracy per task"));
+  }
+  if (familiesOf(phase, ["level"]).length) {
+    charts.push(familyChart(phase, names, ["level"], "curriculum level per task"));
+  }
+  return charts;
+}
+
+function familyChart(phase, names, prefixes, title) {
+  // a colour per family; several runs: a dash per run (held-out pass@1: dashes of its own)
+  const lines = [];
+  phase.runs.forEach((r, ri) =>
+    names.forEach((name, fi) =>
+      prefixes.forEach((prefix, pi) => {
+        const values = r.series[`${prefix}/${name}`];
+        if (!values || !values.some(isNum)) return;
+        const colour = PALETTE[fi % PALETTE.length];
+        const dash = pi ? "4 3" : ri ? DASHES[(ri - 1) % DASHES.length] : null;
+        lines.push({ id: r.id, steps: r.steps, values, colour, dash, family: name, key: prefix,
+                     bridge: prefix === "heldout_pass1", stepped: prefix === "level" });
+      }),
+    ),
+  );
+  const steps = phase.runs.flatMap((r) => r.steps).filter(isNum);
+  const values = lines.flatMap((l) => l.values).filter(isNum);
+  const rate = prefixes[0] !== "level";
+  const attrs = { "data-metric": title, "data-phase": phase.phase, class: "chart-svg task-chart" };
+  const { root, sx, sy } = rate
+    ? frame(steps, 0, 1, attrs)
+    : frame(steps, least(values), most(values), attrs, true); // levels: whole numbers
+  for (const l of lines) drawSeries(root, l, sx, sy);
+  for (const c of changesOf(phase)) {
+    const x = sx(c.step + 0.5);
+    const mark = svg("line", { class: "level-change", x1: x, x2: x, y1: CH.t, y2: CH.h - CH.b,
+                               stroke: PALETTE[Math.max(0, names.indexOf(c.family)) % PALETTE.length],
+                               "data-family": c.family, "data-step": c.step });
+    const tip = svg("title");
+    tip.textContent = changeText(c);
+    mark.append(tip);
+    root.append(mark);
+  }
+  const legend = names.map((name, fi) =>
+    el("span", { class: "legend" },
+       el("span", { class: "swatch", style: `background:${PALETTE[fi % PALETTE.length]}` }), name),
+  );
+  const caption = el("figcaption", {}, el("span", { class: "chart-name", text: title }), ...legend);
+  return el("figure", { class: "chart" }, caption, root);
+}
+
+function changeText(c) {
+  const acc = isNum(c.accuracy) ? `${(100 * c.accuracy).toFixed(1)}%` : "–";
+  return `after step ${c.step}: ${c.family} ${c.knob} ${c.from} → ${c.to} ` +
+    `(train accuracy ${acc} over ${c.window} completions)`;
+}
+
+function changesTable(phase) {
+  const changes = changesOf(phase);
+  if (!changes.length) return null;
+  const many = phase.runs.length > 1;
+  const head = ["after step", "task", "knob", "level", "train accuracy", "completions"];
+  if (many) head.unshift("run");
+  const row = (c) => [
+    ...(many ? [c.run] : []), c.step, c.family, c.knob, `${c.from} → ${c.to}`,
+    isNum(c.accuracy) ? `${(100 * c.accuracy).toFixed(1)}%` : "–", c.window,
+  ];
+  return el(
+    "table",
+    { class: "evals curriculum", "data-phase": phase.phase },
+    el("caption", { text: "curriculum: level changes" }),
+    el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { text: h })))),
+    el("tbody", {}, ...changes.map((c) =>
+      el("tr", { "data-family": c.family }, ...row(c).map((v) => el("td", { text: String(v) }))))),
+  );
 }
 
 function renderCharts(ids) {
@@ -457,7 +571,7 @@ function renderCharts(ids) {
   const other = [];
   for (const phase of phases) {
     const { main: m, other: o } = metricsOf(phase);
-    if (m.length) main.push(phaseBlock(phase, m));
+    if (m.length) main.push(phaseBlock(phase, m, true));
     if (o.length) other.push(phaseBlock(phase, o));
   }
   $("#charts").replaceChildren(
@@ -474,19 +588,20 @@ function renderCharts(ids) {
   $("#more-charts-box").hidden = !other.length;
 }
 
-function phaseBlock(phase, metrics) {
+function phaseBlock(phase, metrics, main = false) {
   const title =
     phase.kind && phase.kind !== phase.phase ? `${phase.phase} (${phase.kind})` : phase.phase;
-  const grid = el(
-    "div",
-    { class: "chart-grid" },
-    ...metrics.map(([name, key]) => chart(phase, name, key)),
-  );
+  const charts = metrics.map(([name, key]) => chart(phase, name, key));
+  // the per-task charts come right after the accuracy and held-out ones
+  const at = metrics.findIndex(([name]) => !["accuracy", "heldout_pass1", "heldout_greedy"].includes(name));
+  if (main) charts.splice(at < 0 ? charts.length : at, 0, ...taskCharts(phase));
+  const grid = el("div", { class: "chart-grid" }, ...charts);
   return el(
     "div",
     { class: "phase-charts", "data-phase": phase.phase },
     el("h3", { text: title }),
     grid,
+    main ? changesTable(phase) : null,
   );
 }
 
@@ -540,10 +655,10 @@ function most(values) {
   return -least(values.map((v) => -v));
 }
 
-function frame(xs, yLo, yHi, attrs) {
+function frame(xs, yLo, yHi, attrs, yInteger = false) {
   // An empty chart: the axes of steps `xs` against [yLo, yHi], and the scales into the SVG.
   const xa = axis(least(xs), most(xs), true);
-  const ya = axis(yLo, yHi, false);
+  const ya = axis(yLo, yHi, yInteger);
   const sx = (x) => CH.l + ((x - xa.lo) / (xa.hi - xa.lo)) * (CH.w - CH.l - CH.r);
   const sy = (y) => CH.t + (1 - (y - ya.lo) / (ya.hi - ya.lo)) * (CH.h - CH.t - CH.b);
   const root = svg("svg", { width: CH.w, height: CH.h, viewBox: `0 0 ${CH.w} ${CH.h}`, ...attrs });
@@ -641,25 +756,33 @@ function drawSeries(root, s, sx, sy) {
   let d = "";
   let pen = false;
   let n = 0;
+  let last = null;
   s.steps.forEach((x, i) => {
     const y = s.values[i];
     if (!isNum(y)) {
       if (!s.bridge) pen = false;
       return;
     }
-    d += `${pen ? "L" : "M"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`;
+    if (pen && s.stepped) {
+      // a level holds until halfway to the next step, where a change is marked
+      const mid = sx((last + x) / 2).toFixed(1);
+      d += `H${mid}V${sy(y).toFixed(1)}H${sx(x).toFixed(1)}`;
+    } else d += `${pen ? "L" : "M"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`;
     pen = true;
+    last = x;
     n += 1;
   });
   if (!n) return;
-  const colour = colourOf(s.id);
+  const colour = s.colour || colourOf(s.id); // a family's colour on the per-task charts
   root.append(
     svg("path", {
       class: "series",
       d,
       stroke: colour,
-      "stroke-dasharray": dashOf(s.id),
+      "stroke-dasharray": s.colour ? s.dash : dashOf(s.id),
       "data-run": s.id,
+      "data-family": s.family,
+      "data-key": s.key,
       "data-points": n,
     }),
   );
@@ -790,7 +913,8 @@ function renderEvals(ids) {
       head,
       evalTable(evals, runById(id)?.task),
       checkpointCharts(evals),
-      difficultyTables(evals),
+      breakdownTables(evals, "by_task", "by task", "task"),
+      breakdownTables(evals, "by_difficulty", "by difficulty", "level"),
     );
   });
   $("#evals").replaceChildren(
@@ -965,23 +1089,26 @@ function difficultyLabel(e) {
   return isSaved(e) && e.task ? `${e.label} · ${e.task}` : e.label || e.phase;
 }
 
-function difficultyTables(evals) {
-  const withLevels = evals.filter((e) => e.by_difficulty && Object.keys(e.by_difficulty).length);
+function breakdownTables(evals, key, caption, head) {
+  // An evaluation's numbers per difficulty level (by_difficulty) or per family of a mix
+  // (by_task), one table per evaluation that has them.
+  const withLevels = evals.filter((e) => e[key] && Object.keys(e[key]).length);
   if (!withLevels.length) return null;
+  const kind = key === "by_task" ? "by-task" : "difficulty";
   return el(
     "div",
     { class: "by-difficulty" },
     ...withLevels.map((e) => {
-      const levels = Object.entries(e.by_difficulty);
+      const levels = Object.entries(e[key]);
       const cols = evalColumns(levels.map(([, m]) => m));
       return el(
         "table",
-        { class: "evals difficulty", "data-phase": e.phase, "data-file": e.file },
-        el("caption", { text: `by difficulty · ${difficultyLabel(e)}` }),
+        { class: `evals ${kind}`, "data-phase": e.phase, "data-file": e.file },
+        el("caption", { text: `${caption} · ${difficultyLabel(e)}` }),
         el(
           "thead",
           {},
-          el("tr", {}, el("th", { text: "level" }), ...cols.map((c) => el("th", { text: c }))),
+          el("tr", {}, el("th", { text: head }), ...cols.map((c) => el("th", { text: c }))),
         ),
         el(
           "tbody",
