@@ -178,13 +178,17 @@ def test_worked_solutions_read_well():
     row = {"numbers": [12, 7, 3], "target": 33, "answer": "7*3+12"}  # try, check, backtrack
     assert countdown.reasoned(row) == "12+7=19 19+3=22 no 12*3=36 36-7=29 no 7*3=21 21+12=33 yes"
     assert countdown.FAMILY.slip(row) == "12+7+3"  # the first try, unchecked
-    assert countdown.tries([10, 4, 3], 70, "10*(3+4)") == [  # no greedy try lands: the reference
-        "10*4+3", "10*3+4", "4*3+10", "10*(3+4)"]
+    assert countdown.tries([10, 4, 3], 70, "10*(3+4)") == [  # each pair's closest first step
+        "10*4+3", "10*3+4", "4*3+10", "(10+4)*3", "(10+3)*4", "(4+3)*10"]  # then its second
+    found = countdown.tries([19, 1, 8], 99, "REF")  # no try lands: 6 tries, then the reference
+    assert len(found) == countdown.MAX_TRIES + 1 and found[-1] == "REF"
     assert sorting.reasoned({"numbers": [42, 7, 19]}) == "42 7,42"
     assert sorting.FAMILY.slip({"numbers": [42, 7, 19]}) == "19,42,7"
     assert linear.reasoned({"a": -3, "b": 5, "c": 26}) == "-3x=26-5=21 x=21/(-3)=-7"
     assert linear.reasoned({"a": -3, "b": 15, "c": 36}) == (  # tens first, then units
         "-3x=36-15=36-10-5=26-5=21 x=21/(-3)=-7")
+    assert linear.FAMILY.slip({"a": -3, "b": 5, "c": 26}) == "-31/3"  # b's sign not flipped
+    assert linear.FAMILY.slip({"a": 2, "b": -4, "c": 6}) == "1"
     assert linear.reasoned({"a": 5, "b": -16, "c": -51}) == "5x=-51+16=-51+10+6=-41+6=-35 x=-35/5=-7"
     assert multiplication.reasoned({"a": 347, "m": 6}) == "7*6+0=42 4*6+4=28 3*6+2=20"
     assert multiplication.dropped_carry(347, 6) == 1842

@@ -43,6 +43,7 @@ _DIGITS = re.compile(r"[0-9]{1,6}")
 _OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _ATOM = 3
+MAX_TRIES = 6  # failed tries a worked search shows at most before its answer
 
 
 def _join(left: tuple, op: str, right: tuple) -> tuple[int, str, int]:
@@ -72,33 +73,53 @@ def _combine(rng: Random, numbers: list[int]) -> tuple[int, str, int]:
     return pool[0]
 
 
-def _closest(numbers: list[int], target: int) -> tuple[int, str, int]:
-    """Left to right, each step the operation whose result lands closest to the target."""
-    now = (numbers[0], str(numbers[0]), _ATOM)
-    for n in numbers[1:]:
-        new, options = (n, str(n), _ATOM), []
-        for op in "+-*/":
-            for left, right in ((now, new), (new, now)) if op in "-/" else ((now, new),):
-                if (op == "-" and left[0] < right[0]) or (
-                        op == "/" and (right[0] == 0 or left[0] % right[0])):
-                    continue
-                options.append(_join(left, op, right))
-        now = min(options, key=lambda joined: abs(joined[0] - target))
+def _joins(left: tuple, right: tuple) -> list[tuple[int, str, int]]:
+    """Every way to combine two values: + and *, - and / either way round (non-negative
+    differences, exact divisions only)."""
+    out = []
+    for op in "+-*/":
+        for a, b in ((left, right), (right, left)) if op in "-/" else ((left, right),):
+            if (op == "-" and a[0] < b[0]) or (op == "/" and (b[0] == 0 or a[0] % b[0])):
+                continue
+            out.append(_join(a, op, b))
+    return out
+
+
+def _near(options: list[tuple], target: int) -> list[tuple]:
+    return sorted(options, key=lambda joined: abs(joined[0] - target))  # stable: ties keep order
+
+
+def _closest(numbers: list[int], target: int, first: int = 0) -> tuple[int, str, int] | None:
+    """Left to right, each step the operation whose result lands closest to the target; the
+    first step takes the `first`-th closest instead (None when there are not that many)."""
+    atoms = [(n, str(n), _ATOM) for n in numbers]
+    firsts = _near(_joins(atoms[0], atoms[1]), target)
+    if first >= len(firsts):
+        return None
+    now = firsts[first]
+    for atom in atoms[2:]:
+        now = _near(_joins(now, atom), target)[0]
     return now
 
 
 def tries(numbers: list[int], target: int, reference: str) -> list[str]:
-    """The worked search: greedy tries from each first pair (3 at most) until one makes the
-    target; the reference solution ends the list when none does."""
-    orders = [numbers] + [[numbers[i], numbers[j]] + [n for k, n in enumerate(numbers)
-                                                        if k not in (i, j)]
-                          for i, j in combinations(range(len(numbers)), 2) if (i, j) != (0, 1)]
+    """The worked search, until a try makes the target: for each first pair of numbers (in
+    order), the closest first step, then the rest closest; then each pair's second-closest
+    first step; then its third; MAX_TRIES at most. The reference solution ends the list when
+    none lands."""
+    pairs = list(combinations(range(len(numbers)), 2))
     texts: list[str] = []
-    for order in orders[:3]:
-        value_, text, _ = _closest(order, target)
-        texts.append(text)
-        if value_ == target:
-            return texts
+    for first in range(3):
+        for i, j in pairs:
+            order = [numbers[i], numbers[j]] + [n for k, n in enumerate(numbers) if k not in (i, j)]
+            found = _closest(order, target, first)
+            if found is None:
+                continue
+            texts.append(found[1])
+            if found[0] == target:
+                return texts
+            if len(texts) == MAX_TRIES:
+                return texts + [reference]
     return texts + [reference]
 
 

@@ -9,13 +9,14 @@ Difficulty column: 1 + (b moved across) + (a negative).
 The worked solution moves b across, then divides by a; the subtraction is worked as mental
 arithmetic, the tens of b first, then its units (one step when |b| < 10):
 `<think>-3x=36-15=36-10-5=26-5=21 x=21/(-3)=-7</think><answer>-7</answer>`.
-The systematic slip of direct answers: the sign of a negative coefficient is dropped
-(x = (c-b)/|a|), right only when a > 0 or x = 0.
+The systematic slip of direct answers is the classic one: b is moved across without its sign
+flipped, x = (c+b)/a (written as a fraction when it does not divide), right only when b = 0.
 Verifier: integer equality.
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
 from random import Random
 
 from zeroth.tasks.options import Option, integer
@@ -46,6 +47,10 @@ def _moved(c: int, d: int) -> str:
     return f"{c}{d:+d}={c}{tens:+d}{units:+d}={c + tens}{units:+d}={c + d}"
 
 
+def _fraction(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else str(value)
+
+
 def reasoned(row: Row) -> str:
     a, b, c = row["a"], row["b"], row["c"]
     rest, steps = c - b, []
@@ -66,7 +71,7 @@ FAMILY = Family(
     draw=draw,
     check=integer_check,
     reasoned=reasoned,
-    slip=lambda row: str((row["c"] - row["b"]) // abs(row["a"])),
+    slip=lambda row: _fraction(Fraction(row["c"] + row["b"], row["a"])),
 )
 
 
