@@ -10,8 +10,8 @@ command to summary. The table has the demonstrations' accuracy (the ceiling of i
 held-out pass@1 and greedy accuracy after pre-training (base) and after RL (final), the minutes,
 and whether the row meets issue 18's bar: final >= demos + 10 points, final >= base + 20 points,
 greedy not worse than base, at most 20 minutes. One picture (learning.png) draws every family's
-held-out pass@1 during RL (`rl.eval_every`) from its base to its final value, beside the demos'
-ceiling. A run already complete in --out is read, not rerun (delete its folder to redo it).
+held-out pass@1 during RL (`rl.eval_every`, on the first rl.eval_problems) from its base, its
+final value on the whole held-out set as a star, and the demos' ceiling dotted. A run already complete in --out is read, not rerun (delete its folder to redo it).
 """
 
 from __future__ import annotations
@@ -84,16 +84,16 @@ def picture(rows: list[dict], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, r in enumerate(rows):
         color = f"C{i}"
-        curve = [(0, r["base"]), *heldout_curve(out / r["family"])]
+        curve = [(0, r["base"]), *heldout_curve(out / r["family"])]  # 0: the whole base eval
         steps = json.loads((out / r["family"] / "summary.json").read_text())["steps"]
-        curve.append((steps, r["final"]))
         ax.plot([x for x, _ in curve], [y for _, y in curve], color=color, marker="o",
                 markersize=3, label=f"{r['family']}")
+        ax.plot([steps], [r["final"]], color=color, marker="*", markersize=10)  # the whole set
         ax.axhline(r["demos"], color=color, linestyle=":", linewidth=1)
     ax.set_xlabel("RL step")
     ax.set_ylabel("held-out pass@1")
     ax.set_ylim(0, 1)
-    ax.set_title("Held-out pass@1 during RL (dotted: the demonstrations' accuracy)")
+    ax.set_title("Held-out pass@1 during RL (star: final, all problems; dotted: the demos)")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     path = out / "learning.png"
