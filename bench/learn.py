@@ -11,7 +11,8 @@ held-out pass@1 and greedy accuracy after pre-training (base) and after RL (fina
 and whether the row meets issue 18's bar: final >= demos + 10 points, final >= base + 20 points,
 greedy not worse than base, at most 20 minutes. One picture (learning.png) draws every family's
 held-out pass@1 during RL (`rl.eval_every`, on the first rl.eval_problems) from its base, its
-final value on the whole held-out set as a star, and the demos' ceiling dotted. A run already complete in --out is read, not rerun (delete its folder to redo it).
+final value on the whole held-out set as a star, and the demos' ceiling dotted. A run already
+complete in --out is read, not rerun (delete its folder to redo it).
 """
 
 from __future__ import annotations
