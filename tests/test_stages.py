@@ -185,6 +185,45 @@ def test_sft_lowers_the_loss_on_its_data(tmp_path, cfg, tiny_task, tiny_model):
     assert [m["step"] for m in r.ledger.metrics("sft2")] == [10, 20]
 
 
+def test_length_buckets_trim_each_group_to_its_longest_row():
+    ids = torch.arange(5 * 8).reshape(5, 8)
+    labels = ids.clone()
+    for row, length in enumerate((8, 2, 5, 3, 7)):
+        labels[row, length:] = -100  # padding after each row's last labelled token
+    labels[2, :2] = -100  # an unlabelled prompt changes nothing
+    groups = supervised.by_length(ids, labels, 2)
+    assert [g[0][:, 0].tolist() for g in groups] == [[8, 24, 16], [32, 0]]  # rows 1, 3, 2 | 4, 0
+    assert [g[0].shape[1] for g in groups] == [5, 8]
+    assert all(torch.equal(g[1], labels[g[0][:, 0] // 8, : g[1].shape[1]]) for g in groups)
+    assert supervised.by_length(ids, labels, 1)[0][0] is ids
+
+
+@pytest.mark.parametrize("buckets", [2, 4])
+def test_length_buckets_give_the_whole_batchs_loss_and_gradient(tiny_model, buckets):
+    model, _ = tiny_model
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, 200, (6, 12), generator=g)
+    labels = ids.clone()
+    for row, length in enumerate((12, 4, 9, 5, 11, 3)):
+        labels[row, length:] = -100
+    labels[2, :3] = -100
+    r = FakeRunner.__new__(FakeRunner)
+    r.device = torch.device("cpu")
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads(parts):
+        model.zero_grad(set_to_none=True)
+        loss, _ = supervised._forward_backward(
+            r, lambda i, lab, **kw: supervised.token_loss(model, i, lab, **kw),
+            ids, labels, None, parts)
+        return loss, [p.grad.clone() for p in params]
+
+    whole, whole_grads = grads(1)
+    split, split_grads = grads(buckets)
+    assert split == pytest.approx(whole, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(split_grads, whole_grads))
+
+
 # ---- rejection sampling ---------------------------------------------------------------------
 
 

@@ -183,6 +183,7 @@ _RULES: list[tuple] = [
     ("sft.warmup", *_ge(0)),
     ("sft.weight_decay", *_ge(0)),
     ("sft.checkpoint_every", *_ge(1)),
+    ("sft.length_buckets", *_ge(1)),
     (
         "sft.data",
         lambda v, c: v in ("reasoned", "demos", "rejection") or Path(v).expanduser().is_file(),
@@ -221,6 +222,7 @@ _RULES: list[tuple] = [
     ("pretrain.warmup", *_ge(0)),
     ("pretrain.weight_decay", *_ge(0)),
     ("pretrain.checkpoint_every", *_ge(1)),
+    ("pretrain.length_buckets", *_ge(1)),
     ("rl.steps", *_ge(0)),
     ("rl.prompts_per_step", *_ge(1)),
     ("rl.group_size", *_ge(2)),

@@ -40,13 +40,16 @@ class Hyper:
     steps: int
     weight_decay: float = 0.0
     checkpoint_every: int = 0
+    buckets: int = 1  # each batch split by length into this many parts (length_buckets)
 
     @classmethod
     def of(cls, section, **changes) -> Hyper:
-        """From a config section (distill has no weight_decay: 0), with `changes` applied."""
+        """From a config section (distill has no weight_decay or length_buckets: 0 and 1), with
+        `changes` applied."""
         hp = cls(lr=section.lr, warmup=section.warmup, steps=section.steps,
                  weight_decay=getattr(section, "weight_decay", 0.0),
-                 checkpoint_every=section.checkpoint_every)
+                 checkpoint_every=section.checkpoint_every,
+                 buckets=getattr(section, "length_buckets", 1))
         return replace(hp, **changes)
 
 
@@ -99,6 +102,24 @@ def my_rows(ids, labels):
     return ids[rows.start:rows.stop], labels[rows.start:rows.stop], items
 
 
+def by_length(ids, labels, parts: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rows sorted by length and cut into `parts` groups of (nearly) equal size, each group
+    trimmed to its own longest row. A row's length ends at its last labelled token: what follows
+    is padding or unlabelled, and under causal attention it changes no earlier position, so the
+    groups' summed token losses are the batch's."""
+    if parts <= 1:
+        return [(ids, labels)]
+    labelled = labels != -100  # (B, T)
+    positions = torch.arange(1, labels.shape[1] + 1)  # (T,)
+    lengths = (labelled * positions).amax(dim=1)  # (B,): one past the last labelled token
+    order = torch.argsort(lengths, stable=True)
+    groups = []
+    for rows in torch.tensor_split(order, min(parts, len(order))):
+        width = max(int(lengths[rows].max()), 1)
+        groups.append((ids[rows, :width], labels[rows, :width]))
+    return groups
+
+
 def train(r, model, batch, loss_fn, hp: Hyper, *, phase: str, checkpoint: bool) -> float | None:
     """AdamW over `model`'s trainable parameters for steps up to hp.steps; returns the last loss.
 
@@ -120,14 +141,12 @@ def train(r, model, batch, loss_fn, hp: Hyper, *, phase: str, checkpoint: bool) 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             ids, labels, items = my_rows(ids, labels)
-            value, stats = loss_fn(ids.to(r.device), labels.to(r.device),
-                                   **({} if items is None else {"items": items}))
             optimizer.zero_grad(set_to_none=True)
-            value.backward()
+            value, stats = _forward_backward(r, loss_fn, ids, labels, items, hp.buckets)
             dist.sync_grads(params)  # several ranks: the whole batch's gradient
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
             optimizer.step()
-            loss = value.item()
+            loss = value
             if items is not None:  # each rank's loss and stats are its part of the whole's
                 loss, *values = dist.all_sum([loss, *stats.values()])
                 stats = dict(zip(stats, values))
@@ -140,6 +159,27 @@ def train(r, model, batch, loss_fn, hp: Hyper, *, phase: str, checkpoint: bool) 
                 r.save(step + 1, optimizer)
     model.eval()
     return loss
+
+
+def _forward_backward(r, loss_fn, ids, labels, items: int | None, buckets: int):
+    """(loss, stats) of the rows, their gradients accumulated: the whole rows at once, or with
+    buckets > 1 each length group in turn, every group's loss a sum over the rows' labelled
+    tokens (`items`: the batch's count) so that the groups add up to the batch's mean."""
+    if buckets <= 1:
+        value, stats = loss_fn(ids.to(r.device), labels.to(r.device),
+                               **({} if items is None else {"items": items}))
+        value.backward()
+        return value.item(), stats
+    if items is None:
+        items = int((labels[:, 1:] != -100).sum())
+    loss, totals = 0.0, {}
+    for part_ids, part_labels in by_length(ids, labels, buckets):
+        value, stats = loss_fn(part_ids.to(r.device), part_labels.to(r.device), items=items)
+        value.backward()
+        loss += value.item()
+        for key, v in stats.items():
+            totals[key] = totals.get(key, 0.0) + float(v)
+    return loss, totals
 
 
 def _begin(r, phase: str, optimizer, checkpoint: bool) -> tuple[int, dict]:
