@@ -288,6 +288,18 @@ def test_every_embedded_recipe_has_a_one_line_summary():
         assert 20 < len(summary) <= 100 and summary.endswith("."), (name, summary)
 
 
+def test_every_embedded_recipe_can_draw_its_held_out_and_training_problems():
+    from random import Random
+
+    from zeroth.tasks import load_task
+
+    for name in embedded_recipes():
+        cfg = load_config(name)
+        task = load_task(cfg)
+        assert len(task.eval_rows(cfg.task.eval_problems, cfg.run.seed)) == cfg.task.eval_problems
+        assert len(task.train_rows(Random(0), 4)) == 4, name
+
+
 # -- model.path may name a run directory -----------------------------------------------------------
 
 
