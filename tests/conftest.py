@@ -53,6 +53,30 @@ def finished_tiny_run(tmp_path_factory) -> Path:
     return base / "runs" / "t"
 
 
+# A tiny run with vLLM as the engine (head size 32: vLLM's CPU attention takes no smaller), a
+# checkpoint after each of its 6 RL steps: test_vllm kills and resumes it, test_dist runs it at
+# world 2, each compared with the uninterrupted world-1 run below.
+VLLM_RUN = ["tiny", "--quiet", "model.hidden_size=64", "model.num_heads=2", "rl.engine=vllm",
+            "rl.checkpoint_every=1", "rl.steps=6", "task.eval_problems=8"]
+
+
+@pytest.fixture(scope="session")
+def vllm_run_args() -> list[str]:
+    return list(VLLM_RUN)
+
+
+@pytest.fixture(scope="session")
+def finished_vllm_run(tmp_path_factory) -> Path:
+    """runs/ref of a finished `zeroth run` with VLLM_RUN, made once per test session. Read it
+    only: copy it (shutil.copytree) before changing it."""
+    base = tmp_path_factory.mktemp("finished-vllm-run")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "zeroth.cli", "run", *VLLM_RUN, "run.name=ref"],
+                          cwd=base, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base / "runs" / "ref"
+
+
 def _coin(completions, **_):  # a deterministic "verifier" that passes about half of any text
     return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
 

@@ -148,20 +148,17 @@ def test_lora_under_fsdp_runs_world1s_run(tmp_path):
     assert_same_run(tmp_path / "runs" / "two", tmp_path / "runs" / "one")
 
 
-def test_vllm_on_each_rank_samples_world1s_rollouts(tmp_path):
+def test_vllm_on_each_rank_samples_world1s_rollouts(tmp_path, finished_vllm_run,
+                                                   vllm_run_args):
     """rl.engine=vllm at world 2: each rank its own vllm.LLM (external_launcher mode), the
-    rollouts and evaluation samples world 1's vLLM gives (head size 32: vLLM's CPU kernels)."""
-    args = ["tiny", "model.hidden_size=64", "model.num_heads=2", "rl.engine=vllm", "rl.steps=2",
-            "task.eval_problems=4", "--quiet"]
-    runs = {}
-    for world in (1, 2):
-        proc = zeroth(tmp_path, "run", "--nproc", str(world), *args, f"run.name=v{world}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[world] = tmp_path / "runs" / f"v{world}"
-    assert table(runs[2], "rollouts") == table(runs[1], "rollouts")
-    assert table(runs[2], "evals") == table(runs[1], "evals")
-    gaps = [json.loads(m[2])["logprob_gap"] for m in table(runs[2], "metrics") if m[0] == "rl"]
-    assert len(gaps) == 2 and max(gaps) < 1e-3  # the engine's log-probs came back at world 2
+    rollouts and evaluation samples world 1's vLLM gives (conftest.finished_vllm_run)."""
+    proc = zeroth(tmp_path, "run", "--nproc", "2", *vllm_run_args, "run.name=v2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = tmp_path / "runs" / "v2"
+    assert table(two, "rollouts") == table(finished_vllm_run, "rollouts")
+    assert table(two, "evals") == table(finished_vllm_run, "evals")
+    gaps = [json.loads(m[2])["logprob_gap"] for m in table(two, "metrics") if m[0] == "rl"]
+    assert len(gaps) == 6 and max(gaps) < 1e-3  # the engine's log-probs came back at world 2
 
 
 def test_a_world_size_that_does_not_split_the_groups_is_refused(tmp_path):

@@ -1,6 +1,7 @@
 """A run killed with SIGKILL at any moment and resumed ends exactly like an uninterrupted one."""
 
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -38,11 +39,17 @@ def _fingerprint(run: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def finished(tmp_path_factory) -> Path:
+    """The uninterrupted run every killed one must end as (read it only: copy it to change it)."""
     cwd = tmp_path_factory.mktemp("ref")
     proc = _cli(ARGS + ["run.name=ref"], cwd)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    return _fingerprint(cwd / "runs" / "ref")
+    return cwd / "runs" / "ref"
+
+
+@pytest.fixture(scope="module")
+def reference(finished):
+    return _fingerprint(finished)
 
 
 def _wait_for(run: Path, tag_prefix: str, timeout: float = 120) -> None:
@@ -78,9 +85,9 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, reference, kills):
     assert _fingerprint(run) == reference
 
 
-def test_resume_of_a_finished_run_changes_nothing(tmp_path, reference):
-    run = tmp_path / "runs" / "f"
-    assert _cli(ARGS + ["run.name=f"], tmp_path).wait(timeout=300) == 0
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, finished, reference):
+    run = tmp_path / "runs" / "ref"
+    shutil.copytree(finished, run)
     before = (run / "summary.json").read_bytes()
     assert _cli(["run", "--resume", str(run), "--quiet"], tmp_path).wait(timeout=300) == 0
     assert (run / "summary.json").read_bytes() == before

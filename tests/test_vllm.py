@@ -279,14 +279,13 @@ def _servers() -> set[int]:
     return {int(p) for p in out.stdout.split()}
 
 
-def test_colocated_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
-    ref = _cli(ARGS + ["rl.engine=vllm", "run.name=ref"], tmp_path)
-    assert ref.wait(timeout=600) == 0, ref.stderr.read()[-3000:]
-    proc = _cli(ARGS + ["rl.engine=vllm", "run.name=k"], tmp_path)
+def test_colocated_run_killed_and_resumed_ends_as_an_uninterrupted_one(
+        tmp_path, finished_vllm_run, vllm_run_args):
+    proc = _cli(["run", *vllm_run_args, "run.name=k"], tmp_path)
     _kill_after(proc, tmp_path / "runs" / "k", "rl-000003")
     resumed = _cli(["run", "--resume", "runs/k", "--quiet"], tmp_path)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
-    want, _ = _rl_rows(tmp_path / "runs" / "ref")
+    want, _ = _rl_rows(finished_vllm_run)
     got, got_m = _rl_rows(tmp_path / "runs" / "k")
     assert got == want and len({r[0] for r in got}) == 6  # every step once, the same samples
     assert [s for s, _ in got_m] == list(range(1, 7))
