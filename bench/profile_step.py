@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/throughput.py beside this
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from throughput import SIZES, bench_task, model_folder, prompts  # noqa: E402
+from throughput import SIZES, bench_task, model_folder, prompts
 
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
           "aten::_addmm_activation", "mkldnn::", "aten::mkldnn_", "aten::linear_backward")
