@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/throughput.py beside this
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from throughput import SIZES, bench_task, model_folder, prompts
+from throughput import model_folder, prompts, shape_arguments, zeroth_context
 
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
           "aten::_addmm_activation", "mkldnn::", "aten::mkldnn_", "aten::linear_backward")
@@ -58,28 +56,6 @@ def kind_in_tree(event) -> str:
     return kind(event.name)
 
 
-def context(args, folder: Path):
-    """An RLContext over the benchmark model and prompts, as bench/throughput.py builds it."""
-    import torch
-
-    from zeroth.config import RLConfig
-    from zeroth.models.hf import load_model
-    from zeroth.stages.rl import RLContext
-
-    model, tokenizer = load_model(folder)
-    ref = None
-    if args.beta > 0:
-        ref, _ = load_model(folder)
-        ref.eval().requires_grad_(False)
-    task = bench_task(prompts(args.prompts * (args.warmup + 1)))
-    rl = RLConfig(prompts_per_step=args.prompts, group_size=args.group_size,
-                  max_new_tokens=args.max_new_tokens, lr=1e-6, mu=1,
-                  minibatch_size=args.prompts * args.group_size, algorithm="grpo",
-                  eps_high=0.2, beta=args.beta, loss_agg="seq", scale_rewards=True)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=rl.lr)
-    return RLContext(model, optimizer, ref, tokenizer, task, rl, seed=0)
-
-
 def profile(args) -> dict:
     """Warm-up steps, then one profiled step: {wall, phases, kinds, top}."""
     import torch
@@ -89,7 +65,8 @@ def profile(args) -> dict:
     from zeroth.stages.rl import rl_step
 
     torch.set_num_threads(args.threads)
-    ctx = context(args, model_folder(args.size, Path(args.models)))
+    folder = model_folder(args.size, Path(args.models))
+    ctx = zeroth_context(args, folder, prompts(args.prompts * (args.warmup + 1)))
     for step in range(args.warmup):
         rl_step(ctx, step)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -129,16 +106,8 @@ def report(args, found: dict) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", default="4m", choices=sorted(SIZES))
-    p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--beta", type=float, default=0.04)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=1)
+    p = shape_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--top", type=int, default=12)
-    p.add_argument("--models", default=os.path.join(tempfile.gettempdir(), "zeroth-bench"))
     args = p.parse_args()
     Path(args.models).mkdir(parents=True, exist_ok=True)
     report(args, profile(args))

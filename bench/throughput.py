@@ -112,27 +112,35 @@ def bench_task(texts: list[str]):
 # ---------------------------------------------------------------------------------------------
 
 
-def run_zeroth(args, folder: Path) -> dict:
+def zeroth_context(args, folder: Path, texts: list[str]):
+    """zeroth's RLContext over the benchmark model in `folder` and prompts `texts`, with the
+    shape and GRPO settings of `args` (bench/profile_step.py profiles the same)."""
     import torch
 
     from zeroth.config import RLConfig
     from zeroth.models.hf import load_model
-    from zeroth.stages.rl import RLContext, rl_step
+    from zeroth.stages.rl import RLContext
 
     model, tokenizer = load_model(folder)
     ref = None
     if args.beta > 0:
         ref, _ = load_model(folder)
         ref.eval().requires_grad_(False)
-    texts = prompts(args.prompts * (args.warmup + args.steps))
-    task = bench_task(texts)
     rl = RLConfig(prompts_per_step=args.prompts, group_size=args.group_size,
                   max_new_tokens=args.max_new_tokens, lr=1e-6, mu=1,
                   minibatch_size=args.prompts * args.group_size, algorithm="grpo",
                   eps_high=0.2, beta=args.beta, loss_agg="seq", scale_rewards=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=rl.lr)
+    return RLContext(model, optimizer, ref, tokenizer, bench_task(texts), rl, seed=0)
+
+
+def run_zeroth(args, folder: Path) -> dict:
+    from zeroth.stages.rl import rl_step
+
+    texts = prompts(args.prompts * (args.warmup + args.steps))
+    ctx = zeroth_context(args, folder, texts)
+    tokenizer = ctx.tokenizer
     times, tokens = [], []
-    ctx = RLContext(model, optimizer, ref, tokenizer, task, rl, seed=0)
     for step in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         metrics, rows = rl_step(ctx, step)
@@ -234,14 +242,9 @@ def step_flops(folder: Path, n_seqs: int, prompt_len: int, completion_len: float
     return n_seqs * per_seq_fwd * passes
 
 
-def _shape_args(args) -> list[str]:
-    """The command-line settings a child needs to run the same shape."""
-    return [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (
-        "size", "prompts", "group_size", "max_new_tokens", "beta", "threads", "warmup", "steps")]
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def shape_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The benchmark's shape options (model size, batch, lengths, beta, threads, warm-up, the
+    models' folder), shared with bench/profile_step.py."""
     p.add_argument("--size", default="4m", choices=sorted(SIZES))
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group-size", type=int, default=8)
@@ -249,9 +252,20 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--models", default=os.path.join(tempfile.gettempdir(), "zeroth-bench"))
+    return p
+
+
+def _shape_args(args) -> list[str]:
+    """The command-line settings a child needs to run the same shape."""
+    return [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (
+        "size", "prompts", "group_size", "max_new_tokens", "beta", "threads", "warmup", "steps")]
+
+
+def main() -> None:
+    p = shape_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--steps", type=int, default=3, help="measured steps (after the warm-up)")
     p.add_argument("--systems", default="zeroth,trl")
-    p.add_argument("--models", default=os.path.join(tempfile.gettempdir(), "zeroth-bench"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args()

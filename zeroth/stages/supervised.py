@@ -98,8 +98,12 @@ def my_rows(ids, labels):
     if dist.world() == 1:
         return ids, labels, None
     rows = dist.share(len(ids))
-    items = int((labels[:, 1:] != -100).sum())
-    return ids[rows.start:rows.stop], labels[rows.start:rows.stop], items
+    return ids[rows.start:rows.stop], labels[rows.start:rows.stop], labelled_targets(labels)
+
+
+def labelled_targets(labels) -> int:
+    """The number of labelled next-token targets in (B, T) labels."""
+    return int((labels[:, 1:] != -100).sum())
 
 
 def by_length(ids, labels, parts: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -162,23 +166,20 @@ def train(r, model, batch, loss_fn, hp: Hyper, *, phase: str, checkpoint: bool) 
 
 
 def _forward_backward(r, loss_fn, ids, labels, items: int | None, buckets: int):
-    """(loss, stats) of the rows, their gradients accumulated: the whole rows at once, or with
-    buckets > 1 each length group in turn, every group's loss a sum over the rows' labelled
-    tokens (`items`: the batch's count) so that the groups add up to the batch's mean."""
-    if buckets <= 1:
-        value, stats = loss_fn(ids.to(r.device), labels.to(r.device),
-                               **({} if items is None else {"items": items}))
-        value.backward()
-        return value.item(), stats
-    if items is None:
-        items = int((labels[:, 1:] != -100).sum())
+    """(loss, stats) of the rows, their gradients accumulated over the length groups
+    (`by_length`: one group unless buckets > 1). Several groups each give a sum over their
+    labelled tokens divided by the batch's count (`items`), so that they add up to its mean."""
+    groups = by_length(ids, labels, buckets)
+    if len(groups) > 1 and items is None:
+        items = labelled_targets(labels)
     loss, totals = 0.0, {}
-    for part_ids, part_labels in by_length(ids, labels, buckets):
-        value, stats = loss_fn(part_ids.to(r.device), part_labels.to(r.device), items=items)
+    for part_ids, part_labels in groups:
+        value, stats = loss_fn(part_ids.to(r.device), part_labels.to(r.device),
+                               **({} if items is None else {"items": items}))
         value.backward()
         loss += value.item()
         for key, v in stats.items():
-            totals[key] = totals.get(key, 0.0) + float(v)
+            totals[key] = totals.get(key, 0.0) + v
     return loss, totals
 
 
