@@ -2,6 +2,7 @@
 
     python bench/profile_step.py                     # the 4M model, 8 prompts x 8 samples
     python bench/profile_step.py --size 32m --threads 2 --top 15
+    python bench/profile_step.py --precision bf16-mixed
 
 The model, prompts, reward and GRPO settings are bench/throughput.py's (a random Qwen2-shaped
 model built once as a local folder, addition prompts, reward = characters / 100). After
@@ -66,7 +67,8 @@ def profile(args) -> dict:
 
     torch.set_num_threads(args.threads)
     folder = model_folder(args.size, Path(args.models))
-    ctx = zeroth_context(args, folder, prompts(args.prompts * (args.warmup + 1)))
+    ctx = zeroth_context(args, folder, prompts(args.prompts * (args.warmup + 1)),
+                         args.precision)
     for step in range(args.warmup):
         rl_step(ctx, step)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -108,6 +110,7 @@ def report(args, found: dict) -> None:
 def main() -> None:
     p = shape_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16-mixed"))
     args = p.parse_args()
     Path(args.models).mkdir(parents=True, exist_ok=True)
     report(args, profile(args))

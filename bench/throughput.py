@@ -3,21 +3,26 @@
     python bench/throughput.py                         # the 4M model, 8 prompts x 8 samples
     python bench/throughput.py --size 32m --steps 4
     python bench/throughput.py --size 4m --group-size 16 --prompts 4
-    python bench/throughput.py --systems zeroth        # zeroth alone (no TRL needed)
+    python bench/throughput.py --systems zeroth,zeroth-bf16   # zeroth alone (no TRL needed)
 
 Both systems train the same Qwen2-architecture model, built from random weights (seed 0) with
 zeroth's byte-level tokenizer and saved once as a local Hugging Face folder, on prompts of the
 embedded addition task, with the same reward (the completion's length in characters / 100, so
 rewards differ within every group and each update does real work), the same GRPO settings
 (group-normalised advantages, per-sequence loss, clip 0.2, beta, one optimiser step per batch of
-prompts x samples, fp32, temperature 1, no top-k/top-p) and the same thread count. Each system
-runs in its own process (so its peak resident memory is its own) for warm-up + measured steps.
+prompts x samples, temperature 1, no top-k/top-p) and the same thread count. Each system runs
+in each precision: fp32 (`zeroth`, `trl`) and bf16 mixed precision (`zeroth-bf16`: zeroth's
+model.precision=bf16-mixed; `trl-bf16`: GRPOConfig(bf16=True), autocast on CPU) — float32
+weights and optimiser state both. Each runs in its own process (so its peak resident memory is
+its own) for warm-up + measured steps.
 
 Printed for each: seconds per step (median of the measured steps), completion tokens per
-second, mean completion length, peak resident memory; then the ratio and the FLOP floor: the
-step's model FLOPs (generation + reference pass + update, counted as 2 x matmul parameters per
-token forward and 2x that backward, plus attention) over the matmul rate measured on this
-machine (fp32, the same threads). The last line is one JSON object.
+second, mean completion length, peak resident memory; then the FLOP floor of each precision:
+the step's model FLOPs (generation + reference pass + update, counted as 2 x matmul parameters
+per token forward and 2x that backward, plus attention) over the matmul rate of a 2048^3
+product measured on this machine in that precision with the same threads. Each system's time
+is set against the floor of the precision it computed in; "best" is a system's faster setting.
+The last line is one JSON object.
 
 TRL is not a zeroth dependency: `pip install trl` (1.16 measured) for the side by side.
 """
@@ -112,20 +117,23 @@ def bench_task(texts: list[str]):
 # ---------------------------------------------------------------------------------------------
 
 
-def zeroth_context(args, folder: Path, texts: list[str]):
+def zeroth_context(args, folder: Path, texts: list[str], precision: str = "fp32"):
     """zeroth's RLContext over the benchmark model in `folder` and prompts `texts`, with the
-    shape and GRPO settings of `args` (bench/profile_step.py profiles the same)."""
+    shape and GRPO settings of `args`, computing in `precision` (fp32 | bf16-mixed;
+    bench/profile_step.py profiles the same)."""
     import torch
 
     from zeroth.config import RLConfig
     from zeroth.models.hf import load_model
+    from zeroth.models.precision import set_precision
     from zeroth.stages.rl import RLContext
 
     model, tokenizer = load_model(folder)
+    set_precision(model, precision)
     ref = None
     if args.beta > 0:
         ref, _ = load_model(folder)
-        ref.eval().requires_grad_(False)
+        set_precision(ref.eval().requires_grad_(False), precision)
     rl = RLConfig(prompts_per_step=args.prompts, group_size=args.group_size,
                   max_new_tokens=args.max_new_tokens, lr=1e-6, mu=1,
                   minibatch_size=args.prompts * args.group_size, algorithm="grpo",
@@ -134,11 +142,11 @@ def zeroth_context(args, folder: Path, texts: list[str]):
     return RLContext(model, optimizer, ref, tokenizer, bench_task(texts), rl, seed=0)
 
 
-def run_zeroth(args, folder: Path) -> dict:
+def run_zeroth(args, folder: Path, bf16: bool) -> dict:
     from zeroth.stages.rl import rl_step
 
     texts = prompts(args.prompts * (args.warmup + args.steps))
-    ctx = zeroth_context(args, folder, texts)
+    ctx = zeroth_context(args, folder, texts, "bf16-mixed" if bf16 else "fp32")
     tokenizer = ctx.tokenizer
     times, tokens = [], []
     for step in range(args.warmup + args.steps):
@@ -153,7 +161,7 @@ def run_zeroth(args, folder: Path) -> dict:
             "gen_s": metrics.get("time_gen"), "update_s": metrics.get("time_update")}
 
 
-def run_trl(args, folder: Path) -> dict:
+def run_trl(args, folder: Path, bf16: bool) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -181,7 +189,7 @@ def run_trl(args, folder: Path) -> dict:
         num_generations=args.group_size, max_completion_length=args.max_new_tokens,
         beta=args.beta, learning_rate=1e-6, num_iterations=1, gradient_accumulation_steps=1,
         loss_type="grpo", scale_rewards="group", epsilon=0.2, temperature=1.0,
-        max_steps=n_steps, use_cpu=True, bf16=False, fp16=False, report_to="none",
+        max_steps=n_steps, use_cpu=True, bf16=bf16, fp16=False, report_to="none",
         save_strategy="no", logging_steps=1, shuffle_dataset=False, seed=0,
         dataloader_num_workers=0, disable_tqdm=True,
         # TRL's own defaults differ from the shape compared: it checkpoints activations
@@ -201,7 +209,8 @@ def child(args) -> None:
     import torch
     torch.set_num_threads(args.threads)
     folder = Path(args.folder)
-    result = (run_zeroth if args.child == "zeroth" else run_trl)(args, folder)
+    name, _, precision = args.child.partition("-")
+    result = (run_zeroth if name == "zeroth" else run_trl)(args, folder, precision == "bf16")
     result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -211,11 +220,13 @@ def child(args) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def matmul_rate(threads: int, n: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 matmul rate (FLOP/s) of an n x n product on `threads` threads."""
+def matmul_rate(threads: int, dtype: str = "fp32", n: int = 2048, repeats: int = 10) -> float:
+    """Best matmul rate (FLOP/s) of an n x n product in `dtype` (fp32 | bf16) on `threads`
+    threads."""
     import torch
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    kind = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=kind), torch.randn(n, n, dtype=kind)
     for _ in range(3):
         a @ b
     best = float("inf")
@@ -265,55 +276,83 @@ def _shape_args(args) -> list[str]:
 def main() -> None:
     p = shape_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--steps", type=int, default=3, help="measured steps (after the warm-up)")
-    p.add_argument("--systems", default="zeroth,trl")
+    p.add_argument("--systems", default=",".join(SYSTEMS),
+                   help="comma-separated, of " + ", ".join(SYSTEMS))
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
+    unknown = [x for x in args.systems.split(",") if x not in SYSTEMS]
+    if unknown:
+        sys.exit(f"--systems: unknown {', '.join(unknown)} — use {', '.join(SYSTEMS)}")
     root = Path(args.models)
     root.mkdir(parents=True, exist_ok=True)
     folder = model_folder(args.size, root)
-    results = {}
-    for system in args.systems.split(","):
-        cmd = [sys.executable, __file__, "--child", system, "--folder", str(folder),
-               *_shape_args(args)]
-        out = subprocess.run(cmd, check=False, capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{system} failed:\n{out.stderr[-3000:]}")
-        r = json.loads(line[len("RESULT "):])
-        measured = r["times"][args.warmup:]
-        toks = r["tokens"][args.warmup:]
-        step_s = statistics.median(measured)
-        results[system] = {"step_s": step_s, "tok_s": sum(toks) / sum(measured),
-                           "mean_len": sum(toks) / len(toks) / (args.prompts * args.group_size),
-                           "peak_mib": r["peak_mib"], "prompt_len": r["prompt_len"],
-                           "times": [round(t, 3) for t in r["times"]]}
-        print(f"{system:7s} {step_s:7.2f} s/step  {results[system]['tok_s']:8.1f} tok/s  "
-              f"len {results[system]['mean_len']:5.1f}  peak {r['peak_mib']:7.0f} MiB  "
-              f"steps {results[system]['times']}", flush=True)
-    rate = matmul_rate(args.threads)
+    results = {system: run_system(args, folder, system) for system in args.systems.split(",")}
+    rates = {dt: matmul_rate(args.threads, dt) for dt in ("fp32", "bf16")}
     ref = results.get("zeroth") or next(iter(results.values()))
     flops = step_flops(folder, args.prompts * args.group_size, ref["prompt_len"],
                        ref["mean_len"], args.beta)
-    floor = flops / rate
-    print(f"floor   {floor:7.2f} s/step  ({flops / 1e9:.0f} GFLOP at {rate / 1e9:.0f} GFLOP/s)")
+    floors = {dt: flops / rate for dt, rate in rates.items()}
+    for dt, floor in floors.items():
+        print(f"floor {dt:4s} {floor:7.2f} s/step  ({flops / 1e9:.0f} GFLOP at "
+              f"{rates[dt] / 1e9:.0f} GFLOP/s)")
+    print(json.dumps(summary(args, results, floors, rates)))
+
+
+SYSTEMS = ("zeroth", "zeroth-bf16", "trl", "trl-bf16")  # fp32, and bf16 autocast (mixed)
+
+
+def run_system(args, folder: Path, system: str) -> dict:
+    """One system's run in its own process: its median step time, tokens per second, mean
+    completion length and peak resident memory."""
+    cmd = [sys.executable, __file__, "--child", system, "--folder", str(folder),
+           *_shape_args(args)]
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{system} failed:\n{out.stderr[-3000:]}")
+    r = json.loads(line[len("RESULT "):])
+    measured = r["times"][args.warmup:]
+    toks = r["tokens"][args.warmup:]
+    result = {"step_s": statistics.median(measured), "tok_s": sum(toks) / sum(measured),
+              "mean_len": sum(toks) / len(toks) / (args.prompts * args.group_size),
+              "peak_mib": r["peak_mib"], "prompt_len": r["prompt_len"],
+              "times": [round(t, 3) for t in r["times"]]}
+    print(f"{system:11s} {result['step_s']:7.2f} s/step  {result['tok_s']:8.1f} tok/s  "
+          f"len {result['mean_len']:5.1f}  peak {r['peak_mib']:7.0f} MiB  "
+          f"steps {result['times']}", flush=True)
+    return result
+
+
+def summary(args, results: dict, floors: dict, rates: dict) -> dict:
+    """The run as one JSON object: the shape, each system's figures, its step time over the
+    floor of the precision it computed in, and the ratios the speed table shows."""
     out = {"size": args.size, "prompts": args.prompts, "group_size": args.group_size,
            "max_new_tokens": args.max_new_tokens, "beta": args.beta, "threads": args.threads,
-           "floor_s": round(floor, 3), "matmul_gflops": round(rate / 1e9, 1)}
+           **{f"floor_{dt}_s": round(f, 3) for dt, f in floors.items()},
+           **{f"matmul_{dt}_gflops": round(r / 1e9, 1) for dt, r in rates.items()}}
     for system, r in results.items():
-        out[f"{system}_step_s"] = round(r["step_s"], 3)
-        out[f"{system}_tok_s"] = round(r["tok_s"], 1)
-        out[f"{system}_mean_len"] = round(r["mean_len"], 1)
-        out[f"{system}_peak_mib"] = round(r["peak_mib"])
-    if "zeroth" in results and "trl" in results:
-        out["ratio"] = round(results["trl"]["step_s"] / results["zeroth"]["step_s"], 2)
-        out["tok_ratio"] = round(results["zeroth"]["tok_s"] / results["trl"]["tok_s"], 2)
-    if "zeroth" in results:
-        out["zeroth_over_floor"] = round(results["zeroth"]["step_s"] / floor, 2)
-    print(json.dumps(out))
+        key = system.replace("-", "_")
+        floor = floors["bf16" if system.endswith("-bf16") else "fp32"]
+        out[f"{key}_step_s"] = round(r["step_s"], 3)
+        out[f"{key}_tok_s"] = round(r["tok_s"], 1)
+        out[f"{key}_mean_len"] = round(r["mean_len"], 1)
+        out[f"{key}_peak_mib"] = round(r["peak_mib"])
+        out[f"{key}_over_floor"] = round(r["step_s"] / floor, 2)
+    for name in ("zeroth", "trl"):  # each system's best setting: its faster precision
+        mine = [s for s in results if s.split("-")[0] == name]
+        if mine:
+            best = min(mine, key=lambda s: results[s]["step_s"])
+            out[f"{name}_best"] = best
+    if "zeroth_best" in out and "trl_best" in out:
+        best = results[out["zeroth_best"]]["step_s"]
+        out["vs_trl_best"] = round(results[out["trl_best"]]["step_s"] / best, 2)
+        if "trl" in results:
+            out["vs_trl_fp32"] = round(results["trl"]["step_s"] / best, 2)
+    return out
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 
 from zeroth.algorithms.losses import engine_weights, kl_k3, policy_loss, token_logprobs
 from zeroth.models import lean
+from zeroth.models.precision import autocast
 from zeroth.pipeline import dist
 
 
@@ -53,11 +54,12 @@ def completion_logprobs(model, prompts, completions, pad_id: int, temperature: f
                         fast: bool):
     """(logp, mask) of the completion tokens of one minibatch: the lean path when `fast`, else
     transformers' forward over the packed sequences."""
-    if fast:
-        return lean.completion_logprobs(model, prompts, completions, pad_id, temperature)
-    device = next(model.parameters()).device
-    ids, attn, mask = (t.to(device) for t in pack(prompts, completions, pad_id))
-    return logprobs(model, ids, attn, temperature), mask
+    with autocast(model):  # bf16-mixed: bf16 products, float32 log-probs
+        if fast:
+            return lean.completion_logprobs(model, prompts, completions, pad_id, temperature)
+        device = next(model.parameters()).device
+        ids, attn, mask = (t.to(device) for t in pack(prompts, completions, pad_id))
+        return logprobs(model, ids, attn, temperature), mask
 
 
 @dataclass

@@ -154,6 +154,13 @@ _RULES: list[tuple] = [
     ("model.vocab_size", *_ge(256)),
     ("model.max_len", *_ge(8)),
     ("model.dtype", *_one_of("float32", "bfloat16")),
+    ("model.precision", *_one_of("auto", "fp32", "bf16-mixed")),
+    (
+        "model.precision",
+        lambda v, c: v != "bf16-mixed" or c.model.dtype == "float32",
+        ("config key '{key}' is bf16-mixed, which keeps float32 master weights, but "
+         "model.dtype is bfloat16 — set model.dtype=float32 (or model.precision=auto)"),
+    ),
     ("model.template", *_one_of("auto", "own", "r1")),
     ("model.lora_r", *_ge(0)),
     ("model.lora_alpha", *_gt(0)),
@@ -169,6 +176,13 @@ _RULES: list[tuple] = [
     ),
     ("student.lora_r", *_ge(0)),
     ("student.dtype", *_one_of("float32", "bfloat16")),
+    ("student.precision", *_one_of("auto", "fp32", "bf16-mixed")),
+    (
+        "student.precision",
+        lambda v, c: v != "bf16-mixed" or c.student.dtype == "float32",
+        ("config key '{key}' is bf16-mixed, which keeps float32 master weights, but "
+         "student.dtype is bfloat16 — set student.dtype=float32 (or student.precision=auto)"),
+    ),
     (
         "student.path",
         lambda v, c: v is None or _has_model(v, "student.path"),

@@ -51,6 +51,9 @@ class ModelConfig:
     vocab_size: int = 320  # locally trained byte-level BPE: 256 byte symbols + merges
     max_len: int = 128
     dtype: str = "float32"  # float32 | bfloat16 (weights and training)
+    # compute: fp32 | bf16-mixed (float32 weights, bf16 autocast) | auto (bf16-mixed where the
+    # hardware has fast bf16 and the model is wide enough to gain; zeroth.models.precision)
+    precision: str = "auto"
     template: str = "auto"  # auto (own chat template, else R1's) | own | r1
     lora_r: int = 0  # LoRA rank (peft); 0 -> full fine-tuning
     lora_alpha: float = 16.0

@@ -45,6 +45,7 @@ from transformers import (
 from zeroth.errors import UserError
 from zeroth.models import ARCHS
 from zeroth.models.locate import locate_model
+from zeroth.models.precision import set_precision
 
 SPECIAL = {"bos": "<|bos|>", "eos": "<|end|>", "pad": "<|pad|>", "unk": "<|unk|>"}
 ROLES = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -323,7 +324,7 @@ def model_device(model) -> torch.device:
 
 def prepare_model(model, model_cfg, device: str | torch.device = "cpu"):
     """`model` in model_cfg.dtype on `device`, with LoRA adapters when model_cfg.lora_r > 0 (and
-    it has none yet) and gradient checkpointing when asked. Returns the model to train (a
+    it has none yet), gradient checkpointing when asked, computing in model_cfg.precision. Returns the model to train (a
     PeftModel with LoRA). Seed torch first: new adapters are randomly initialised."""
     device = pick_device(device) if isinstance(device, str) else torch.device(device)
     dtype = as_dtype(model_cfg.dtype)
@@ -335,7 +336,7 @@ def prepare_model(model, model_cfg, device: str | torch.device = "cpu"):
         model = add_lora(model, model_cfg)
     if model_cfg.gradient_checkpointing:
         enable_checkpointing(model)
-    return model
+    return set_precision(model, model_cfg.precision, model_cfg.dtype)
 
 
 def lora_config(model_cfg):

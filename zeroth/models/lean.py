@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zeroth.models.precision import autocast, compute_dtype
+
 SUPPORTED = ("qwen2", "llama")
 
 
@@ -99,6 +101,11 @@ def _qkv(attn, x: Tensor, cos: Tensor, sin: Tensor, heads: tuple[int, int, int])
 def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, attn) -> Tensor:
     """softmax(q k^T * scale + mask) v, heads merged back: (N, T, H * d)."""
     n, h, t, d = q.shape
+    kind = q.device.type
+    if torch.is_autocast_enabled(kind):  # bf16-mixed: attention stays float32 (on CPU, bf16's
+        with torch.autocast(kind, enabled=False):  # flash-attention backward is slower)
+            return _attend(q.float(), k.float(), v.float(), allowed, attn).to(
+                torch.get_autocast_dtype(kind))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling,
                                          enable_gqa=k.shape[1] != h)  # (N, H, T, d)
     return out.transpose(1, 2).reshape(n, t, h * d)
@@ -252,23 +259,27 @@ def _prefill(model, p_ids: Tensor, p_real: Tensor, heads) -> tuple[Tensor, list,
 
 
 def _linear(x: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tensor:
-    """x @ weight_t (+ bias) with the weight stored input-major (in, out)."""
+    """x @ weight_t (+ bias) with the weight stored input-major (in, out), in the weight's
+    dtype (bf16-mixed decoding: bf16 products, the residual stream stays float32)."""
+    x = x.to(weight_t.dtype)
     return x @ weight_t if bias is None else torch.addmm(bias, x, weight_t)
 
 
-def _fused(layer) -> tuple:
+def _fused(layer, dtype: torch.dtype) -> tuple:
     """The layer's decoding weights, input-major (a (64, in) @ (in, out) product runs faster
     than against the (out, in) layout) and fused: one matrix for q, k and v, one for the MLP's
     gate and up projections; two wide products per layer and token instead of five narrow ones.
-    A copy made once per generated batch (`Decoding.start`; decoding has no grad)."""
+    A copy in the compute `dtype` made once per generated batch (`Decoding.start`; decoding has
+    no grad)."""
     attn, mlp = layer.self_attn, layer.mlp
 
     def joined(mods):
-        bias = None if mods[0].bias is None else torch.cat([m.bias for m in mods])
-        return torch.cat([m.weight for m in mods]).t().contiguous(), bias
+        bias = None if mods[0].bias is None else torch.cat([m.bias for m in mods]).to(dtype)
+        return torch.cat([m.weight for m in mods]).t().to(dtype).contiguous(), bias
 
     def alone(mod):
-        return mod.weight.t().contiguous(), mod.bias
+        bias = None if mod.bias is None else mod.bias.to(dtype)
+        return mod.weight.t().to(dtype).contiguous(), bias
 
     return (*joined([attn.q_proj, attn.k_proj, attn.v_proj]), *alone(attn.o_proj),
             *joined([mlp.gate_proj, mlp.up_proj]), *alone(mlp.down_proj))
@@ -295,7 +306,9 @@ def _decode_layer(layer, fused, x: Tensor, rope, heads, keys: Tensor, values: Te
     q = (qk[:, :h] * attn.scaling).view(a, kv, h // kv, d)  # query heads sharing a key head
     scores = q @ keys[:, :, : col + 1].transpose(-1, -2)  # (a, KV, g, col + 1)
     scores += bias
-    o = torch.softmax(scores, dim=-1) @ values[:, :, : col + 1]  # (a, KV, g, d)
+    weights = torch.softmax(scores, dim=-1) if scores.dtype == torch.float32 else \
+        torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+    o = weights @ values[:, :, : col + 1]  # (a, KV, g, d)
     x = x + _linear(o.view(a, h * d), w_o, b_o)
     gate, up = _linear(_norm(layer.post_attention_layernorm, x), w_gu, b_gu).chunk(2, dim=-1)
     return x + _linear(F.silu(gate) * up, w_down, b_down)
@@ -322,23 +335,29 @@ class Decoding:
         distinct, owner_list = share_prompts(self.prompts)
         owner = torch.tensor(owner_list, device=device)
         p_ids, p_real = (t.to(device) for t in left_pad(distinct, self.pad_id))
-        last, keys, values = _prefill(model, p_ids, p_real, self.heads)
+        with autocast(model):
+            last, keys, values = _prefill(model, p_ids, p_real, self.heads)
+            first = model.lm_head(last)[owner]  # (n, V)
+        dt = compute_dtype(model)  # the cache, rotary table and weights of the steps
         self.width = width = p_ids.shape[1]
         self.cache_k, self.cache_v = [], []  # per layer (n, KV, width + new, d)
         for k, v in zip(keys, values):
             shape = (n, k.shape[1], width + new, k.shape[3])
-            self.cache_k.append(k.new_empty(shape))
-            self.cache_v.append(v.new_empty(shape))
+            self.cache_k.append(k.new_empty(shape, dtype=dt))
+            self.cache_v.append(v.new_empty(shape, dtype=dt))
             self.cache_k[-1][:, :, :width], self.cache_v[-1][:, :, :width] = k[owner], v[owner]
         self.bias = torch.full((n, 1, 1, width + new), float("-inf"), device=device,
-                               dtype=last.dtype)  # 0 on the keys each row may attend to
+                               dtype=dt)  # 0 on the keys each row may attend to
         self.bias[:, 0, 0, :width].masked_fill_(p_real[owner], 0.0)
         self.pos = p_real.sum(-1)[owner]  # (n,) position of the next token
-        self.table = _rope(model, last[:1, None], torch.arange(width + new,
-                                                               device=device)[None])  # (1, 1, S, d)
-        self.fused = [_fused(layer) for layer in model.model.layers]
+        self.table = tuple(c.to(dt) for c in _rope(
+            model, last[:1, None], torch.arange(width + new, device=device)[None]))  # (1, 1, S, d)
+        self.fused = [_fused(layer, dt) for layer in model.model.layers]
+        weight = model.lm_head.weight
+        cast = weight.dtype != dt and model.lm_head.bias is None
+        self.head = weight.to(dt) if cast else None  # bf16-mixed: cast once, not every step
         self.t = 0  # tokens fed so far
-        return model.lm_head(last)[owner]  # (n, V)
+        return first
 
     def step(self, token: Tensor) -> Tensor:
         """The logits (a, V) after feeding token (a,) to each row in the batch."""
@@ -352,7 +371,9 @@ class Decoding:
                               self.cache_v[i], col, self.bias[..., : col + 1])
         self.pos = self.pos + 1
         self.t += 1
-        return model.lm_head(_norm(model.model.norm, x))
+        x = _norm(model.model.norm, x)
+        return model.lm_head(x) if self.head is None else F.linear(x.to(self.head.dtype),
+                                                                     self.head)
 
     def keep(self, live: Tensor) -> None:
         """Only the rows where `live` (a,) is True stay in the batch."""

@@ -37,6 +37,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as td
 
+from zeroth.models.precision import precision_of
+
 TIMEOUT = timedelta(minutes=30)  # a collective waits this long for a rank that hangs
 
 
@@ -190,8 +192,8 @@ def peer_lost(run_dir) -> Iterator[None]:
 def shard(model, parallel: str):
     """`model` with rank 0's weights on every rank (as DDP starts: a model built from the same
     seed on other hardware could differ), then sharded with FSDP2 when `parallel` is "fsdp"
-    (each decoder layer one unit, the rest the root's; on GPU bf16 compute with fp32 gradient
-    reductions). Alone: `model` as it is. Gradients are summed, not averaged, over the ranks: every rank's loss is
+    (each decoder layer one unit, the rest the root's; on GPU with bf16-mixed precision, bf16
+    compute with fp32 gradient reductions). Alone: `model` as it is. Gradients are summed, not averaged, over the ranks: every rank's loss is
     already its part of the whole batch's (gloo has no pre-scaled sum: plain SUM is forced)."""
     if world() == 1:
         return model
@@ -202,8 +204,8 @@ def shard(model, parallel: str):
         return model
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-    policy = MixedPrecisionPolicy()
-    if next(model.parameters()).is_cuda:
+    policy = MixedPrecisionPolicy()  # on CPU, bf16-mixed is the autocast of each forward
+    if next(model.parameters()).is_cuda and precision_of(model) == "bf16-mixed":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     body = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: peft
     for layer in body.model.layers:

@@ -33,6 +33,7 @@ from transformers import DynamicCache
 
 from zeroth.models import lean as fastlm
 from zeroth.models.hf import end_of_turn
+from zeroth.models.precision import autocast
 
 DROP_FRACTION = 8  # finished rows leave a backend's batch once >= 1/8 of it finished
 
@@ -76,16 +77,19 @@ class HFForward:
         self.mask = real.long()  # (B, P), then one column more per step
         positions = (self.mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
         self.cache = {_cache_kwarg(self.model): DynamicCache()}
-        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                         use_cache=True, logits_to_keep=1, **self.cache)
+        with autocast(self.model):
+            out = self.model(input_ids=ids, attention_mask=self.mask,
+                             position_ids=positions, use_cache=True, logits_to_keep=1,
+                             **self.cache)
         self.next_pos = positions[:, -1:] + 1  # (B, 1)
         return out.logits[:, -1, :]
 
     def step(self, token: Tensor) -> Tensor:
         ones = torch.ones((len(token), 1), dtype=self.mask.dtype, device=self.mask.device)
         self.mask = torch.cat([self.mask, ones], dim=-1)
-        out = self.model(input_ids=token[:, None], attention_mask=self.mask,
-                         position_ids=self.next_pos, use_cache=True, **self.cache)
+        with autocast(self.model):
+            out = self.model(input_ids=token[:, None], attention_mask=self.mask,
+                             position_ids=self.next_pos, use_cache=True, **self.cache)
         self.next_pos = self.next_pos + 1
         return out.logits[:, -1, :]
 
@@ -163,7 +167,7 @@ def sample_steps(forward: Forward, *, max_new_tokens: int, temperature: float,
     uniforms[i, t] ((n, max_new_tokens), `row_uniforms`; None when greedy). A row that finished
     is fed the pad token until the backend drops it (`Forward.keep`, once >= 1/DROP_FRACTION
     of its batch finished)."""
-    logits = forward.start()  # (n, V)
+    logits = forward.start().float()  # (n, V); float32 whatever the model computes in
     n, device = len(logits), logits.device
     stops = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
     rows = torch.arange(n, device=device)  # the batch index of each row the backend holds
@@ -185,7 +189,7 @@ def sample_steps(forward: Forward, *, max_new_tokens: int, temperature: float,
                 rows, fed, live = rows[live], fed[live], live[live]
         if t + 1 == max_new_tokens:
             return
-        logits = forward.step(fed)
+        logits = forward.step(fed).float()
 
 
 def complete(forward: Forward, n: int, *, max_new_tokens: int, **sampling) -> list[list[int]]:

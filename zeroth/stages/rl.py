@@ -53,6 +53,7 @@ from zeroth.algorithms.update import logprobs_before, update
 from zeroth.config import resolve_rl
 from zeroth.errors import UserError
 from zeroth.models.hf import load_model, prompt_ids, trainable
+from zeroth.models.precision import precision_of, set_precision
 from zeroth.pipeline import dist
 from zeroth.pipeline.checkpoint import load_checkpoint, save_folder
 from zeroth.record.thoughts import reflect_rate
@@ -340,7 +341,8 @@ def reference(r):
         raise UserError(f"{r.dir / 'reference'} is missing — the run's reference policy "
                         "is gone; start a new run")
     ref, _ = load_model(r.dir / "reference", dtype=r.model_cfg.dtype)
-    return ref.to(r.device).eval().requires_grad_(False)
+    ref = ref.to(r.device).eval().requires_grad_(False)
+    return set_precision(ref, precision_of(r.model))  # it computes as the policy does
 
 
 def heldout_eval(r, ctx: RLContext) -> Callable[[], dict]:

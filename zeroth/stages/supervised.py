@@ -24,6 +24,7 @@ from random import Random
 import torch
 
 from zeroth.models.hf import trainable
+from zeroth.models.precision import autocast
 from zeroth.pipeline import dist
 from zeroth.pipeline.checkpoint import load_checkpoint
 
@@ -146,7 +147,7 @@ def train(r, model, batch, loss_fn, hp: Hyper, *, phase: str, checkpoint: bool) 
                 group["lr"] = lr
             ids, labels, items = my_rows(ids, labels)
             optimizer.zero_grad(set_to_none=True)
-            value, stats = _forward_backward(r, loss_fn, ids, labels, items, hp.buckets)
+            value, stats = _forward_backward(r, model, loss_fn, ids, labels, items, hp.buckets)
             dist.sync_grads(params)  # several ranks: the whole batch's gradient
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
             optimizer.step()
@@ -165,17 +166,19 @@ def train(r, model, batch, loss_fn, hp: Hyper, *, phase: str, checkpoint: bool) 
     return loss
 
 
-def _forward_backward(r, loss_fn, ids, labels, items: int | None, buckets: int):
+def _forward_backward(r, model, loss_fn, ids, labels, items: int | None, buckets: int):
     """(loss, stats) of the rows, their gradients accumulated over the length groups
     (`by_length`: one group unless buckets > 1). Several groups each give a sum over their
-    labelled tokens divided by the batch's count (`items`), so that they add up to its mean."""
+    labelled tokens divided by the batch's count (`items`), so that they add up to its mean.
+    The forward runs in `model`'s precision (zeroth.models.precision), the backward follows."""
     groups = by_length(ids, labels, buckets)
     if len(groups) > 1 and items is None:
         items = labelled_targets(labels)
     loss, totals = 0.0, {}
     for part_ids, part_labels in groups:
-        value, stats = loss_fn(part_ids.to(r.device), part_labels.to(r.device),
-                               **({} if items is None else {"items": items}))
+        with autocast(model):
+            value, stats = loss_fn(part_ids.to(r.device), part_labels.to(r.device),
+                                   **({} if items is None else {"items": items}))
         value.backward()
         loss += value.item()
         for key, v in stats.items():
