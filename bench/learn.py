@@ -5,7 +5,7 @@
     python bench/learn.py --out /tmp/learn -- run.threads=1 # overrides after --, for every run
 
 Each family runs its recipe (`zeroth run learn/<family>` when zeroth ships one, else the default
-recipe with `task.name=<family>`) in its own process, one after another, and is timed from
+recipe with `task.name=<family>` and the lengths the table was measured with, `MEASURED`) in its own process, one after another, and is timed from
 command to summary. The table has the demonstrations' accuracy (the ceiling of imitation), the
 held-out pass@1 and greedy accuracy after pre-training (base) and after RL (final), the minutes,
 and whether the row meets issue 18's bar: final >= demos + 10 points, final >= base + 20 points,
@@ -29,9 +29,14 @@ FAMILIES = ("addition", "multiplication", "sorting", "arithmetic", "linear", "co
 RECIPES = Path(__file__).resolve().parent.parent / "zeroth" / "recipes" / "learn"
 
 
+# The lengths the table was measured with (issue 18), longer than today's five-minute default
+# run's 900 pre-training and 40 RL steps.
+MEASURED = ["pretrain.steps=1500", "pretrain.lr=0.001", "rl.steps=60"]
+
+
 def command(family: str, out: Path, extra: list[str]) -> list[str]:
     recipe = f"learn/{family}" if (RECIPES / f"{family}.yaml").is_file() else "default"
-    task = [] if recipe != "default" else [f"task.name={family}"]
+    task = [] if recipe != "default" else [f"task.name={family}", *MEASURED]
     return [sys.executable, "-m", "zeroth", "run", recipe, *task, f"run.name={family}",
             f"run.out_dir={out}", *extra]
 

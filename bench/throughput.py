@@ -44,6 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 SIZES = {  # name -> (hidden, layers); heads of 64 dims, MLP 4 x hidden, vocab 320
+    "1m": (128, 4),  # the default run's width and depth
     "4m": (256, 4),
     "32m": (512, 8),
     "140m": (768, 16),

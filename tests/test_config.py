@@ -371,7 +371,7 @@ def test_resume_may_raise_the_last_rl_stages_steps():
 @pytest.mark.parametrize("pipeline, overrides, needle", [
     ("[pretrain, rl]", ["rl.lr=1"], "--resume cannot change 'rl.lr'"),
     ("[pretrain, rl]", ["pipeline=[rl]"], "--resume cannot change 'pipeline'"),
-    ("[pretrain, rl]", ["rl.steps=10"], "below the 60 steps"),
+    ("[pretrain, rl]", ["rl.steps=10"], "below the 40 steps"),
     ("[pretrain, rl]", ["rl.steps=many"], "'rl.steps' expects int"),
     ("[pretrain, rl]", ["run.threads=0"], "'run.threads' must be >= 1"),
     ("[rl, rejection]", ["rl.steps=90"], "ends with 'rejection'"),

@@ -148,3 +148,17 @@ def test_a_tiny_run_in_bf16_mixed_trains_and_saves_float32_weights(tmp_path, fin
     with safe_open(str(run / "final" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}  # noqa: SIM118
     assert "precision: bf16-mixed" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_bf16_mixed_supervised_loss_is_fp32_within_bf16_rounding(arch):
+    from zeroth.stages.supervised import right_pad, token_loss
+
+    ref, mixed = _model(arch), _model(arch, "bf16-mixed")
+    ids, labels = right_pad([(p + c, [-100] * len(p) + c) for p, c in zip(PROMPTS, COMPLETIONS)],
+                            PAD)
+    want = token_loss(ref, ids, labels)[0]
+    with autocast(mixed):
+        got = token_loss(mixed, ids, labels)[0]
+    assert got.dtype == torch.float32
+    assert abs(got.item() - want.item()) < 0.01 * want.item()

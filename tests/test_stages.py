@@ -214,7 +214,7 @@ def test_length_buckets_give_the_whole_batchs_loss_and_gradient(tiny_model, buck
     def grads(parts):
         model.zero_grad(set_to_none=True)
         loss, _ = supervised._forward_backward(
-            r, lambda i, lab, **kw: supervised.token_loss(model, i, lab, **kw),
+            r, model, lambda i, lab, **kw: supervised.token_loss(model, i, lab, **kw),
             ids, labels, None, parts)
         return loss, [p.grad.clone() for p in params]
 

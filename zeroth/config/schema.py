@@ -71,9 +71,9 @@ class DemoConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = 1500
+    steps: int = 900
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.0
     checkpoint_every: int = 500
@@ -99,7 +99,7 @@ class SFTConfig:
 
 @dataclass
 class RLConfig:
-    steps: int = 60
+    steps: int = 40
     prompts_per_step: int = 32
     group_size: int = 8  # G completions per prompt
     temperature: float = 1.0

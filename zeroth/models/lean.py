@@ -98,8 +98,9 @@ def _qkv(attn, x: Tensor, cos: Tensor, sin: Tensor, heads: tuple[int, int, int])
     return _rotate(q, cos, sin), _rotate(k, cos, sin), v
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, attn) -> Tensor:
-    """softmax(q k^T * scale + mask) v, heads merged back: (N, T, H * d)."""
+def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, attn) -> Tensor:
+    """softmax(q k^T * scale + mask) v, heads merged back: (N, T, H * d); `allowed` None:
+    plain causal attention."""
     n, h, t, d = q.shape
     kind = q.device.type
     if torch.is_autocast_enabled(kind):  # bf16-mixed: attention stays float32 (on CPU, bf16's
@@ -107,6 +108,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, attn) -> Tensor:
             return _attend(q.float(), k.float(), v.float(), allowed, attn).to(
                 torch.get_autocast_dtype(kind))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling,
+                                         is_causal=allowed is None,
                                          enable_gqa=k.shape[1] != h)  # (N, H, T, d)
     return out.transpose(1, 2).reshape(n, t, h * d)
 
@@ -234,6 +236,53 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
     grid = logp.new_zeros(pack.rows * pack.width).index_copy(0, pack.grid, logp)
     real = torch.zeros(pack.rows * pack.width, device=device).index_fill(0, pack.grid, 1.0)
     return grid.view(pack.rows, pack.width), real.view(pack.rows, pack.width)
+
+
+def sequence_loss(model, ids: Tensor, labels: Tensor, items: int | None = None) -> Tensor:
+    """Next-token cross-entropy of right-padded rows ids (B, T) against labels (B, T) (-100:
+    not a target): the mean over the labelled targets, or their sum divided by `items` — what
+    transformers' forward computes with labels (and num_items_in_batch), packed:
+
+    - a row counts up to its last labelled token (what follows it changes no loss under causal
+      attention), and those tokens are packed into one (N, hidden) batch for the projections,
+      MLP and norms: no FLOP on padding, one pass whatever the rows' lengths;
+    - attention runs on the (B, W) grid, W the longest kept row, plainly causal (the padding
+      sits after every real token);
+    - the output projection runs only where the next token is labelled (an SFT prompt costs no
+      logits).
+    Under bf16-mixed the attention stays float32 (`_attend`)."""
+    h, kv, d = _heads(model)
+    device, rows = ids.device, ids.shape[0]
+    labelled = labels != -100  # (B, T)
+    place = torch.arange(1, ids.shape[1] + 1, device=device)  # (T,)
+    width = max(1, int((labelled * place).amax()))
+    keep = (place[None, :width] <= (labelled * place).amax(dim=1, keepdim=True))  # (B, W)
+    grid = keep.flatten().nonzero().squeeze(1)  # (N,) the kept tokens in the flat (B * W) grid
+    n = len(grid)
+    x = model.get_input_embeddings()(ids[:, :width].flatten()[grid])  # (N, hidden)
+    cos, sin = model.model.rotary_emb(x[None], (grid % width)[None])  # (1, N, d)
+    rope = cos[0, :, None], sin[0, :, None]  # (N, 1, d)
+
+    def to_grid(t: Tensor) -> Tensor:  # (N, heads, d) -> (B, heads, W, d), zeros on padding
+        out = t.new_zeros((rows * width, *t.shape[1:])).index_copy(0, grid, t)
+        return out.view(rows, width, *t.shape[1:]).transpose(1, 2)
+
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        hn = layer.input_layernorm(x)
+        q = _rotate(attn.q_proj(hn).view(n, h, d), *rope)
+        k = _rotate(attn.k_proj(hn).view(n, kv, d), *rope)
+        o = _attend(to_grid(q), to_grid(k), to_grid(attn.v_proj(hn).view(n, kv, d)), None, attn)
+        x = _mlp(layer, x + attn.o_proj(o.reshape(rows * width, -1).index_select(0, grid)))
+    predicts = torch.zeros_like(keep)  # (B, W): the positions whose next token is a target
+    predicts[:, :-1] = labelled[:, 1:width]
+    packed = torch.full((rows * width,), -1, dtype=torch.long, device=device)
+    packed[grid] = torch.arange(n, device=device)  # grid index -> packed row
+    source = packed[predicts.flatten()]  # (M,) row-major, as the targets below
+    logits = model.lm_head(model.model.norm(x.index_select(0, source)))  # (M, V)
+    targets = labels[:, 1:width + 1][predicts[:, : labels.shape[1] - 1]]
+    loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+    return loss / (len(targets) if items is None else items)
 
 
 # ---------------------------------------------------------------------------------------------

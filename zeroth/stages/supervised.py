@@ -23,6 +23,7 @@ from random import Random
 
 import torch
 
+from zeroth.models import lean
 from zeroth.models.hf import trainable
 from zeroth.models.precision import autocast
 from zeroth.pipeline import dist
@@ -88,7 +89,11 @@ def batches(examples, size: int, tag: str, pad_id: int):
 def token_loss(model, ids, labels, items: int | None = None):
     """(loss, stats): mean next-token cross-entropy over the labelled tokens, no extra stats;
     with `items`, the sum over these rows divided by `items` (the whole batch's labelled
-    tokens, when these rows are one rank's share of it)."""
+    tokens, when these rows are one rank's share of it). A model the lean path supports takes
+    it (zeroth.models.lean.sequence_loss: the rows' tokens packed, no FLOP on padding);
+    otherwise transformers' forward computes it."""
+    if lean.supports(model, grad=True):
+        return lean.sequence_loss(model, ids, labels, items), {}
     extra = {} if items is None else {"num_items_in_batch": items}
     return model(input_ids=ids, labels=labels, use_cache=False, **extra).loss, {}
 
