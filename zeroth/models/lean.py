@@ -14,6 +14,10 @@ formulas), organised around what RL does with a model:
   the batch (their cache rows are dropped), so no FLOP is spent after a row's last token.
 - **Log-probs only where they are used:** the output projection runs on the positions that
   predict completion tokens, never on the prompt.
+- **Supervised batches are packed** (`sequence_loss`, pre-training and SFT): the rows' tokens
+  go through the projections and MLP as one batch with no padding, whatever their lengths.
+- **bf16-mixed** (zeroth.models.precision): products in bf16, attention and the residual
+  stream in float32; decoding keeps bf16 weights and KV cache for the batch.
 
 Anything else (other architectures, peft/LoRA models, sliding windows, gradient checkpointing)
 takes transformers' generic path (`supports(model)` says which); both paths give the same
