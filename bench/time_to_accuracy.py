@@ -323,6 +323,8 @@ def run_trl(args, folder: Path) -> dict:
 
 def child(args) -> None:
     import torch
+
+    import zeroth  # noqa: F401  (first: it hides a mismatched torchvision before transformers loads)
     torch.set_num_threads(args.threads)
     result = (run_zeroth if args.child == "zeroth" else run_trl)(args, Path(args.folder))
     print("RESULT " + json.dumps(result), flush=True)

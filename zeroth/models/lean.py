@@ -117,8 +117,16 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, attn) -> Te
     return out.transpose(1, 2).reshape(n, t, h * d)
 
 
+def _normed(norm, x: Tensor) -> Tensor:
+    """norm(x), cast once to autocast's dtype when it is on: the projections that read it (q, k
+    and v; gate and up) then find it cast already, instead of each casting it anew."""
+    out = norm(x)
+    kind = out.device.type
+    return out.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else out
+
+
 def _mlp(layer, x: Tensor) -> Tensor:
-    return x + layer.mlp(layer.post_attention_layernorm(x))
+    return x + layer.mlp(_normed(layer.post_attention_layernorm, x))
 
 
 def _rope(model, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -225,8 +233,8 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
     n = len(pack.ids)
     for layer in model.model.layers:
         attn = layer.self_attn
-        qp, kp, vp = _qkv(attn, layer.input_layernorm(xp), *rope_p, heads)
-        hc = layer.input_layernorm(xc)
+        qp, kp, vp = _qkv(attn, _normed(layer.input_layernorm, xp), *rope_p, heads)
+        hc = _normed(layer.input_layernorm, xc)
         qc = _rotate(attn.q_proj(hc).view(n, h, d), *rope_c)
         kc = _rotate(attn.k_proj(hc).view(n, kv, d), *rope_c)
         vc = attn.v_proj(hc).view(n, kv, d)
@@ -273,7 +281,7 @@ def sequence_loss(model, ids: Tensor, labels: Tensor, items: int | None = None) 
 
     for layer in model.model.layers:
         attn = layer.self_attn
-        hn = layer.input_layernorm(x)
+        hn = _normed(layer.input_layernorm, x)
         q = _rotate(attn.q_proj(hn).view(n, h, d), *rope)
         k = _rotate(attn.k_proj(hn).view(n, kv, d), *rope)
         o = _attend(to_grid(q), to_grid(k), to_grid(attn.v_proj(hn).view(n, kv, d)), None, attn)
@@ -304,7 +312,7 @@ def _prefill(model, p_ids: Tensor, p_real: Tensor, heads) -> tuple[Tensor, list,
     keys, values = [], []
     for layer in model.model.layers:
         attn = layer.self_attn
-        q, k, v = _qkv(attn, layer.input_layernorm(x), *rope, heads)
+        q, k, v = _qkv(attn, _normed(layer.input_layernorm, x), *rope, heads)
         keys.append(k)
         values.append(v)
         x = _mlp(layer, x + attn.o_proj(_attend(q, k, v, mask, attn)))
