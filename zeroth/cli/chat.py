@@ -324,6 +324,7 @@ def open_chat(ns, renderer: Renderer) -> Chat:
     import torch
 
     from zeroth.models import hf as models
+    from zeroth.models.precision import set_precision
 
     folder = model_folder(ns.source, ns.checkpoint)
     cfg = run_config(folder)
@@ -331,6 +332,7 @@ def open_chat(ns, renderer: Renderer) -> Chat:
     # template "auto": the tokenizer saved with a run's model carries the template it trained with
     model, tokenizer = models.load_model(folder, dtype="auto", template="auto")
     model = model.to(models.pick_device("auto")).eval()
+    set_precision(model, cfg.model.precision if cfg is not None else "auto")  # as it trained
     generator = torch.Generator()
     if ns.seed is None:
         generator.seed()

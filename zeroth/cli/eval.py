@@ -202,12 +202,14 @@ def already_done(path: Path, wanted: dict, force: bool, skip_same: bool) -> bool
 
 
 def load_for_eval(folder: Path, cfg):
-    """(model, tokenizer) in eval mode on run.device, in the dtype it was saved in, with the
-    chat template model.template asks for."""
+    """(model, tokenizer) in eval mode on run.device, in the dtype it was saved in, computing in
+    model.precision, with the chat template model.template asks for."""
     from zeroth.models import hf as models
+    from zeroth.models.precision import set_precision
 
     model, tokenizer = models.load_model(folder, dtype="auto", template=cfg.model.template)
-    return model.to(models.pick_device(cfg.run.device)).eval(), tokenizer
+    model = model.to(models.pick_device(cfg.run.device)).eval()
+    return set_precision(model, cfg.model.precision), tokenizer  # as the run computed
 
 
 # -- the command --------------------------------------------------------------------------------

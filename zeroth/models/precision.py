@@ -54,10 +54,12 @@ def resolve(precision: str, dtype: str, hidden_size: int, device: torch.device) 
     return "bf16-mixed" if hidden_size >= MIN_HIDDEN and fast_bf16(device) else "fp32"
 
 
-def set_precision(model, precision: str, dtype: str = "float32"):
+def set_precision(model, precision: str, dtype: str | None = None):
     """`model`, marked to compute in `precision` (fp32 | bf16-mixed | auto, resolved here for
-    its width and device). Returns the model."""
-    device = next(model.parameters()).device
+    its width, device and weights' `dtype`, by default the one they are in). Returns it."""
+    first = next(model.parameters())
+    device = first.device
+    dtype = dtype or ("float32" if first.dtype == torch.float32 else str(first.dtype))
     hidden = getattr(getattr(model, "config", None), "hidden_size", 0) or 0
     setattr(model, _ATTR, resolve(precision, dtype, hidden, device))
     return model
