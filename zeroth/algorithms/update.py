@@ -8,7 +8,8 @@ clipped policy-gradient steps over minibatches (zeroth.algorithms.losses.policy_
 pad_id); `batch` a zeroth.rollout.batch.Rollouts of whole groups. With a single optimiser step
 per batch (mu = 1, one minibatch) the old log-probs are the current ones detached (ratio = 1,
 pure on-policy policy gradient) and are not computed apart; otherwise they are computed once
-before the first update, as in PPO. Log-probs go through the lean path (each group's prompt run
+before the first update, as in PPO — except minibatch 0's, which its first pass gives (no step
+has been taken before it): one forward fewer per step. Log-probs go through the lean path (each group's prompt run
 once; zeroth.models.lean) when the model allows it, else transformers' forward.
 
 When the engine returned its own log-probs of the sampled tokens (vLLM), the first pass
@@ -136,16 +137,24 @@ def logprobs_before(ctx, batch) -> Before:
         return completion_logprobs(model, *part[:2], pad, rl.temperature, fast) \
             if part[0] else (None, None)
 
-    old = None if on_policy else [run(ctx.policy, part) for part in parts]
+    # minibatch 0's old log-probs are its first pass's own (no step has been taken before it):
+    # that pass fills them in (`_minibatch`), so they cost no forward here
+    old = None if on_policy else [None] + [run(ctx.policy, part) for part in parts[1:]]
     ref = None if ctx.ref is None else [run(ctx.ref, part)[0] for part in parts]
-    kl = None
-    if ref is not None and old is not None:  # KL(policy || ref) on the tokens sampled
-        pairs = [(o, m, r) for i, ((o, m), r) in enumerate(zip(old, ref))
-                 if m is not None and i not in ghosts]
-        kl_sum, n = dist.all_sum([sum(float((kl_k3(o, r) * m).sum()) for o, m, r in pairs),
-                                  sum(float(m.sum()) for _, m, _ in pairs)])
-        kl = kl_sum / max(1.0, n)
-    return Before(chunks, parts, totals, ghosts, fast, old, ref, kl)
+    return Before(chunks, parts, totals, ghosts, fast, old, ref, None)
+
+
+def _policy_kl(before: Before) -> float | None:
+    """The mean k3 KL(policy || ref) over the sampled tokens of every minibatch, from the old
+    log-probs (all of them known once minibatch 0 has had its first pass); None without a
+    reference or on-policy."""
+    if before.ref is None or before.old is None:
+        return None
+    pairs = [(old[0], old[1], r) for i, (old, r) in enumerate(zip(before.old, before.ref))
+             if old is not None and old[1] is not None and i not in before.ghosts]
+    kl_sum, n = dist.all_sum([sum(float((kl_k3(o, r) * m).sum()) for o, m, r in pairs),
+                              sum(float(m.sum()) for _, m, _ in pairs)])
+    return kl_sum / max(1.0, n)
 
 
 def _minibatch(ctx, before: Before, i: int, advantages, weights: list, first: bool):
@@ -157,6 +166,8 @@ def _minibatch(ctx, before: Before, i: int, advantages, weights: list, first: bo
         return 0.0, {}, {}, (0.0, 0.0)
     logp, mask = completion_logprobs(ctx.policy, *part[:2], ctx.pad_id, rl.temperature,
                                      before.fast)
+    if before.old is not None and before.old[i] is None:  # minibatch 0, first pass: see
+        before.old[i] = (logp.detach(), mask)  # logprobs_before
     old = logp.detach() if before.old is None else before.old[i][0]
     ghost = i in before.ghosts  # FSDP's stand-in row: it takes no share of the loss
     gap, surprisal = {}, (0.0, 0.0)
@@ -215,6 +226,7 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
     totals["lr"] = float(optimizer.param_groups[0]["lr"])
     if not on_policy or before.ref is None:  # after updates, on older samples: biased
         totals.pop("kl", None)
+        before.kl = _policy_kl(before)
         if before.kl is not None:
             totals["kl"] = before.kl
     return totals
