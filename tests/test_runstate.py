@@ -189,6 +189,8 @@ def test_without_a_lock_file_the_ledgers_last_write_decides(tmp_path):
     fresh.mkdir()
     (fresh / "config.yaml").write_text("run: {name: fresh}\n")
     assert run_state(fresh)["status"] == "starting"  # `zeroth run` is setting it up
+    (fresh / "ledger.sqlite").touch()  # the ledger created, nothing in it yet (a real race)
+    assert run_state(fresh)["status"] == "starting"
     os.utime(fresh / "config.yaml", (time.time() - 3600,) * 2)
     assert run_state(fresh)["status"] == "stopped"  # set up an hour ago and abandoned
 

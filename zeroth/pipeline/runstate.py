@@ -195,9 +195,10 @@ def status(run_dir: Path, held: bool | None) -> str:
         return "finished"
     if held is False:
         return "stopped"
-    if not (run_dir / LEDGER).is_file():  # set up only moments ago, or abandoned then
+    written = last_write(run_dir)  # 0: no ledger, or one created but not written yet
+    if written == 0.0:  # set up only moments ago, or abandoned then
         return "starting" if time.time() - _made(run_dir) < RUNNING_WITHIN_S else "stopped"
-    return "running" if time.time() - last_write(run_dir) < RUNNING_WITHIN_S else "stopped"
+    return "running" if time.time() - written < RUNNING_WITHIN_S else "stopped"
 
 
 def _made(run_dir: Path) -> float:
