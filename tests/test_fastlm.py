@@ -364,8 +364,8 @@ def test_update_fast_equals_transformers_path(model, monkeypatch, case, use_ref)
 
 @pytest.mark.parametrize("items", [None, 40])
 def test_sequence_loss_and_gradients_match_transformers(model, items):
-    """The lean supervised loss (bf16-mixed pre-training and SFT take it) is transformers'
-    loss with labels: right-padded rows, prompt tokens unlabelled, the same gradients."""
+    """The lean supervised loss (pre-training and SFT take it) is transformers' loss with
+    labels: right-padded rows, prompt tokens unlabelled, the same gradients."""
     from zeroth.stages.supervised import right_pad
 
     rows = [([5, 6, 7, 8, 9], [-100, -100, 7, 8, 9]), ([3, 4], [3, 4]),

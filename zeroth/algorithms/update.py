@@ -9,8 +9,8 @@ pad_id); `batch` a zeroth.rollout.batch.Rollouts of whole groups. With a single 
 per batch (mu = 1, one minibatch) the old log-probs are the current ones detached (ratio = 1,
 pure on-policy policy gradient) and are not computed apart; otherwise they are computed once
 before the first update, as in PPO — except minibatch 0's, which its first pass gives (no step
-has been taken before it): one forward fewer per step. Log-probs go through the lean path (each group's prompt run
-once; zeroth.models.lean) when the model allows it, else transformers' forward.
+has been taken before it): one forward fewer per step. Log-probs go through the lean path (each
+group's prompt run once; zeroth.models.lean) when the model allows it, else transformers'.
 
 When the engine returned its own log-probs of the sampled tokens (vLLM), the first pass
 compares them with the trainer's old ones (logprob_gap, logprob_gap_max) and weights the loss by
@@ -66,9 +66,8 @@ def completion_logprobs(model, prompts, completions, pad_id: int, temperature: f
 @dataclass
 class Before:
     """What is computed once before the update, without grad: the minibatches and, per
-    minibatch, the old
-    log-probs and masks (None on-policy) and the reference's log-probs (None without one);
-    `kl`, the mean k3 KL(policy || ref) over the sampled tokens (None when not both)."""
+    minibatch, the old log-probs and masks (None on-policy; minibatch 0's filled in by its
+    first pass) and the reference's log-probs (None without one)."""
 
     chunks: list[slice]  # per minibatch: this rank's rows of the batch
     parts: list[tuple]  # per minibatch: (prompts, completions, engine log-probs or None)
@@ -77,7 +76,6 @@ class Before:
     fast: bool
     old: list | None
     ref: list | None
-    kl: float | None
 
 
 def _minibatches(ctx, batch) -> tuple[list[slice], list[tuple], list[tuple | None], set[int]]:
@@ -141,7 +139,7 @@ def logprobs_before(ctx, batch) -> Before:
     # that pass fills them in (`_minibatch`), so they cost no forward here
     old = None if on_policy else [None] + [run(ctx.policy, part) for part in parts[1:]]
     ref = None if ctx.ref is None else [run(ctx.ref, part)[0] for part in parts]
-    return Before(chunks, parts, totals, ghosts, fast, old, ref, None)
+    return Before(chunks, parts, totals, ghosts, fast, old, ref)
 
 
 def _policy_kl(before: Before) -> float | None:
@@ -226,9 +224,9 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
     totals["lr"] = float(optimizer.param_groups[0]["lr"])
     if not on_policy or before.ref is None:  # after updates, on older samples: biased
         totals.pop("kl", None)
-        before.kl = _policy_kl(before)
-        if before.kl is not None:
-            totals["kl"] = before.kl
+        kl = _policy_kl(before)
+        if kl is not None:
+            totals["kl"] = kl
     return totals
 
 

@@ -267,8 +267,9 @@ def sequence_loss(model, ids: Tensor, labels: Tensor, items: int | None = None) 
     device, rows = ids.device, ids.shape[0]
     labelled = labels != -100  # (B, T)
     place = torch.arange(1, ids.shape[1] + 1, device=device)  # (T,)
-    width = max(1, int((labelled * place).amax()))
-    keep = (place[None, :width] <= (labelled * place).amax(dim=1, keepdim=True))  # (B, W)
+    ends = (labelled * place).amax(dim=1, keepdim=True)  # (B, 1): one past the last target
+    width = max(1, int(ends.max()))
+    keep = place[None, :width] <= ends  # (B, W)
     grid = keep.flatten().nonzero().squeeze(1)  # (N,) the kept tokens in the flat (B * W) grid
     n = len(grid)
     x = model.get_input_embeddings()(ids[:, :width].flatten()[grid])  # (N, hidden)

@@ -2,8 +2,8 @@
 
 bf16-mixed is the usual mixed-precision policy: the weights, their gradients and the optimiser's
 state stay float32 (the master copy), and the forward runs under `torch.autocast` in bfloat16 —
-matrix products and attention in bf16, the residual stream, norms' statistics and every
-log-prob and loss in float32. The backward runs in the precision its forward used. On CPU this
+matrix products in bf16; attention (zeroth.models.lean), the residual stream, norms' statistics
+and every log-prob and loss in float32. The backward runs in the precision its forward used. On CPU this
 needs AVX-512 BF16 or AMX to be faster (the matrix products of the 32M and 140M benchmark
 shapes run 2-3x faster in bf16 there); on GPU, bf16 support.
 
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("fp32", "bf16-mixed", "auto")
 MIN_HIDDEN = 256  # auto: bf16-mixed from this width up (measured: 4M model 1.3x faster, 1M none)
 _ATTR = "zeroth_precision"
 
