@@ -46,8 +46,10 @@ def supports(model, grad: bool = False) -> bool:
         return False
     if hasattr(next(model.parameters()), "device_mesh"):  # FSDP: its hooks run in forward()
         return False
-    if grad and (getattr(model, "is_activation_checkpointing", False)  # transformers >= 5.20
-                 or getattr(model, "is_gradient_checkpointing", False)):
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.20
+    if checkpointing is None:  # older: the name newer ones deprecate (asking it warns there)
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if grad and checkpointing:
         return False
     if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "hidden_act", "silu") != "silu":
         return False
