@@ -15,7 +15,7 @@ from zeroth.rewards.math import (
     math_accuracy,
     math_pool,
 )
-from zeroth.rewards.pool import TIMEOUT, CheckPool
+from zeroth.rewards.pool import DIED, TIMEOUT, CheckPool
 
 TIMEOUT_S = 1.0  # per-check limit in these tests; a worker is killed 1 s after it
 BOUND_S = TIMEOUT_S + 1.0 + 5.0  # the limit, the grace, and a generous slack for a restart
@@ -200,7 +200,7 @@ def test_pool_soft_timeout_sleep_and_dead_worker():
         assert busy.map([range(10**10), range(5)]) == [TIMEOUT, 2]  # SIGPROF in the worker
         assert time.monotonic() - start < 10.0  # far below the 30 s grace: no kill needed
         assert sleeper.map([30, 0]) == [TIMEOUT, None]  # no CPU used: killed at 0.8 s
-        assert exiter.map([1, 2]) == [TIMEOUT, TIMEOUT]  # each item kills its worker
+        assert exiter.map([1, 2]) == [DIED, DIED]  # each item kills its worker, twice
     finally:
         for pool in (busy, sleeper, exiter):
             pool.close()

@@ -27,6 +27,7 @@ from zeroth.algorithms.losses import engine_weights, kl_k3, policy_loss, token_l
 from zeroth.models import lean
 from zeroth.models.precision import autocast
 from zeroth.pipeline import dist
+from zeroth.pipeline.faults import clip_or_skip
 
 
 def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
@@ -202,6 +203,7 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
     totals: dict[str, float] = {}
     neg_logp, n_tokens = 0.0, 0.0  # first pass: mean -log p of the sampled tokens = entropy
     weights: list = [None] * len(before.chunks)  # engine-gap correction per minibatch
+    skipped = 0  # optimiser steps skipped for a non-finite loss or gradient
     for epoch in range(rl.mu):
         for i in range(len(before.chunks)):
             optimizer.zero_grad(set_to_none=True)
@@ -209,8 +211,12 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
                                                               weights, epoch == 0)
             neg_logp, n_tokens = neg_logp + surprise, n_tokens + tokens
             dist.sync_grads(params)  # world 1: nothing; else the sum over ranks
-            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm))
-            optimizer.step()
+            stats["grad_norm"], ok = clip_or_skip(params, rl.max_grad_norm,
+                                                  loss if dist.world() == 1 else None)
+            if ok:
+                optimizer.step()
+            else:  # a non-finite loss or gradient: this optimiser step is skipped
+                skipped += 1
             stats["loss"] = loss  # this rank's share of the loss (all of it alone)
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value / passes
@@ -222,6 +228,8 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
     # surprisal (they were drawn from this policy at this temperature); costs no extra pass.
     totals["entropy"] = neg_logp / max(1.0, n_tokens)
     totals["lr"] = float(optimizer.param_groups[0]["lr"])
+    if skipped:
+        totals["skipped_steps"] = skipped
     if not on_policy or before.ref is None:  # after updates, on older samples: biased
         totals.pop("kl", None)
         kl = _policy_kl(before)
@@ -231,13 +239,13 @@ def update(ctx, batch, advantages: torch.Tensor, before: Before | None = None) -
 
 
 def _reduce(totals: dict) -> dict:
-    """Every rank's stats as one: *_max / *_min over ranks, grad_norm as is (every rank clipped
-    the same summed gradient), the rest summed (each rank's already weighted by its share)."""
+    """Every rank's stats as one: *_max / *_min over ranks, grad_norm and skipped_steps as they
+    are (every rank clipped, or skipped, the same summed gradient), the rest summed (each rank's already weighted by its share)."""
     every = dist.gather(totals)
     out = {}
     for key in dict.fromkeys(k for t in every for k in t):
         values = [t[key] for t in every if key in t]
-        if key == "grad_norm":
+        if key in ("grad_norm", "skipped_steps"):  # the same on every rank
             out[key] = totals[key]
         elif key.endswith("_max"):
             out[key] = max(values)

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 
 from zeroth.errors import UserError
+from zeroth.pipeline.checkpoint import DiskFull
+from zeroth.pipeline.faults import Stopped
 
 
 def _quiet_libraries() -> None:
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return command_modules()[ns.command].run(ns)
+    except (Stopped, DiskFull, OSError, sqlite3.Error) as exc:  # a stop asked for, a full disk
+        return _stopped(exc, getattr(ns, "run_dir", None))
     except UserError as exc:
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for every rank
             print(f"zeroth: error: {exc}", file=sys.stderr)
@@ -98,6 +103,36 @@ def main(argv: list[str] | None = None) -> int:
         if "RANK" not in os.environ:  # under torchrun the launcher says it
             print(f"zeroth: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _stopped(exc: BaseException, run_dir) -> int:
+    """A run stopped at a safe point by SIGTERM (exit 0, with the command that resumes it), or
+    a write the disk refused (a full disk, a read-only folder: one line with that command,
+    exit 1); any other exception is raised again."""
+    from zeroth.pipeline import faults
+
+    main = os.environ.get("RANK", "0") == "0"
+    if isinstance(exc, Stopped):
+        if main:
+            from zeroth.pipeline.runstate import resume_command
+
+            print(f"zeroth: stopped by {exc.signal_name}; checkpoint {exc.tag} saved — "
+                  f"continue with {resume_command(run_dir)}", file=sys.stderr)
+        return 0
+    if isinstance(exc, DiskFull):  # a checkpoint or model folder's save: its own message
+        if main:
+            from zeroth.pipeline.runstate import resume_command
+
+            hint = f"continue with {resume_command(run_dir)}" if run_dir else "run again"
+            print(f"zeroth: error: {str(exc).replace('run again', hint)}", file=sys.stderr)
+        return 1
+    kind = faults.write_failure(exc)
+    if kind is None:
+        raise exc
+    if main:
+        print(f"zeroth: error: {faults.write_failure_message(exc, run_dir, kind)}",
+              file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -104,7 +104,10 @@ def run(ns) -> int:
                       highlight=False)
     if estimate:
         display.print(estimate, highlight=False)
-    with display, dist.peer_lost(run_dir):
+    from zeroth.pipeline.faults import stop_on_sigterm
+
+    # SIGTERM: a checkpoint at the next safe point, then exit 0 (zeroth.pipeline.faults)
+    with display, dist.peer_lost(run_dir), stop_on_sigterm():
         summary = execute(run_dir, cfg, display)
     if dist.is_main():
         print_results(display.console, summary, run_dir)

@@ -103,6 +103,8 @@ _RULES: list[tuple] = [
     ("run.seed", *_ge(0)),
     ("run.threads", *_ge(1)),
     ("run.keep_checkpoints", *_ge(0)),
+    ("run.max_nonfinite_steps", *_ge(0)),
+    ("rl.reward_timeout_s", *_ge(0)),
     ("run.device", *_one_of("cpu", "cuda", "auto")),
     (
         "task.name",

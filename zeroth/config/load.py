@@ -197,7 +197,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
 # What `zeroth run --resume` may change in a run's saved config.
 # ---------------------------------------------------------------------------------------------
 
-RESUMABLE = ("rl.steps", "run.threads", "run.keep_checkpoints",
+RESUMABLE = ("rl.steps", "run.threads", "run.keep_checkpoints", "run.max_nonfinite_steps",
              # where vLLM runs and with how much memory (not what it samples)
              "vllm.url", "vllm.port", "vllm.devices", "vllm.kv_cache_gib", "vllm.gpu_memory",
              "vllm.start_timeout")

@@ -22,6 +22,9 @@ class RunConfig:
     # checkpoints kept: 0 -> every one; N -> the newest N, and always LATEST's and each stage's
     # last (zeroth.pipeline.checkpoint)
     keep_checkpoints: int = 0
+    # updates skipped for a non-finite loss, gradient or advantage, in a row, before the run
+    # stops (0: never; zeroth.pipeline.faults)
+    max_nonfinite_steps: int = 3
 
 
 @dataclass
@@ -129,6 +132,9 @@ class RLConfig:
     # (TRL's names): none | token_truncate | token_mask | sequence_truncate | sequence_mask
     engine_correction: str = "sequence_mask"
     engine_correction_cap: float = 3.0  # the ratio's upper bound (truncated to it, or masked)
+    # seconds one reward function may take over a step's completions (0: no limit); past it
+    # they are recorded as verifier failures (None), never 0.0 (zeroth.rewards.combine)
+    reward_timeout_s: float = 600.0
 
 
 @dataclass

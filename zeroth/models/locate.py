@@ -3,11 +3,14 @@ latest checkpoint. Reading the run layout only (zeroth.pipeline.checkpoint write
 
     runs/<name>/checkpoints/LATEST          the tag of the newest complete checkpoint
     runs/<name>/checkpoints/<tag>/model/    a Hugging Face folder; <tag>/state.json
+    runs/<name>/checkpoints/<tag>/manifest.json  each file's size and sha256 (`verify_checkpoint`)
     runs/<name>/final/                      the finished run's model (with summary.json beside)
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from zeroth.errors import UserError
@@ -15,6 +18,7 @@ from zeroth.errors import UserError
 LATEST = "LATEST"
 FINAL = "final"  # a run's finished model, beside checkpoints/
 OLD_PREFIX = ".old-"  # a checkpoint being replaced keeps its old copy under this prefix
+MANIFEST = "manifest.json"  # in a checkpoint: {"files": {relative path: {"size", "sha256"}}}
 
 
 def model_dir(path: str | Path) -> Path:
@@ -43,24 +47,103 @@ def leftover_tag(name: str, prefix: str) -> str:
     return name[len(prefix) :].rsplit("-", 1)[0]
 
 
+def latest_path(root: Path, tag: str) -> Path:
+    """Where LATEST's `tag` is: `root/tag`, or the whole old copy a save replacing this same tag
+    left when it was killed between its two renames. `root/tag` (missing or partial) when
+    neither is complete."""
+    path = root / tag
+    if is_checkpoint(path) or not root.is_dir():
+        return path
+    for old in sorted(root.iterdir()):
+        is_old = old.name.startswith(OLD_PREFIX) and leftover_tag(old.name, OLD_PREFIX) == tag
+        if is_old and is_checkpoint(old):
+            return old
+    return path
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint named by LATEST, or None when there is no LATEST.
 
-    Raises UserError when LATEST names a checkpoint that is missing or lacks state.json.
+    Raises UserError when LATEST names a checkpoint that is missing or lacks state.json. Reads
+    only (for eval, chat, viewers): a resume calls `checkpoint.resumable_checkpoint`, which
+    verifies and falls back.
     """
     root = checkpoints_dir(run_dir)
     tag = read_latest(root)
     if tag is None:
         return None
-    path = root / tag
+    path = latest_path(root, tag)
     if is_checkpoint(path):
         return path
-    # A save replacing this same tag was killed between its two renames: the old copy is whole.
-    for old in sorted(root.iterdir()):
-        is_old = old.name.startswith(OLD_PREFIX) and leftover_tag(old.name, OLD_PREFIX) == tag
-        if is_old and is_checkpoint(old):
-            return old
     raise UserError(f"{root / LATEST} names checkpoint {tag!r}, but {path} is missing or partial")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in chunks (hex)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _manifest_files(path: Path) -> dict | str | None:
+    """A checkpoint's manifest entries; None without a manifest; a problem text if unreadable."""
+    try:
+        text = (path / MANIFEST).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{MANIFEST} is unreadable ({e})"
+    try:
+        files = json.loads(text)["files"]
+        if all(isinstance(v["size"], int) and isinstance(v["sha256"], str)
+               for v in files.values()):
+            return files
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return f"{MANIFEST} is not a valid manifest"
+
+
+def manifest_lists(path: Path, rel: str) -> bool | None:
+    """Whether checkpoint `path`'s manifest lists file `rel`; None without a usable manifest."""
+    files = _manifest_files(path)
+    return rel in files if isinstance(files, dict) else None
+
+
+def _state_problem(path: Path) -> str | None:
+    """What is wrong with a checkpoint's state.json, or None when it holds a JSON object."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "state.json is missing (a partial checkpoint)"
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        return f"state.json is not valid JSON ({type(e).__name__})"
+    return None if isinstance(state, dict) else "state.json does not hold a JSON object"
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """None when checkpoint `path` is whole: every file its manifest lists is there with its
+    size and sha256, and state.json is a JSON object. Else the first problem, in a few words
+    ("model/model.safetensors: 12345 bytes, expected 67890"). A checkpoint saved before
+    manifests existed is accepted unverified (only its state.json is checked)."""
+    path = Path(path)
+    if not path.is_dir():
+        return "the checkpoint is missing"
+    files = _manifest_files(path)
+    if isinstance(files, str):
+        return files
+    for rel, want in sorted((files or {}).items()):  # the cheap checks first
+        try:
+            size = (path / rel).stat().st_size
+        except FileNotFoundError:
+            return f"{rel} is missing"
+        if size != want["size"]:
+            return f"{rel}: {size} bytes, expected {want['size']}"
+    problem = _state_problem(path)
+    if problem is not None:
+        return problem
+    for rel, want in sorted((files or {}).items()):
+        if file_sha256(path / rel) != want["sha256"]:
+            return f"{rel}: sha256 differs (contents changed on disk)"
+    return None
 
 
 def is_model(folder: Path) -> bool:

@@ -52,9 +52,9 @@ from zeroth.models.hf import (
     prepare_model,
     train_tokenizer,
 )
-from zeroth.models.locate import latest_checkpoint, model_dir
-from zeroth.pipeline import dist, export, memory
-from zeroth.pipeline.checkpoint import load_checkpoint, save_checkpoint
+from zeroth.models.locate import model_dir
+from zeroth.pipeline import dist, export, faults, memory
+from zeroth.pipeline.checkpoint import load_checkpoint, resumable_checkpoint, save_checkpoint
 from zeroth.pipeline.ledger import Ledger, Unwritten
 from zeroth.rewards.resolve import absolute_reference, rename_rewards
 from zeroth.stages import STAGES
@@ -227,12 +227,23 @@ class Runner:
     def __init__(self, run_dir: Path, cfg: Config, display):
         self.dir, self.base_cfg, self.cfg, self.display = Path(run_dir), cfg, cfg, display
         main = dist.is_main()  # rank 0 alone writes the run directory
+        if main:
+            faults.check_writable(self.dir)  # a read-only folder: one line, nothing changed
         self.lock = lock_run_dir(self.dir) if main else None
-        self.ledger = Ledger(self.dir / "ledger.sqlite") if main else Unwritten()
+        # a damaged ledger: what can be read is salvaged into a fresh one, the file kept aside
+        self.ledger = Ledger(self.dir / "ledger.sqlite", repair=True) if main else Unwritten()
+        if main and self.ledger.salvaged:
+            said = salvage_note(self.ledger.salvaged)
+            display.print(f"warning: {said}", highlight=False)
+            faults.note_event(self.ledger, "ledger damaged", said)
         self.task = load_task(cfg)
         self.device = pick_device(cfg.run.device)
         self.t0 = time.time()
-        self.ckpt = latest_checkpoint(self.dir)
+        # the newest intact checkpoint: a damaged one is moved aside (rank 0), with a warning
+        self.ckpt, warning = dist.on_main(resumable_checkpoint, self.dir)
+        if warning:
+            display.print(f"warning: {warning}", highlight=False)
+            faults.note_event(self.ledger, "checkpoint damaged", warning)
         self.stage_id, self.resume_ckpt = None, None
         if self.ckpt is None:
             self.model, self.tokenizer = init_model(cfg, self.task)
@@ -274,6 +285,13 @@ class Runner:
     def evaluate(self, phase: str) -> dict:
         """The held-out evaluation of the current model, recorded under `phase`."""
         return eval_stage.run(self, phase)
+
+def salvage_note(salvaged: dict) -> str:
+    """One line on a damaged ledger salvaged as the run opened it."""
+    kept = ", ".join(f"{n} {table}" for table, n in salvaged["kept"].items())
+    return (f"the ledger was damaged ({salvaged['error']}); kept what could be read ({kept}) "
+            f"in a fresh ledger, the damaged file is at {salvaged['moved_to']}")
+
 
 def load_state_index(ckpt: Path) -> int:
     """The pipeline stage a checkpoint was saved in."""
@@ -322,6 +340,7 @@ def run_pipeline(r: Runner) -> None:
                 stage.start(r)
             r.state["entered"] = True
             r.save(0)
+            faults.stop_point(r, 0, True, None)  # a SIGTERM during the evaluation stops here
         r.state["results"][sid] = stage.run(r)
         if stage.CHANGES_MODEL:
             r.state["evals"][sid] = r.evaluate(f"eval_{sid}")
@@ -412,7 +431,11 @@ def execute(run_dir: Path, cfg: Config, display) -> dict:
         return json.loads(done.read_text(encoding="utf-8"))
     r = Runner(run_dir, cfg, display)
     try:
-        run_pipeline(r)
+        try:
+            run_pipeline(r)
+        except (faults.Stopped, faults.Diverged) as exc:  # kept in the ledger's events
+            faults.note_event(r.ledger, type(exc).__name__.lower(), str(exc))
+            raise
         dist.on_main(save_final, dist.plain(r.model), r)
         summary = dist.broadcast(summary_of(r))  # rank 0's wall time
         dist.on_main(write_json, r.dir / "summary.json", summary)

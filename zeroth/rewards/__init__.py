@@ -6,7 +6,9 @@ None means "not applicable / the verifier could not decide" and is recorded as s
 
 from __future__ import annotations
 
-from math import isnan
+import ctypes
+import threading
+from math import isfinite
 
 from zeroth.rewards.exact import exact_answer
 from zeroth.rewards.shaping import (
@@ -49,17 +51,57 @@ __all__ = [
 ]
 
 
-def _number(score) -> float | None:
-    """A reward value as float; None (or NaN) stays None; anything else is a verifier bug."""
+def _number(score) -> tuple[float | None, str | None]:
+    """A reward value as (float, None). None stays None. NaN and +-inf become None with a short
+    reason, kept under `<name>_error`: one would poison the total and then every advantage of
+    its group. Anything that is not a number raises (a verifier bug, recorded for the call)."""
     if score is None:
-        return None
+        return None, None
     value = float(score)  # raises for a non-number, recorded like any verifier failure
-    return None if isnan(value) else value
+    if not isfinite(value):
+        return None, f"non-finite score {value}"
+    return value, None
+
+
+class _TimedOut(Exception):
+    """A reward function overran `combine`'s timeout_s (its message is the recorded error)."""
+
+
+class _Stop(BaseException):
+    """Raised asynchronously into the thread of a reward function that overran its limit; a
+    BaseException so that the function's own `except Exception` cannot swallow it."""
+
+
+def _call_within(fn, completions: list, columns: dict, timeout_s: float):
+    """`fn(completions, **columns)` in a daemon thread, waited for at most `timeout_s` seconds
+    (from any thread: no signals). On overrun, `_Stop` is raised into the thread, which ends a
+    pure-Python loop at its next bytecode; a thread stuck in a C call that never returns cannot
+    be stopped and is left running as a daemon. Raises _TimedOut, or what `fn` raised."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn(completions, **columns)
+        except _Stop:
+            pass
+        except BaseException as exc:  # noqa: BLE001 — re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="zeroth-reward", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                   ctypes.py_object(_Stop))
+        raise _TimedOut(f"timed out after {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def combine(
     completions: list[str], rows: list[dict], fns: dict, weights: dict[str, float],
-    **extra: list,
+    timeout_s: float | None = None, **extra: list,
 ) -> tuple[list[float], list[dict[str, float | None]]]:
     """Score every completion with every weighted reward function.
 
@@ -67,7 +109,11 @@ def combine(
     completion_ids). Returns (total per completion, components per completion). A component
     that is None (not applicable, or the verifier raised) adds nothing to the total; a reward
     function that raises is recorded as None for that whole call with the error kept under
-    `<name>_error`, and the RL step gives such completions no advantage.
+    `<name>_error`, and the RL step gives such completions no advantage. A NaN or infinite
+    score is None for its completion, with the reason under `<name>_error`. With `timeout_s`,
+    each call runs in a worker thread and one that takes longer is None for the whole call
+    ("timed out after N s"); see `_call_within` for how the stuck thread is stopped. Without
+    it (the default) the functions run in the caller's thread, unbounded.
     """
     keys = dict.fromkeys(key for row in rows for key in row)  # union, in first-seen order
     columns = {key: [row.get(key) for row in rows] for key in keys}
@@ -75,13 +121,18 @@ def combine(
     parts: list[dict[str, float | None]] = [{} for _ in completions]
     for name in weights:
         try:
-            scores = [_number(x) for x in fns[name](completions, **columns)]
-            if len(scores) != len(completions):
-                raise ValueError(f"returned {len(scores)} scores for {len(completions)}")
-            error = None
+            if timeout_s is None:
+                raw = fns[name](completions, **columns)
+            else:
+                raw = _call_within(fns[name], completions, columns, timeout_s)
+            scored = [_number(x) for x in raw]
+            if len(scored) != len(completions):
+                raise ValueError(f"returned {len(scored)} scores for {len(completions)}")
+        except _TimedOut as exc:
+            scored = [(None, str(exc))] * len(completions)
         except Exception as exc:  # noqa: BLE001 — a verifier failure is recorded, not a 0.0
-            scores, error = [None] * len(completions), f"{type(exc).__name__}: {exc}"
-        for part, score in zip(parts, scores):
+            scored = [(None, f"{type(exc).__name__}: {exc}")] * len(completions)
+        for part, (score, error) in zip(parts, scored):
             part[name] = score
             if error:
                 part[f"{name}_error"] = error

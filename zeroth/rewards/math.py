@@ -38,9 +38,11 @@ numbers with more than 100,000 digits, exponents above 10**6, factorials above 2
 
 Every check runs in a `CheckPool` worker process with a hard deadline (2 s of CPU, and the
 worker is killed after 3 s of wall-clock time, by default; see `configure_math_pool`): a
-hostile answer costs at most that and scores 0.0, from any thread. math-verify's own timeouts
-use SIGALRM, which only works in a main thread (off it, math-verify raises ValueError) and
-cannot stop a long C call, so they are switched off here.
+hostile answer costs at most that and scores 0.0, from any thread. A check whose worker dies
+without being killed for its deadline (an OOM kill, a kill from outside) runs again on a fresh
+worker; one that kills that worker too scores None (the pool's `DIED`: a verifier failure, not
+a wrong answer). math-verify's own timeouts use SIGALRM, which only works in a main thread (off
+it, math-verify raises ValueError) and cannot stop a long C call, so they are switched off here.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ import unicodedata
 from fractions import Fraction
 from functools import lru_cache
 
-from zeroth.rewards.pool import CheckPool
+from zeroth.rewards.pool import DIED, CheckPool
 from zeroth.rewards.shaping import after_thinking
 
 MAX_ANSWER_CHARS = 1000
@@ -499,7 +501,8 @@ def math_accuracy(completions: list[str], answer: list, answer_fallback: str = "
     """1.0 when the answer the completion states is equivalent to the reference, else 0.0 (also
     when it states none); None when the reference is missing. `answer_fallback` ("none",
     "marker", "last_number") says whether free text may state it: see `extract_math_answer`.
-    Raises RuntimeError when the check workers cannot run."""
+    None too for a check that killed two workers in a row (DIED). Raises RuntimeError when the
+    check workers cannot run."""
     scores: list[float | None] = []
     pending: list[tuple[int, tuple[str, str]]] = []
     for i, (completion, reference) in enumerate(zip(completions, answer, strict=True)):
@@ -516,5 +519,5 @@ def math_accuracy(completions: list[str], answer: list, answer_fallback: str = "
     if pending:
         results = math_pool().map([pair for _, pair in pending])
         for (i, _pair), same in zip(pending, results, strict=True):
-            scores[i] = 1.0 if same is True else 0.0
+            scores[i] = None if same == DIED else 1.0 if same is True else 0.0
     return scores

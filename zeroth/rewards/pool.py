@@ -9,7 +9,12 @@ cannot interrupt a long C call (`10**10**10`). So each check runs in a worker pr
   busy machine does not time out checks that are merely waiting for a core;
 * the parent watches every worker and SIGKILLs one that has not reported within
   `timeout + grace` seconds, scores the item `TIMEOUT`, starts a replacement and hands it the
-  rest of the batch; a worker that dies (segfault, OOM) is treated the same way;
+  rest of the batch;
+* a worker that dies on an item without the parent killing it (killed from outside, an OOM
+  kill, a segfault) costs the item nothing: it is run again, alone, on a fresh worker; an
+  item that also kills that second worker is `DIED` (a verifier failure for the caller, never
+  a wrong answer). Death by the CPU fuse below, or found after the item's deadline, is
+  `TIMEOUT` as before;
 * each worker's address space is capped (`memory_mb`), so a huge number raises MemoryError,
   and an RLIMIT_CPU fuse lets the kernel end an item that has used `timeout + 5` s of CPU, so a
   check stays bounded even if the parent died (a worker also exits when its pipe closes).
@@ -36,7 +41,9 @@ import traceback
 from collections import deque
 from multiprocessing.connection import Connection, wait
 
-TIMEOUT = "timeout"  # the result of an item that ran out of time or killed its worker
+TIMEOUT = "timeout"  # the result of an item that ran out of time
+DIED = "died"  # the result of an item whose worker died twice, not killed for its deadline
+_TRIES = 2  # workers an item may lose before it is DIED
 _START_TIMEOUT_S = 120.0
 
 
@@ -185,9 +192,11 @@ class _Slot:
 class CheckPool:
     """Run `module:function` on items in worker processes, each item bounded in time.
 
-    `map(items)` returns one result per item, in order: the function's return value, or
-    `TIMEOUT` for an item that ran out of time (or crashed its worker). An exception raised by
-    the function is a verifier bug: `map` finishes the batch, then raises RuntimeError.
+    `map(items)` returns one result per item, in order: the function's return value, `TIMEOUT`
+    for an item that ran out of time, or `DIED` for one that killed two workers in a row (run
+    again after the first: a worker killed from outside loses nothing). Callers map `DIED` to
+    a verifier failure (None), never to a wrong answer. An exception raised by the function is
+    a verifier bug: `map` finishes the batch, then raises RuntimeError.
     `init` (`module:function`, optional) runs once in each new worker before it reports ready;
     `chunk` items go to a worker per message.
     """
@@ -239,7 +248,7 @@ class CheckPool:
         return slot.worker
 
     def map(self, items: list) -> list:
-        """One result per item (or TIMEOUT); safe to call from any number of threads."""
+        """One result per item (or TIMEOUT, or DIED); safe to call from any number of threads."""
         if not items:
             return []
         self._start()
@@ -273,6 +282,7 @@ class CheckPool:
     def _drive(self, held: list[_Slot], chunks: deque, results: list, busy: dict) -> list[str]:
         """Hand chunks to the held workers and collect results, killing any overdue worker."""
         free, errors, limit = list(held), [], self.timeout + self.grace
+        deaths: dict[int, int] = {}  # item index -> workers it was running when they died
         while chunks or busy:
             while free and chunks:
                 slot, batch = free.pop(), chunks.popleft()
@@ -290,8 +300,8 @@ class CheckPool:
                 state = busy[slot]
                 try:
                     index, status, value = conn.recv()
-                except (EOFError, OSError):  # the worker died on this item
-                    self._give_up(slot, busy, chunks, results)
+                except (EOFError, OSError):  # the worker died on this item, not killed by us
+                    self._died(slot, busy, chunks, results, deaths)
                     free.append(slot)
                     continue
                 if status == "error":
@@ -309,15 +319,38 @@ class CheckPool:
                     free.append(slot)
         return errors
 
+    def _died(self, slot: _Slot, busy: dict, chunks: deque, results: list,
+              deaths: dict[int, int]) -> None:
+        """The slot's worker died on its current item without the parent killing it (killed from
+        outside, OOM, segfault). The item runs again, alone, on a fresh worker; losing a second
+        worker makes it DIED. A death by the CPU fuse (SIGXCPU), or one noticed only after the
+        item's deadline had passed, is the item's own doing: TIMEOUT, as a kill would be."""
+        batch, position, since = busy[slot]
+        index = batch[position][0]
+        slot.worker.kill()  # reaps it, so its exit status is known
+        fused = slot.worker.proc.returncode == -signal.SIGXCPU
+        if fused or time.monotonic() - since > self.timeout + self.grace:
+            verdict = TIMEOUT
+        else:
+            deaths[index] = deaths.get(index, 0) + 1
+            verdict = DIED if deaths[index] >= _TRIES else None
+        self._give_up(slot, busy, chunks, results, verdict)
+
     @staticmethod
-    def _give_up(slot: _Slot, busy: dict, chunks: deque, results: list) -> None:
-        """Kill the slot's worker; its current item times out, the rest of its batch is requeued."""
+    def _give_up(slot: _Slot, busy: dict, chunks: deque, results: list,
+                 verdict: str | None = TIMEOUT) -> None:
+        """Kill the slot's worker; its current item gets `verdict` (None: it is queued to run
+        again, first and alone, so the freed slot's new worker takes it); the rest of its batch
+        is requeued."""
         batch, position, _ = busy.pop(slot)
         slot.worker.kill()
         slot.worker = None
-        results[batch[position][0]] = TIMEOUT
         if position + 1 < len(batch):
             chunks.appendleft(batch[position + 1:])
+        if verdict is None:
+            chunks.appendleft(batch[position:position + 1])
+        else:
+            results[batch[position][0]] = verdict
 
     def close(self) -> None:
         """Stop every worker (also run at interpreter exit); the pool restarts on next use."""

@@ -6,7 +6,9 @@ side: it starts harnesses — forked from one long-lived fork server per zeroth 
 costs a fork rather than an interpreter start — with a minimal environment (no inherited
 secrets) in a fresh temporary directory (removed afterwards), feeds them the job, reads their
 output with a size cap, enforces a hard wall-clock deadline by killing the harness's whole
-process group, and warns once per process about any isolation feature the host lacks.
+process group, and warns once per process about any isolation feature the host lacks. A fork
+server that dies (killed from outside) is restarted on the next run, and a run it took down
+with it is run again once (`_launch`): its death costs no verdict.
 
 Trusted and untrusted code never share a process: the test code runs in the harness, the
 program in its own unprivileged process, and the two exchange plain data only. The test code's
@@ -20,6 +22,7 @@ import atexit
 import builtins
 import json
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -189,8 +192,9 @@ class _ForkServer:
         self._log.seek(0)
         return self._log.read()[-2000:].decode("utf-8", "replace") or "no output"
 
-    def spawn(self, fds: list[int]) -> int:
-        """Start a harness with these stdin/stdout/stderr; its pid (also its process group)."""
+    def spawn(self, fds: list[int]) -> tuple[int, subprocess.Popen]:
+        """Start a harness with these stdin/stdout/stderr: (its pid, also its process group;
+        the server that forked it, for `alive`)."""
         with self._lock:
             for _ in range(2):
                 if self._owner != os.getpid() or self._proc is None or \
@@ -200,13 +204,30 @@ class _ForkServer:
                     socket.send_fds(self._sock, [b"S"], fds)
                     reply = self._sock.recv(16)
                     if len(reply) == 8:
-                        return int.from_bytes(reply, "big")
+                        return int.from_bytes(reply, "big"), self._proc
                 except OSError:
                     pass
                 self._proc.kill()
                 self._proc.wait()
                 self._sock.close()
             raise SandboxError(f"the sandbox fork server failed: {self._failure()}")
+
+    def alive(self, server: subprocess.Popen) -> bool:
+        """Whether `server` (from `spawn`) is still this process's running fork server. Its
+        harnesses die with it (each has a parent-death signal), so a harness that ended without
+        a result under a dead server was killed, not failed. The server's socket reaches end of
+        file as soon as the kernel closes its files, before its children get that signal, so
+        this answers correctly as soon as such a harness's output ends."""
+        with self._lock:
+            if server is not self._proc or self._owner != os.getpid() or \
+                    server.poll() is not None:
+                return False
+            try:
+                if not select.select([self._sock], [], [], 0)[0]:
+                    return True  # nothing to read, no end of file: running
+                return self._sock.recv(1, socket.MSG_PEEK) != b""
+            except OSError:
+                return False
 
     def release(self, pid: int) -> None:
         """Let the fork server reap a harness that is dead (killed by the caller)."""
@@ -271,30 +292,48 @@ def _available(fd: int) -> bytes:
 
 
 def _start(theirs: list[int], fresh: bool):
-    """A harness with these stdin/stdout/stderr: (Popen or None, pid = process group)."""
+    """A harness with these stdin/stdout/stderr: (Popen or None, pid = process group, the fork
+    server that forked it or None)."""
     if not fresh:
-        return None, _FORK_SERVER.spawn(theirs)
+        return None, *_FORK_SERVER.spawn(theirs)
     try:
         process = subprocess.Popen(
             [sys.executable, "-s", "-S", str(HARNESS)], stdin=theirs[0], stdout=theirs[1],
             stderr=theirs[2], env=ENV, cwd="/", start_new_session=True)
     except OSError as exc:
         raise SandboxError(f"cannot start the sandbox ({sys.executable}): {exc}") from exc
-    return process, process.pid
+    return process, process.pid, None
 
 
 def _launch(job: dict, payload: dict, hard_s: float, out_cap: int, fresh: bool) -> dict:
-    """Run one harness to completion or to the hard deadline; its result (or a timeout)."""
+    """Run one harness to completion or to the hard deadline; its result (or a timeout).
+
+    A harness that ends without a result because its fork server died under it (killed from
+    outside, an OOM kill: the server's harnesses die with it) is run once more, on a new
+    server, so that the server's death costs no verdict; a second such loss raises
+    SandboxError (a verifier failure, never a 0.0)."""
+    out, err, finished, server = _run_harness(job, payload, hard_s, out_cap, fresh)
+    try:
+        return _parse(out, err, finished)
+    except SandboxError:
+        if server is None or _FORK_SERVER.alive(server):
+            raise
+    return _parse(*_run_harness(job, payload, hard_s, out_cap, fresh)[:3])
+
+
+def _run_harness(job: dict, payload: dict, hard_s: float, out_cap: int, fresh: bool):
+    """Start a harness in a fresh run directory, feed it, read it until it ends or the hard
+    deadline passes, kill it: (stdout, stderr, finished, the fork server or None)."""
     base = tempfile.mkdtemp(prefix="zeroth-sbx-")
     (in_r, in_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
     open_fds = {in_r, in_w, out_r, out_w, err_r, err_w}
-    process, pid = None, None
+    process, pid, server = None, None, None
     try:
         os.chmod(base, 0o711)
         os.mkdir(os.path.join(base, "w"))
         job = dict(job, root=base, work=os.path.join(base, "w"), uid_base=UID_BASE,
                    namespaces=USE_NAMESPACES)
-        process, pid = _start([in_r, out_w, err_w], fresh)
+        process, pid, server = _start([in_r, out_w, err_w], fresh)
         for fd in (in_r, out_w, err_w):
             os.close(fd)
             open_fds.discard(fd)
@@ -306,7 +345,7 @@ def _launch(job: dict, payload: dict, hard_s: float, out_cap: int, fresh: bool) 
         for fd in open_fds:
             os.close(fd)
         shutil.rmtree(base, ignore_errors=True)
-    return _parse(out, err, finished)
+    return out, err, finished, server
 
 
 def _end(process, pid: int | None) -> None:

@@ -56,6 +56,7 @@ from zeroth.models.hf import load_model, prompt_ids, trainable
 from zeroth.models.precision import precision_of, set_precision
 from zeroth.pipeline import dist
 from zeroth.pipeline.checkpoint import load_checkpoint, save_folder
+from zeroth.pipeline.faults import NonFinite, stop_point
 from zeroth.record.thoughts import reflect_rate
 from zeroth.rewards import combine, overlong
 from zeroth.rollout import ENGINES, Engine, hash_seed, make_engine
@@ -95,6 +96,7 @@ class RLContext:
     engine: Engine | None = None
     heldout: float | None = None  # pass@1 of the latest held-out evaluation during the stage
     curriculum: Curriculum | None = None
+    max_nonfinite_steps: int = 3  # run.max_nonfinite_steps: skipped steps in a row, then stop
 
     def __post_init__(self):
         rl = resolve_rl(self.rl)
@@ -146,13 +148,16 @@ def sample(ctx: RLContext, step: int, round_: int = 0,
 
 
 def score(ctx: RLContext, batch: Rollouts) -> None:
-    """Each completion's weighted total reward and its components, into the batch."""
+    """Each completion's weighted total reward and its components, into the batch; a reward
+    function that runs past rl.reward_timeout_s scores its completions None (a verifier
+    failure, no advantage), as one that raises does."""
     rl, n = ctx.rl, len(batch)
     totals, batch.parts = combine(batch.texts, batch.rows, {"overlong": overlong,
                                                             **ctx.task.rewards},
                                   rl.reward_weights, completion_ids=batch.completions,
                                   max_new_tokens=[rl.max_new_tokens] * n,
-                                  overlong_cache=[rl.overlong_cache] * n)
+                                  overlong_cache=[rl.overlong_cache] * n,
+                                  timeout_s=rl.reward_timeout_s or None)
     batch.rewards = torch.tensor(totals, dtype=torch.float32)
 
 
@@ -194,26 +199,25 @@ def advantages(ctx: RLContext, batch: Rollouts) -> torch.Tensor:
 def train(ctx: RLContext, *, start: int, ledger, show: Callable = lambda step, **_: None,
           save: Callable = lambda step: None, stop: int | None = None,
           heldout: Callable[[], dict] | None = None,
-          note: Callable[[str], None] = lambda text: None) -> dict:
+          note: Callable[[str], None] = lambda text: None,
+          safe_point: Callable[[int, bool], None] = lambda step, saved: None) -> dict:
     """The RL loop from step `start` to rl.steps (or `stop`): every rollout and step metric to
     the ledger under ctx.phase, progress to `show(step, **numbers)`, `save(step)` at each
     checkpoint, and every rl.eval_every steps `heldout()`'s numbers (the held-out evaluation)
     in that step's metrics; each curriculum change is a line to `note` and the ledger's meta
-    `curriculum`. Returns the last step's metrics."""
+    `curriculum`. After each step `safe_point(step, saved)` (zeroth.pipeline.faults.stop_point:
+    where a SIGTERM stops the run). A step whose update met a non-finite value skips it
+    (`skipped_steps` in its metrics); ctx.max_nonfinite_steps of them in a row stop the loop.
+    Returns the last step's metrics."""
     rl, size, metrics = ctx.rl, ctx.rl.group_size, {}
+    bad = NonFinite(ctx.max_nonfinite_steps, ctx.phase)
     for step in range(start, rl.steps if stop is None else stop):
         times: dict[str, float] = {}
         sampled, keep, info = gather(ctx, step, times)  # sample and score, maybe in rounds
         kept = [g * size + j for g in keep for j in range(size)]  # completions trained on
         adv, stats = torch.zeros(len(sampled)), {}  # (N,) 0 for every one not trained on
         if kept:  # else every group was flat: nothing to learn, no optimiser step
-            batch = sampled.select(kept)
-            with timed(times, "adv"):
-                adv[kept] = advantages(ctx, batch)
-            with timed(times, "ref"):
-                before = logprobs_before(ctx, batch)
-            with timed(times, "update"):
-                stats = update(ctx, batch, adv[kept], before)
+            stats = learn(ctx, sampled.select(kept), adv, kept, times)
         with timed(times, "sync"):
             ctx.engine.sync(ctx.policy)
         with timed(times, "record"):
@@ -231,9 +235,32 @@ def train(ctx: RLContext, *, start: int, ledger, show: Callable = lambda step, *
             for move in moves:
                 note(describe(move))
         show(step + 1, **shown(ctx, metrics))
-        if (step + 1) % rl.checkpoint_every == 0 or step + 1 == rl.steps:
+        what = "advantage" if stats.get("nonfinite_advantages") else "loss or gradient"
+        if stats.get("skipped_steps"):
+            note(f"{ctx.phase} step {step + 1}: a non-finite {what}, "
+                 f"{stats['skipped_steps']:g} optimiser step(s) skipped")
+        bad.observe(bool(stats.get("skipped_steps")), step + 1, f"a non-finite {what}")
+        saved = (step + 1) % rl.checkpoint_every == 0 or step + 1 == rl.steps
+        if saved:
             save(step + 1)
+        safe_point(step + 1, saved)
     return metrics
+
+
+def learn(ctx: RLContext, batch: Rollouts, adv: torch.Tensor, kept: list[int],
+          times: dict) -> dict:
+    """The update on the kept completions: their advantages into `adv`, then the reference and
+    old log-probs and the optimiser steps; the update's stats. Advantages that are not finite
+    (rewards too large to normalise) skip the update (`skipped_steps`, `nonfinite_advantages`)."""
+    with timed(times, "adv"):
+        adv[kept] = advantages(ctx, batch)
+    if not bool(torch.isfinite(adv[kept]).all()):
+        adv[kept] = 0.0
+        return {"skipped_steps": 1, "nonfinite_advantages": 1}
+    with timed(times, "ref"):
+        before = logprobs_before(ctx, batch)
+    with timed(times, "update"):
+        return update(ctx, batch, adv[kept], before)
 
 
 def rl_step(ctx: RLContext, step: int) -> tuple[dict, list[dict]]:
@@ -374,13 +401,16 @@ def run(r) -> dict:
     ctx = RLContext(r.model, optimizer, reference(r), r.tokenizer, r.task, rl,
                     seed=r.cfg.run.seed, phase=r.stage_id, engine=make_engine(r.cfg, r.model),
                     curriculum=Curriculum.of(r.task, r.cfg.task.curriculum,
-                                             r.state.get("curriculum")))
+                                             r.state.get("curriculum")),
+                    max_nonfinite_steps=r.cfg.run.max_nonfinite_steps)
     if ctx.curriculum is not None:  # the changes up to the checkpoint resumed from, no later
         r.ledger.set_meta("curriculum", ctx.curriculum.changes)
     with r.display.stage(r.stage_id, total=rl.steps, done=begin) as show:
         train(ctx, start=begin, ledger=r.ledger, show=show,
               save=lambda step: save_step(r, ctx, optimizer, step), heldout=heldout_eval(r, ctx),
-              note=r.display.print)
+              note=r.display.print,
+              safe_point=lambda step, saved: stop_point(
+                  r, step, saved, lambda: save_step(r, ctx, optimizer, step)))
     settings = ("algorithm", "advantage", "scale_rewards", "loss_agg", "eps_low", "eps_high",
                 "beta", "dynamic_sampling", "lr")
     levels = {"levels": dict(r.task.levels)} if ctx.curriculum is not None else {}

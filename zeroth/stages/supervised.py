@@ -28,6 +28,7 @@ from zeroth.models.hf import trainable
 from zeroth.models.precision import autocast
 from zeroth.pipeline import dist
 from zeroth.pipeline.checkpoint import load_checkpoint
+from zeroth.pipeline.faults import NonFinite, clip_or_skip, stop_point
 
 LOG_EVERY = 10  # steps between ledger rows (and the last step)
 MAX_GRAD_NORM = 1.0
@@ -143,6 +144,7 @@ def train(r, model, batch, loss_fn, hp: Hyper, *, phase: str, checkpoint: bool) 
                                   weight_decay=hp.weight_decay)
     start, progress = _begin(r, phase, optimizer, checkpoint)
     loss = progress.get("loss")
+    bad = NonFinite(r.cfg.run.max_nonfinite_steps, phase)
     model.train()
     with r.display.stage(phase, total=hp.steps, done=start) as update:
         for step in range(start, hp.steps):
@@ -154,19 +156,28 @@ def train(r, model, batch, loss_fn, hp: Hyper, *, phase: str, checkpoint: bool) 
             optimizer.zero_grad(set_to_none=True)
             value, stats = _forward_backward(r, model, loss_fn, ids, labels, items, hp.buckets)
             dist.sync_grads(params)  # several ranks: the whole batch's gradient
-            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-            optimizer.step()
-            loss = value
+            _, ok = clip_or_skip(params, MAX_GRAD_NORM, value if items is None else None)
+            if ok:
+                optimizer.step()
             if items is not None:  # each rank's loss and stats are its part of the whole's
-                loss, *values = dist.all_sum([loss, *stats.values()])
+                value, *values = dist.all_sum([value, *stats.values()])
                 stats = dict(zip(stats, values))
-            progress["loss"] = loss
             last = step + 1 == hp.steps
-            if (step + 1) % LOG_EVERY == 0 or last:
-                r.ledger.log_metrics(phase, step + 1, {"loss": loss, "lr": lr, **stats})
-            update(step + 1, loss=loss)
-            if checkpoint and ((step + 1) % hp.checkpoint_every == 0 or last):
+            if ok:
+                loss = progress["loss"] = value
+            else:  # skipped: recorded at its own step, the update left undone
+                r.display.print(f"{phase} step {step + 1}: non-finite loss ({value}), step "
+                                "skipped")
+                stats = {**stats, "skipped_steps": 1}
+            if (step + 1) % LOG_EVERY == 0 or last or not ok:
+                r.ledger.log_metrics(phase, step + 1, {"loss": value, "lr": lr, **stats})
+            update(step + 1, loss=value)
+            bad.observe(not ok, step + 1)
+            saved = checkpoint and ((step + 1) % hp.checkpoint_every == 0 or last)
+            if saved:
                 r.save(step + 1, optimizer)
+            if checkpoint:
+                stop_point(r, step + 1, saved, lambda s=step + 1: r.save(s, optimizer))
     model.eval()
     return loss
 

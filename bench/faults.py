@@ -1,0 +1,365 @@
+"""Fault injection: a tiny pipeline (pre-training, then RL with a reference model) run under
+every fault a long run meets, each injected at a point of the pipeline; what zeroth did, and
+whether anything it had recorded was lost.
+
+    python bench/faults.py                      # every injection, two at a time, then a table
+    python bench/faults.py --only sigterm-update disk-full-checkpoint --jobs 1
+    python bench/faults.py --list
+
+How. An uninterrupted run of the same config is the reference. Each injection runs the
+command line in a child process (`zeroth run tiny ...`) with one function of zeroth wrapped so
+that its n-th call first does the fault: SIGKILL or SIGTERM to itself, an OSError (ENOSPC, a
+full disk; EACCES, a folder made read-only), a NaN loss, a reward of NaN or inf, a reward that
+never returns, the math verifier's worker processes killed mid-batch. Some faults are done to
+the run's files between two runs instead: a flipped bit in the newest checkpoint, the ledger
+cut to half its size, the run folder mounted read-only (`unshare -m`, where allowed). Then,
+where the fault stopped the run, `zeroth run --resume` continues it without the fault.
+
+Lost records: the ledger rows (rollouts, evaluation samples, metrics less their wall times) the
+run had written when the fault came that are missing, or changed, after the run was resumed
+to its end. A ledger cut in half loses the rows on the pages cut off: that is the fault's doing,
+counted apart ("destroyed"); zeroth's part is to keep every row that can still be read. "Same
+as uninterrupted": the resumed run's whole ledger and summary equal the reference's (a skipped
+non-finite step changes what follows, by design, so there it is not expected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import shlex
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout
+
+ARGS = ["run", "tiny", "--quiet", "rl.beta=0.05", "pretrain.checkpoint_every=10",
+        "run.threads=1", "rl.reward_timeout_s=5",
+        # the math verifier (worker processes) scores every completion too, unweighted
+        'rl.reward_weights={"correct": 1.0, "format": 0.1, "tags": 0.1, "math_accuracy": 0.0}']
+
+TMPFS_SIZE = "1m"  # the tiny run's checkpoints and ledger outgrow it during RL
+
+# name: (fault, where, injection "action@module:attr#n" or None, after the first run, resume)
+SCENARIOS = {
+    **{f"sigkill-{where}": ("SIGKILL", where, f"sigkill@{target}", None, True)
+       for where, target in (("pretrain", "zeroth.stages.supervised:_forward_backward#12"),
+                             ("rollout", "zeroth.stages.rl:sample#2"),
+                             ("reward", "zeroth.stages.rl:combine#3"),
+                             ("update", "zeroth.stages.rl:update#3"),
+                             ("checkpoint-write", "zeroth.pipeline.checkpoint:fsync_tree#6"),
+                             ("ledger-write", "zeroth.pipeline.ledger:Ledger._write#30"),
+                             ("evaluation", "zeroth.stages.eval:evaluate#2"))},
+    **{f"sigterm-{where}": ("SIGTERM", where, f"sigterm@{target}", None, True)
+       for where, target in (("pretrain", "zeroth.stages.supervised:_forward_backward#12"),
+                             ("rollout", "zeroth.stages.rl:sample#2"),
+                             ("reward", "zeroth.stages.rl:combine#3"),
+                             ("update", "zeroth.stages.rl:update#3"),
+                             ("checkpoint-write", "zeroth.pipeline.checkpoint:fsync_tree#6"),
+                             ("ledger-write", "zeroth.pipeline.ledger:Ledger._write#30"),
+                             ("evaluation", "zeroth.stages.eval:evaluate#2"))},
+    "disk-full-checkpoint": ("disk full", "checkpoint write",
+                             "enospc@zeroth.pipeline.checkpoint:fsync_tree#6", None, True),
+    "disk-full-ledger": ("disk full", "ledger write",
+                         "sqlfull@zeroth.pipeline.ledger:Ledger._write#30", None, True),
+    "disk-full-tmpfs": ("disk full (a 1 MB tmpfs)", "checkpoint write", None, "tmpfs", True),
+    "nan-loss-once": ("NaN loss, once", "update", "nanloss@zeroth.stages.rl:update#2", None,
+                      False),
+    "nan-loss-in-a-row": ("NaN loss, every step", "pretrain",
+                          "nanalways@zeroth.models.lean:sequence_loss#1", None, True),
+    "inf-reward": ("reward NaN and inf", "reward", "badreward@zeroth.stages.rl:combine#2",
+                   None, False),
+    "hanging-reward": ("a verifier that never returns", "reward",
+                       "hang@zeroth.stages.rl:combine#2", None, False),
+    "reward-worker-killed": ("reward workers SIGKILLed mid-batch", "reward",
+                             "killworkers@zeroth.rewards.pool:CheckPool.map#3", None, False),
+    "corrupt-checkpoint": ("a bit flipped in the newest checkpoint", "resume",
+                           "sigterm@zeroth.stages.rl:update#4", "flip", True),
+    "truncated-ledger": ("the ledger cut to half its size", "resume",
+                         "sigterm@zeroth.stages.rl:update#3", "truncate", True),
+    "read-only-folder": ("the run folder mounted read-only", "resume",
+                         "sigterm@zeroth.stages.rl:update#2", "readonly", True),
+    "read-only-mid-run": ("a write refused (EACCES)", "checkpoint write",
+                          "eacces@zeroth.pipeline.checkpoint:fsync_tree#6", None, True),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# In the child: wrap one function so that its n-th call does the fault first.
+# ---------------------------------------------------------------------------------------------
+
+
+def _fault(action: str, pool=None):
+    """What the wrapped call does before (or instead of) itself; a result transform or None."""
+    if action in ("sigkill", "sigterm"):
+        os.kill(os.getpid(), signal.SIGKILL if action == "sigkill" else signal.SIGTERM)
+    elif action == "enospc":
+        raise OSError(errno.ENOSPC, "No space left on device")
+    elif action == "eacces":
+        raise OSError(errno.EACCES, "Permission denied")
+    elif action == "sqlfull":
+        raise sqlite3.OperationalError("database or disk is full")
+    elif action == "killworkers":
+        threading.Thread(target=_kill_busy_workers, args=(pool,), daemon=True).start()
+
+
+def _kill_busy_workers(pool) -> None:
+    time.sleep(0.002)  # the batch is handed out: kill every worker of the pool once
+    for slot in list(pool._slots):
+        if slot.worker is not None and slot.worker.proc.poll() is None:
+            os.kill(slot.worker.proc.pid, signal.SIGKILL)
+
+
+def _forever(completions, **_):
+    while True:
+        pass
+
+
+def _bad_scores(completions, **_):
+    return [float("nan") if i % 2 else float("inf") for i in range(len(completions))]
+
+
+def _wrap(action: str, original, nth: int):
+    calls = [0]
+
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        hit = calls[0] == nth or (action == "nanalways" and calls[0] >= nth)
+        if hit and action in ("hang", "badreward"):  # the reward functions of this call
+            fns = dict(args[2])
+            fns["correct"] = _forever if action == "hang" else _bad_scores
+            args = (*args[:2], fns, *args[3:])
+        elif hit:
+            _fault(action, args[0] if action == "killworkers" else None)
+        out = original(*args, **kwargs)
+        if hit and action == "nanalways":
+            return out * float("nan")
+        return out
+
+    return wrapped
+
+
+def child(spec: str, argv: list[str]) -> int:
+    """Install the injection `action@module:attr#n`, then run zeroth's command line."""
+    import importlib
+
+    action, rest = spec.split("@")
+    target, nth = rest.split("#")
+    module_name, attr = target.split(":")
+    owner = importlib.import_module(module_name)
+    *path, name = attr.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    if action == "nanloss":  # the policy loss of the n-th update turns NaN
+        from zeroth.algorithms import update as update_module
+
+        owner, name = update_module, "policy_loss"
+        original = owner.policy_loss
+        calls = [0]
+
+        def poisoned(*args, **kwargs):
+            calls[0] += 1
+            loss, stats = original(*args, **kwargs)
+            return (loss * float("nan"), stats) if calls[0] == int(nth) else (loss, stats)
+
+        setattr(owner, name, poisoned)
+    else:
+        setattr(owner, name, _wrap(action, getattr(owner, name), int(nth)))
+    from zeroth.cli import main
+
+    return main(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger's records, read tolerantly.
+# ---------------------------------------------------------------------------------------------
+
+
+def records(ledger: Path) -> set[tuple]:
+    """Every row of a ledger as a hashable tuple (metrics less their wall times); the rows that
+    can be read when it is damaged."""
+    if not ledger.is_file():
+        return set()
+    queries = {"rollouts": "select phase, step, prompt_idx, sample_idx, completion, rewards, "
+                           "advantage from rollouts",
+               "evals": "select phase, problem_idx, sample_idx, completion, correct from evals",
+               "metrics": "select phase, step, data from metrics"}
+    out = set()
+    db = sqlite3.connect(f"{ledger.resolve().as_uri()}?mode=ro", uri=True)
+    for table, sql in queries.items():
+        try:
+            for row in db.execute(sql):
+                if table == "metrics":
+                    data = {k: v for k, v in json.loads(row[2]).items()
+                            if not k.startswith("time_")}
+                    row = (*row[:2], json.dumps(data, sort_keys=True))
+                out.add((table, *row))
+        except sqlite3.DatabaseError:
+            continue
+    db.close()
+    return out
+
+
+def summary_of(run: Path) -> dict | None:
+    file = run / "summary.json"
+    if not file.is_file():
+        return None
+    summary = json.loads(file.read_text())
+    for key in ("wall_s", "run"):
+        summary.pop(key, None)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# One scenario: the faulted run, what is done to its files, the resume; the verdict.
+# ---------------------------------------------------------------------------------------------
+
+
+def _zeroth(args: list[str], cwd: Path, spec: str | None = None, wrap: list[str] | None = None,
+            timeout: float = 300) -> tuple[int, str]:
+    """(exit code, last line of stderr) of one zeroth command line in a child process."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", spec, "--", *args] \
+        if spec else [sys.executable, "-m", "zeroth", *args]
+    if wrap:  # a shell in a mount namespace: its set-up, then the command, then its tail
+        script = f"{wrap[0]} && {shlex.join(cmd)}; code=$?; {wrap[1]}; exit $code"
+        cmd = ["unshare", "-m", "sh", "-c", script]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env, check=False)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    return proc.returncode, lines[-1] if lines else ""
+
+
+def _flip(run: Path) -> str:
+    tag = (run / "checkpoints" / "LATEST").read_text().strip()
+    weights = run / "checkpoints" / tag / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    return f"flipped a bit of {tag}"
+
+
+def _truncate(run: Path) -> str:
+    ledger = run / "ledger.sqlite"
+    db = sqlite3.connect(ledger)
+    db.execute("pragma wal_checkpoint(truncate)")
+    db.close()
+    os.truncate(ledger, ledger.stat().st_size // 2)
+    return "cut the ledger to half"
+
+
+def _read_only_wrap(run: Path) -> list[str]:
+    """The run folder bind-mounted read-only over itself, in the child's namespace only."""
+    return [f"mount --bind {run} {run} && mount -o remount,bind,ro {run} {run}", "true"]
+
+
+def _tmpfs_wrap(folder: Path, copy: Path) -> list[str]:
+    """`folder` a small tmpfs in the child's namespace; what the run left there is copied out
+    to `copy` after it (freeing space, as a user would, is resuming the copy elsewhere)."""
+    return [f"mount -t tmpfs -o size={TMPFS_SIZE} none {folder}",
+            f"cp -a {folder}/. {copy}/"]
+
+
+def scenario(name: str, work: Path, reference: dict) -> dict:
+    """Run one injection and its resume; the row of the table."""
+    fault, where, spec, after, resume = SCENARIOS[name]
+    cwd = work / name
+    shutil.rmtree(cwd, ignore_errors=True)
+    cwd.mkdir(parents=True)
+    run = cwd / "runs" / "f"
+    args = [*ARGS, "run.name=f"]
+    t0 = time.perf_counter()
+    wrap = None
+    if after == "tmpfs":  # runs/ on a small tmpfs; the run continues from runs-copy/
+        (cwd / "disk").mkdir()
+        (cwd / "runs").mkdir()
+        args = [*args, f"run.out_dir={cwd / 'disk'}"]
+        wrap = _tmpfs_wrap(cwd / "disk", cwd / "runs")
+    code, line = _zeroth(args, cwd, spec, wrap)
+    said, destroyed = [f"exit {code}: {line}"], 0
+    recorded = records(run / "ledger.sqlite")
+    if after in ("flip", "truncate"):
+        said.append((_flip if after == "flip" else _truncate)(run))
+        destroyed = len(recorded - records(run / "ledger.sqlite"))
+    if after == "readonly":
+        code, line = _zeroth(["run", "--resume", str(run), "--quiet"], cwd,
+                             wrap=_read_only_wrap(run))
+        said.append(f"resume on a read-only mount: exit {code}: {line}")
+    if resume:
+        code, line = _zeroth(["run", "--resume", str(run), "--quiet"], cwd)
+        said.append(f"resumed: exit {code}" + (f": {line}" if code else ""))
+    final = records(run / "ledger.sqlite")
+    same = final == reference["records"] and summary_of(run) == reference["summary"]
+    return _row(name, fault, where, said, code, recorded, final, same, t0, destroyed)
+
+
+def _row(name, fault, where, said, code, recorded, final, same, t0, destroyed=0, note=""):
+    lost = len(recorded - final) - destroyed
+    return {"name": name, "fault": fault, "where": where, "said": said, "exit": code,
+            "recorded": len(recorded), "destroyed": destroyed, "lost": lost,
+            "same_as_uninterrupted": same, "seconds": round(time.perf_counter() - t0, 1),
+            "note": note}
+
+
+def reference_run(work: Path) -> dict:
+    cwd = work / "reference"
+    shutil.rmtree(cwd, ignore_errors=True)
+    cwd.mkdir(parents=True)
+    code, line = _zeroth([*ARGS, "run.name=ref"], cwd)
+    if code:
+        raise SystemExit(f"the reference run failed (exit {code}): {line}")
+    run = cwd / "runs" / "ref"
+    return {"records": records(run / "ledger.sqlite"), "summary": summary_of(run)}
+
+
+def main() -> None:
+    if "--child" in sys.argv:
+        at = sys.argv.index("--child")
+        sys.exit(child(sys.argv[at + 1], sys.argv[sys.argv.index("--") + 1:]))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), metavar="NAME")
+    p.add_argument("--jobs", type=int, default=2, help="scenarios at a time (one thread each)")
+    p.add_argument("--work", default="/tmp/zeroth-faults")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--json", help="also write the rows to this file")
+    args = p.parse_args()
+    if args.list:
+        print("\n".join(f"{k:24s} {v[0]} at {v[1]}" for k, v in SCENARIOS.items()))
+        return
+    work = Path(args.work)
+    t0 = time.perf_counter()
+    reference = reference_run(work)
+    names = args.only or list(SCENARIOS)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(lambda n: scenario(n, work, reference), names))
+    report(rows, time.perf_counter() - t0)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def report(rows: list[dict], seconds: float) -> None:
+    print("| fault | where | what zeroth did | records at the fault | lost | same as "
+          "uninterrupted | s |")
+    print("|---|---|---|---:|---:|---|---:|")
+    for r in rows:
+        same = {True: "yes", False: "no", None: "–"}[r["same_as_uninterrupted"]]
+        lost = f"{r['lost']}" + (f" (+{r['destroyed']} destroyed by the fault)"
+                                 if r["destroyed"] else "")
+        print(f"| {r['fault']} | {r['where']} | {'; '.join(r['said'])} | {r['recorded']} | "
+              f"{lost} | {same} | {r['seconds']} |")
+    total = sum(r["lost"] for r in rows)
+    print(f"\n{len(rows)} injections in {seconds:.0f} s; records lost: {total}")
+
+
+if __name__ == "__main__":
+    main()
