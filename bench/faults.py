@@ -17,7 +17,9 @@ where the fault stopped the run, `zeroth run --resume` continues it without the 
 
 Lost records: the ledger rows (rollouts, evaluation samples, metrics less their wall times) the
 run had written when the fault came that are missing, or changed, after the run was resumed
-to its end. A ledger cut in half loses the rows on the pages cut off: that is the fault's doing,
+to its end, less those a resume redoes by design: the rows after the checkpoint it resumes
+from, cut from the ledger and recorded again from the same seeds (`superseded`); what the
+fault did is kept in the ledger's meta `events` either way. A ledger cut in half loses the rows on the pages cut off: that is the fault's doing,
 counted apart ("destroyed"); zeroth's part is to keep every row that can still be read. "Same
 as uninterrupted": the resumed run's whole ledger and summary equal the reference's (a skipped
 non-finite step changes what follows, by design, so there it is not expected).
@@ -226,8 +228,9 @@ def summary_of(run: Path) -> dict | None:
 
 
 def _zeroth(args: list[str], cwd: Path, spec: str | None = None, wrap: list[str] | None = None,
-            timeout: float = 300) -> tuple[int, str]:
-    """(exit code, last line of stderr) of one zeroth command line in a child process."""
+            timeout: float = 300, output: bool = False) -> tuple:
+    """(exit code, last line of stderr[, stdout and stderr]) of one zeroth command line in a
+    child process."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", spec, "--", *args] \
         if spec else [sys.executable, "-m", "zeroth", *args]
     if wrap:  # a shell in a mount namespace: its set-up, then the command, then its tail
@@ -237,7 +240,9 @@ def _zeroth(args: list[str], cwd: Path, spec: str | None = None, wrap: list[str]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=env, check=False)
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    return proc.returncode, lines[-1] if lines else ""
+    last = lines[-1] if lines else ""
+    return (proc.returncode, last, proc.stdout + proc.stderr) if output else \
+        (proc.returncode, last)
 
 
 def _flip(run: Path) -> str:
@@ -295,12 +300,33 @@ def scenario(name: str, work: Path, reference: dict) -> dict:
         code, line = _zeroth(["run", "--resume", str(run), "--quiet"], cwd,
                              wrap=_read_only_wrap(run))
         said.append(f"resume on a read-only mount: exit {code}: {line}")
+    redone = set()
     if resume:
-        code, line = _zeroth(["run", "--resume", str(run), "--quiet"], cwd)
+        code, line, out = _zeroth(["run", "--resume", str(run), "--quiet"], cwd, output=True)
         said.append(f"resumed: exit {code}" + (f": {line}" if code else ""))
+        redone = superseded(recorded, out)
     final = records(run / "ledger.sqlite")
     same = final == reference["records"] and summary_of(run) == reference["summary"]
-    return _row(name, fault, where, said, code, recorded, final, same, t0, destroyed)
+    return _row(name, fault, where, said, code, recorded - redone, final, same, t0, destroyed)
+
+
+PHASES = ("pretrain", "eval_pretrain", "rl", "eval_rl")  # the tiny pipeline's, in order
+
+
+def superseded(recorded: set[tuple], resume_output: str) -> set[tuple]:
+    """The recorded rows a resume redoes by design: those after the checkpoint it resumed from
+    (`resuming <run> from <stage>-<step>` in its output), which it cuts from the ledger and
+    records again from the same seeds (identical, unless the fault itself changed them, as
+    skipped non-finite steps did)."""
+    import re
+
+    found = re.search(r"from (\w+)-(\d+)", resume_output)
+    if not found:
+        return set()
+    stage, step = found[1], int(found[2])
+    later = set(PHASES[PHASES.index(stage) + 1:])  # its own evaluation and every later stage
+    return {row for row in recorded
+            if row[1] in later or (row[1] == stage and row[0] != "evals" and row[2] > step)}
 
 
 def _row(name, fault, where, said, code, recorded, final, same, t0, destroyed=0, note=""):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from zeroth.errors import UserError
-from zeroth.pipeline import ledger as _ledger
+from zeroth.pipeline import ledger_repair as _repair
 from zeroth.pipeline.ledger import DamagedLedger, Ledger, damage
 
 TABLES = ("metrics", "rollouts", "evals", "meta")
@@ -208,12 +208,12 @@ def test_salvage_killed_midway_leaves_the_damaged_file(copy, monkeypatch):
     def killed(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_ledger, "_move_aside", killed)  # the copy built, not yet in place
+    monkeypatch.setattr(_repair, "_move_aside", killed)  # the copy built, not yet in place
     with pytest.raises(KeyboardInterrupt):
         Ledger(copy, repair=True)
     assert _files(copy) == damaged
     monkeypatch.undo()
-    monkeypatch.setattr(_ledger, "_copy_table", killed)  # while the copy is built
+    monkeypatch.setattr(_repair, "_copy_table", killed)  # while the copy is built
     with pytest.raises(KeyboardInterrupt):
         Ledger(copy, repair=True)
     assert _files(copy) == damaged
@@ -285,7 +285,7 @@ def test_damaged_frame_in_a_crash_log_is_refused_then_salvaged(crash, tmp_path):
 
 def _scanned(path: Path) -> dict[str, dict[int, tuple]]:
     found: dict[str, dict[int, tuple]] = {table: {} for table in TABLES}
-    for table, row in _ledger._scan_rows(path):
+    for table, row in _repair._scan_rows(path):
         found[table][row[0]] = row
     return found
 
@@ -313,7 +313,7 @@ def test_rows_deleted_before_the_damage_stay_deleted(tmp_path):
     trunk = int.from_bytes(head[32:36], "big")  # the first page of the free-page list
     assert trunk > 0
     os.truncate(path, (trunk - 1) * PAGE)  # cut before it: the list is lost
-    stale = [row for table, row in _ledger._scan_rows(path) if row[0] not in live[table]]
+    stale = [row for table, row in _repair._scan_rows(path) if row[0] not in live[table]]
     assert stale  # the file still holds deleted rows, which the scan can't tell from the list
     damaged = _files(path)
     led = Ledger(path, repair=True)
@@ -349,8 +349,8 @@ class _Cursor:
 
 
 def test_range_read_keeps_rows_around_damage_and_drops_strays():
-    rows, whole = _ledger._read_range(_DamagedTree(), "SELECT", 1, 256)
+    rows, whole = _repair._read_range(_DamagedTree(), "SELECT", 1, 256)
     assert not whole
     assert rows == [(i, f"row {i}") for i in [*range(1, 40), *range(46, 101)]]
-    assert _ledger._read_range(_DamagedTree(), "SELECT", 50, 60) == (
+    assert _repair._read_range(_DamagedTree(), "SELECT", 50, 60) == (
         [(i, f"row {i}") for i in range(50, 61)], True)
