@@ -163,7 +163,8 @@ def test_disk_full_in_the_ledger_keeps_it_whole(tmp_path, monkeypatch, capsys, r
     _on_call(monkeypatch, Ledger, "log_rollouts", 3, refuse)  # RL step 3's rollouts
     code, run = _run(tmp_path, "l")
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and err[0].startswith("zeroth: error: disk full writing ")
+    assert code == 1 and err[0].startswith("zeroth: error: out of disk space writing "
+                                           f"{run / 'ledger.sqlite'}: ")
     db = sqlite3.connect(run / "ledger.sqlite")
     assert db.execute("pragma integrity_check").fetchone() == ("ok",)
     assert db.execute("select max(step) from rollouts where phase = 'rl'").fetchone() == (2,)

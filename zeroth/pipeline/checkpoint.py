@@ -110,7 +110,7 @@ def _tree_bytes(top: Path) -> int:
     return total
 
 
-def _size_text(n: float) -> str:
+def size_text(n: float) -> str:
     """A size for people, in powers of 1000 as `df -H` prints them: 512 B, 3.4 MB, 1.2 GB."""
     if n < 1000:
         return f"{int(n)} B"
@@ -156,14 +156,14 @@ def _disk_full_error(folder: Path, tmp: Path, what: str, like: Path | None,
     """The DiskFull of a failed save of `what` into `folder`. Removes the temp folder `tmp`, after
     measuring it; `like`: an earlier complete save, whose size is about what this one needs."""
     if like is not None:
-        need = f"about {_size_text(_tree_bytes(like))} (the size of {like.name})"
+        need = f"about {size_text(_tree_bytes(like))} (the size of {like.name})"
     else:
         written = _tree_bytes(tmp)
-        need = f"more than the {_size_text(written)} written before the disk filled" if written \
+        need = f"more than the {size_text(written)} written before the disk filled" if written \
             else "more than that"
     shutil.rmtree(tmp, ignore_errors=True)
     free = _free_bytes(folder)
-    free_text = "an unknown amount" if free is None else _size_text(free)
+    free_text = "an unknown amount" if free is None else size_text(free)
     return DiskFull(f"out of disk space saving {what} in {folder}: {free_text} free there now, "
                     f"it needs {need} — free some space and run again; {intact}")
 

@@ -188,10 +188,6 @@ def write_failure(exc: BaseException) -> str | None:
     return None
 
 
-def _mb(n: float) -> str:
-    return f"{n / 2**20:.1f} MB"
-
-
 def _folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -220,6 +216,8 @@ def write_failure_message(exc: BaseException, run_dir: Path | None, kind: str) -
                 f"{'disk full' if kind == 'full' else 'permission denied or read-only'} — "
                 "free space there, or choose another run.out_dir; nothing was started")
     run_dir = Path(run_dir)
+    if path is None and any(isinstance(c, sqlite3.Error) for c in _causes(exc)):
+        path = run_dir / "ledger.sqlite"  # sqlite names no file
     root = checkpoints_dir(run_dir)
     latest = read_latest(root) if root.is_dir() else None
     intact = (f"the last complete checkpoint ({latest}) and the ledger are intact" if latest
@@ -231,11 +229,14 @@ def write_failure_message(exc: BaseException, run_dir: Path | None, kind: str) -
     folder = run_dir if path is None else path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    from zeroth.pipeline.checkpoint import size_text
+
     free = shutil.disk_usage(folder).free
     need = checkpoint_size(run_dir)
-    needed = f", a checkpoint needs about {_mb(need)}" if need else ""
-    return (f"disk full writing {folder}: {_mb(free)} free{needed} — free space there, then "
-            f"continue with {resume_command(run_dir)}; {intact}")
+    needed = f"; a checkpoint needs about {size_text(need)}" if need else ""
+    return (f"out of disk space writing {path or folder}: {size_text(free)} free there now"
+            f"{needed} — free some space and continue with {resume_command(run_dir)}; "
+            f"{intact}")
 
 
 def check_writable(run_dir: Path) -> None:
