@@ -75,20 +75,57 @@ def _latest(run: Path) -> str:
     return (run / "checkpoints" / "LATEST").read_text().strip()
 
 
-def test_sigterm_saves_at_the_next_step_and_exits_0(tmp_path, monkeypatch, capsys, reference):
+def test_sigterm_then_a_read_only_folder_then_a_damaged_checkpoint(tmp_path, monkeypatch,
+                                                                    capsys, reference):
+    """One run meets three faults in turn: SIGTERM (a checkpoint at the next step, exit 0), a
+    resume into a read-only folder (refused in one line, nothing changed), a bit flipped in
+    the checkpoint it saved (the resume falls back to the one before); it ends as the
+    uninterrupted run."""
     from zeroth.stages import rl
 
-    _on_call(monkeypatch, rl, "update", 1, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    _on_call(monkeypatch, rl, "update", 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
     code, run = _run(tmp_path, "t")
     err = capsys.readouterr().err
     assert code == 0
-    assert "stopped by SIGTERM; checkpoint rl-000001 saved" in err  # not a checkpoint_every step
-    assert f"zeroth run --resume {run}" in err or "zeroth run --resume" in err
-    assert _latest(run) == "rl-000001" and not (run / "summary.json").exists()
+    assert "stopped by SIGTERM; checkpoint rl-000002 saved" in err
+    assert "zeroth run --resume" in err
+    assert _latest(run) == "rl-000002" and not (run / "summary.json").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
     monkeypatch.undo()
+    _refused_when_read_only(tmp_path, run, monkeypatch, capsys)
+    weights = run / "checkpoints" / "rl-000002" / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit in the middle of the weights
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
     assert _run(tmp_path, "t", resume=True)[0] == 0
+    said = capsys.readouterr()
+    assert "checkpoint rl-000002 is damaged" in said.out and "resuming from rl-000000" in said.out
+    assert list((run / "checkpoints").glob(".corrupt-rl-000002-*"))  # kept aside
     assert fingerprint(run) == reference
+
+
+def _refused_when_read_only(tmp_path, run: Path, monkeypatch, capsys) -> None:
+    """A resume of `run` on a read-only mount (or, where this process may not mount, with the
+    writes refused as a read-only mount refuses them): one line, exit 2, nothing changed."""
+    listing = sorted((p.name, p.stat().st_size) for p in run.rglob("*") if p.is_file())
+    if shutil.which("unshare") and _can_mount_read_only(tmp_path):
+        script = (f"mount --bind {run} {run} && mount -o remount,bind,ro {run} {run} && "
+                  f"{sys.executable} -m zeroth run --resume {run} --quiet")
+        probe = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                               text=True, timeout=300, check=False)
+        code, err = probe.returncode, probe.stderr.strip().splitlines()
+    else:
+        def refuse(self, *args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+        monkeypatch.setattr(Path, "write_bytes", refuse)
+        code, err = _run(tmp_path, run.name, resume=True)[0], capsys.readouterr().err.splitlines()
+        monkeypatch.undo()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"zeroth: error: run directory {run} cannot be written")
+    assert "nothing was changed" in err[0]
+    assert sorted((p.name, p.stat().st_size) for p in run.rglob("*") if p.is_file()) == listing
 
 
 def test_nonfinite_loss_is_skipped_and_recorded(tmp_path, monkeypatch):
@@ -201,24 +238,6 @@ def _forever():
         pass
 
 
-def test_a_corrupted_newest_checkpoint_falls_back(tmp_path, monkeypatch, capsys, reference):
-    from zeroth.stages import rl
-
-    _on_call(monkeypatch, rl, "update", 4, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    code, run = _run(tmp_path, "c")
-    assert code == 0 and _latest(run) == "rl-000004"
-    monkeypatch.undo()
-    weights = run / "checkpoints" / "rl-000004" / "model" / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped bit in the middle of the weights
-    weights.write_bytes(bytes(data))
-    capsys.readouterr()
-    assert _run(tmp_path, "c", resume=True)[0] == 0
-    out = capsys.readouterr()
-    assert "rl-000004" in out.out + out.err and "rl-000002" in out.out + out.err
-    assert fingerprint(run) == reference
-
-
 def _rows(ledger: Path) -> dict:
     db = sqlite3.connect(ledger)
     rows = {(table, row[0]): row for table in ("metrics", "rollouts", "evals")
@@ -252,33 +271,6 @@ def test_a_truncated_ledger_is_salvaged_on_resume(tmp_path, monkeypatch, capsys)
     assert len(kept) > len(before) // 4  # what the cut left readable is still there
     events = Ledger(ledger, readonly=True).get_meta("events")
     assert [e["kind"] for e in events] == ["stopped", "ledger damaged"]
-
-
-def test_a_read_only_run_folder_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
-    from zeroth.stages import rl
-
-    _on_call(monkeypatch, rl, "update", 1, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    assert _run(tmp_path, "r")[0] == 0
-    monkeypatch.undo()
-    run = tmp_path / "runs" / "r"
-    listing = sorted(p.name for p in run.rglob("*"))
-    if shutil.which("unshare") and _can_mount_read_only(tmp_path):  # a real read-only mount
-        script = (f"mount --bind {run} {run} && mount -o remount,bind,ro {run} {run} && "
-                  f"{sys.executable} -m zeroth run --resume {run} --quiet")
-        probe = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
-                               text=True, timeout=300, check=False)
-        code, err = probe.returncode, probe.stderr.strip().splitlines()
-    else:  # not allowed to mount here: the write refused as a read-only mount refuses it
-        def refuse(self, *args, **kwargs):
-            raise OSError(errno.EROFS, "Read-only file system", str(self))
-
-        monkeypatch.setattr(Path, "write_bytes", refuse)
-        code, err = _run(tmp_path, "r", resume=True)[0], capsys.readouterr().err.splitlines()
-        monkeypatch.undo()
-    assert code == 2 and len(err) == 1
-    assert err[0].startswith(f"zeroth: error: run directory {run} cannot be written")
-    assert "nothing was changed" in err[0]
-    assert sorted(p.name for p in run.rglob("*")) == listing
 
 
 def _can_mount_read_only(tmp_path) -> bool:

@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
                      help="a recipe name or YAML file, then section.field=value overrides")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run; it takes "
                      "only rl.steps=N (more steps for a last rl stage, a finished run too), "
-                     "run.threads=N and run.keep_checkpoints=N")
+                     "run.threads=N, run.keep_checkpoints=N and run.max_nonfinite_steps=N")
     run.add_argument("--force", action="store_true", help="replace an existing run directory")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     add_nproc(run)

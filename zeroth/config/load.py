@@ -220,7 +220,8 @@ def load_run_config(path: str | Path) -> Config:
 
 def resume_overrides(cfg: Config, overrides: list[str]) -> Config:
     """A copy of `cfg` (a run's saved config) with the overrides `--resume` allows: rl.steps
-    (raised, for the rl stage that ends the pipeline), run.threads and run.keep_checkpoints.
+    (raised, for the rl stage that ends the pipeline), run.threads, run.keep_checkpoints and
+    run.max_nonfinite_steps.
     Any other key is refused: a resumed run must stay the run it was."""
     cfg = copy.deepcopy(cfg)
     for item in overrides:
