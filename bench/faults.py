@@ -11,8 +11,10 @@ command line in a child process (`zeroth run tiny ...`) with one function of zer
 that its n-th call first does the fault: SIGKILL or SIGTERM to itself, an OSError (ENOSPC, a
 full disk; EACCES, a folder made read-only), a NaN loss, a reward of NaN or inf, a reward that
 never returns, the math verifier's worker processes killed mid-batch. Some faults are done to
-the run's files between two runs instead: a flipped bit in the newest checkpoint, the ledger
-cut to half its size, the run folder mounted read-only (`unshare -m`, where allowed). Then,
+the run's files between two runs instead: a flipped bit in the newest checkpoint, the ledger's
+last quarter cut off, the run folder mounted read-only (`unshare -m`, where allowed), runs/ on
+a 1 MB tmpfs. Two more run as a torchrun job of two ranks (`--nproc 2`, compared with an
+uninterrupted job of two): SIGTERM to the job, as a scheduler sends it, and SIGKILL to rank 1. Then,
 where the fault stopped the run, `zeroth run --resume` continues it without the fault.
 
 Lost records: the ledger rows (rollouts, evaluation samples, metrics less their wall times) the
@@ -94,8 +96,13 @@ SCENARIOS = {
                          "sigterm@zeroth.stages.rl:update#2", "readonly", True),
     "read-only-mid-run": ("a write refused (EACCES)", "checkpoint write",
                           "eacces@zeroth.pipeline.checkpoint:fsync_tree#6", None, True),
+    "sigterm-two-ranks": ("SIGTERM to `zeroth run --nproc 2`", "RL, 2 ranks", None, "term-job",
+                          True),
+    "rank-killed": ("one of 2 ranks SIGKILLed", "RL, 2 ranks", None, "kill-rank", True),
 }
 
+
+TWO_RANKS = {"sigterm-two-ranks", "rank-killed"}  # torchrun jobs of two ranks
 
 # The runs that are not expected to end as the uninterrupted one: a skipped update or a reward
 # recorded as a verifier failure changes what follows; a cut ledger loses what was cut off.
@@ -326,6 +333,44 @@ def _tmpfs_wrap(folder: Path, copy: Path) -> list[str]:
             f"cp -a {folder}/. {copy}/"]
 
 
+def _ranks(parent: int) -> dict[int, int]:
+    """{rank: pid} of the processes below `parent` that torchrun started (their RANK)."""
+    found, todo = {}, [parent]
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        rank = next((e[5:] for e in env if e.startswith(b"RANK=")), None)
+        if rank is not None and pid != parent:
+            found[int(rank)] = pid
+        todo += [int(c) for c in children]
+    return found
+
+
+def _job_fault(args: list[str], cwd: Path, run: Path, after: str) -> tuple[int, str]:
+    """`zeroth run --nproc 2` until its first RL checkpoint, then SIGTERM to the job (as a
+    scheduler sends it) or SIGKILL to rank 1; (exit code, last line of stderr)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "zeroth", *args, "--nproc", "2"], cwd=cwd,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    latest = run / "checkpoints" / "LATEST"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (
+            latest.is_file() and latest.read_text().startswith("rl-")):
+        time.sleep(0.01)
+    if after == "term-job":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.kill(_ranks(proc.pid)[1], signal.SIGKILL)
+    err = proc.communicate(timeout=300)[1]
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    return proc.returncode, lines[-1] if lines else ""
+
+
 def scenario(name: str, work: Path, reference: dict) -> dict:
     """Run one injection and its resume; the row of the table."""
     fault, where, spec, after, resume = SCENARIOS[name]
@@ -341,7 +386,8 @@ def scenario(name: str, work: Path, reference: dict) -> dict:
         (cwd / "runs").mkdir()
         args = [*args, f"run.out_dir={cwd / 'disk'}"]
         wrap = _tmpfs_wrap(cwd / "disk", cwd / "runs")
-    code, line = _zeroth(args, cwd, spec, wrap)
+    two = name in TWO_RANKS
+    code, line = _job_fault(args, cwd, run, after) if two else _zeroth(args, cwd, spec, wrap)
     said = [f"exit {code}" + (f": {line}" if line else "")]
     recorded = records(run / "ledger.sqlite")
     destroyed = set()
@@ -355,7 +401,9 @@ def scenario(name: str, work: Path, reference: dict) -> dict:
         said.append(f"resume on a read-only mount: exit {code}: {line}")
     redone = set()
     if resume:
-        code, line, out = _zeroth(["run", "--resume", str(run), "--quiet"], cwd, output=True)
+        ranks = ["--nproc", "2"] if two else []
+        code, line, out = _zeroth(["run", *ranks, "--resume", str(run), "--quiet"], cwd,
+                                  output=True)
         said.append(f"resumed: exit {code}" + (f": {line}" if code else ""))
         redone = superseded(recorded, out)
     final = records(run / "ledger.sqlite")
@@ -393,11 +441,14 @@ def _row(name, fault, where, said, recorded, kept, final, same, t0, destroyed) -
             "same_as_uninterrupted": same, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def reference_run(work: Path) -> dict:
-    cwd = work / "reference"
+def reference_run(work: Path, ranks: int = 1) -> dict:
+    """The uninterrupted run's records and summary (on `ranks` processes: a job of 2 sums its
+    gradients in another order than one process, so its floats are its own)."""
+    cwd = work / f"reference-{ranks}"
     shutil.rmtree(cwd, ignore_errors=True)
     cwd.mkdir(parents=True)
-    code, line = _zeroth([*ARGS, "run.name=ref"], cwd)
+    code, line = _zeroth([*ARGS, "run.name=ref", *(["--nproc", str(ranks)] if ranks > 1 else [])],
+                         cwd)
     if code:
         raise SystemExit(f"the reference run failed (exit {code}): {line}")
     run = cwd / "runs" / "ref"
@@ -420,10 +471,13 @@ def main() -> None:
         return
     work = Path(args.work)
     t0 = time.perf_counter()
-    reference = reference_run(work)
     names = args.only or list(SCENARIOS)
+    references = {1: reference_run(work)}
+    if any(n in TWO_RANKS for n in names):
+        references[2] = reference_run(work, 2)
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda n: scenario(n, work, reference), names))
+        rows = list(pool.map(
+            lambda n: scenario(n, work, references[2 if n in TWO_RANKS else 1]), names))
     report(rows, time.perf_counter() - t0)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

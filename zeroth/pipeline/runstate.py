@@ -219,7 +219,8 @@ def resume_command(run_dir: str | Path) -> str:
         shown = str(path.relative_to(Path.cwd()))
     except (ValueError, OSError):  # elsewhere, or no working directory any more
         shown = str(path)
-    return f"zeroth run --resume {shlex.quote(shown)}"
+    nproc = os.environ.get("ZEROTH_NPROC")  # a rank of `zeroth run --nproc N`
+    return f"zeroth run {f'--nproc {nproc} ' if nproc else ''}--resume {shlex.quote(shown)}"
 
 
 def run_state(run_dir: str | Path) -> dict:
