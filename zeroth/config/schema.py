@@ -133,7 +133,8 @@ class RLConfig:
     engine_correction: str = "sequence_mask"
     engine_correction_cap: float = 3.0  # the ratio's upper bound (truncated to it, or masked)
     # seconds one reward function may take over a step's completions (0: no limit); past it
-    # they are recorded as verifier failures (None), never 0.0 (zeroth.rewards.combine)
+    # they are recorded as verifier failures (None), never 0.0 (zeroth.rewards.combine); the
+    # math and code verifiers bound each check themselves and are not timed as a whole
     reward_timeout_s: float = 600.0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from functools import partial
 from math import isfinite
 
 from zeroth.rewards.exact import exact_answer
@@ -32,6 +33,20 @@ def code_tests(completions: list[str], **columns) -> list[float | None]:
     from zeroth.rewards.code import code_tests as run
 
     return run(completions, **columns)
+
+
+# Verifiers that bound every check themselves (worker processes with deadlines, the sandbox's
+# per-program limits): `combine`'s timeout_s does not apply to them, since a large batch of
+# slow programs can rightly take longer than any one limit for the whole call.
+math_accuracy.bounded = True
+code_tests.bounded = True
+
+
+def _bounded(fn) -> bool:
+    """Whether `fn` (or the function a functools.partial wraps) bounds its checks itself."""
+    while isinstance(fn, partial):
+        fn = fn.func
+    return getattr(fn, "bounded", False)
 
 
 REWARDS = {  # the built-ins, by the name a recipe uses
@@ -113,7 +128,8 @@ def combine(
     score is None for its completion, with the reason under `<name>_error`. With `timeout_s`,
     each call runs in a worker thread and one that takes longer is None for the whole call
     ("timed out after N s"); see `_call_within` for how the stuck thread is stopped. Without
-    it (the default) the functions run in the caller's thread, unbounded.
+    it (the default), and for the verifiers that bound each check themselves (math_accuracy,
+    code_tests: `_bounded`), the functions run in the caller's thread.
     """
     keys = dict.fromkeys(key for row in rows for key in row)  # union, in first-seen order
     columns = {key: [row.get(key) for row in rows] for key in keys}
@@ -121,7 +137,7 @@ def combine(
     parts: list[dict[str, float | None]] = [{} for _ in completions]
     for name in weights:
         try:
-            if timeout_s is None:
+            if timeout_s is None or _bounded(fns[name]):
                 raw = fns[name](completions, **columns)
             else:
                 raw = _call_within(fns[name], completions, columns, timeout_s)
