@@ -22,8 +22,9 @@ run had written when the fault came that are missing, or changed, after the run 
 to its end, less those a resume redoes by design: the rows after the checkpoint it resumes
 from, cut from the ledger and recorded again from the same seeds (`superseded`); what the
 fault did is kept in the ledger's meta `events` either way. A ledger cut short loses the rows on the pages cut off: that is the fault's doing,
-counted apart ("destroyed": the rows sqlite's own recovery, `sqlite3 DB .recover`, cannot get
-back either); zeroth's part is to keep every row that can still be read. "Same
+counted apart ("destroyed": the rows neither zeroth's salvage nor sqlite's own recovery,
+`sqlite3 DB .recover`, gets back); zeroth's part is to keep every row that can still be read,
+so a row sqlite recovers and zeroth does not is lost. "Same
 as uninterrupted": the resumed run's whole ledger and summary equal the reference's (a skipped
 non-finite step changes what follows, by design, so there it is not expected).
 """
@@ -390,11 +391,11 @@ def scenario(name: str, work: Path, reference: dict) -> dict:
     code, line = _job_fault(args, cwd, run, after) if two else _zeroth(args, cwd, spec, wrap)
     said = [f"exit {code}" + (f": {line}" if line else "")]
     recorded = records(run / "ledger.sqlite")
-    destroyed = set()
+    recovered = None
     if after in ("flip", "truncate"):
         said.append((_flip if after == "flip" else _truncate)(run))
-    if after == "truncate":  # what the cut itself destroyed: sqlite's recovery can't read it
-        destroyed = recorded - recoverable(run / "ledger.sqlite")
+    if after == "truncate":  # judged without zeroth: what sqlite's own recovery gets back
+        recovered = recoverable(run / "ledger.sqlite") & recorded
     if after == "readonly":
         code, line = _zeroth(["run", "--resume", str(run), "--quiet"], cwd,
                              wrap=_read_only_wrap(run))
@@ -410,6 +411,11 @@ def scenario(name: str, work: Path, reference: dict) -> dict:
     same = final == reference["records"] and summary_of(run) == reference["summary"]
     if observed(run):
         said.append(observed(run))
+    destroyed = set()
+    if recovered is not None:  # destroyed: the rows neither zeroth nor sqlite got back
+        destroyed = recorded - redone - recovered - final
+        said.append(f"kept {len((recorded - redone) & final)} of the {len(recorded - redone)} "
+                    f"rows before its checkpoint (sqlite's own .recover: {len(recovered)})")
     return _row(name, fault, where, said, recorded, recorded - redone - destroyed, final, same,
                 t0, len(destroyed))
 
