@@ -10,7 +10,8 @@ How. An uninterrupted run of the same config is the reference. Each injection ru
 command line in a child process (`zeroth run tiny ...`) with one function of zeroth wrapped so
 that its n-th call first does the fault: SIGKILL or SIGTERM to itself, an OSError (ENOSPC, a
 full disk; EACCES, a folder made read-only), a NaN loss, a reward of NaN or inf, a reward that
-never returns, the math verifier's worker processes killed mid-batch. Some faults are done to
+never returns, the math verifier's worker processes killed mid-batch. One is not a run: a
+batch of programs scored by `code_tests` while the sandbox's fork server is SIGKILLed. Some faults are done to
 the run's files between two runs instead: a flipped bit in the newest checkpoint, the ledger's
 last quarter cut off, the run folder mounted read-only (`unshare -m`, where allowed), runs/ on
 a 1 MB tmpfs. Two more run as a torchrun job of two ranks (`--nproc 2`, compared with an
@@ -56,24 +57,19 @@ ARGS = ["run", "tiny", "--quiet", "rl.beta=0.05", "pretrain.checkpoint_every=10"
 
 TMPFS_SIZE = "1m"  # the tiny run's checkpoints and ledger outgrow it during RL
 
+# where SIGKILL and SIGTERM are sent: the n-th call of a function of each part of the pipeline
+POINTS = (("pretrain", "zeroth.stages.supervised:_forward_backward#12"),
+          ("rollout", "zeroth.stages.rl:sample#2"),
+          ("reward", "zeroth.stages.rl:combine#3"),
+          ("update", "zeroth.stages.rl:update#3"),
+          ("checkpoint-write", "zeroth.pipeline.checkpoint:fsync_tree#6"),
+          ("ledger-write", "zeroth.pipeline.ledger:Ledger._write#12"),
+          ("evaluation", "zeroth.stages.eval:evaluate#2"))
+
 # name: (fault, where, injection "action@module:attr#n" or None, after the first run, resume)
 SCENARIOS = {
-    **{f"sigkill-{where}": ("SIGKILL", where, f"sigkill@{target}", None, True)
-       for where, target in (("pretrain", "zeroth.stages.supervised:_forward_backward#12"),
-                             ("rollout", "zeroth.stages.rl:sample#2"),
-                             ("reward", "zeroth.stages.rl:combine#3"),
-                             ("update", "zeroth.stages.rl:update#3"),
-                             ("checkpoint-write", "zeroth.pipeline.checkpoint:fsync_tree#6"),
-                             ("ledger-write", "zeroth.pipeline.ledger:Ledger._write#12"),
-                             ("evaluation", "zeroth.stages.eval:evaluate#2"))},
-    **{f"sigterm-{where}": ("SIGTERM", where, f"sigterm@{target}", None, True)
-       for where, target in (("pretrain", "zeroth.stages.supervised:_forward_backward#12"),
-                             ("rollout", "zeroth.stages.rl:sample#2"),
-                             ("reward", "zeroth.stages.rl:combine#3"),
-                             ("update", "zeroth.stages.rl:update#3"),
-                             ("checkpoint-write", "zeroth.pipeline.checkpoint:fsync_tree#6"),
-                             ("ledger-write", "zeroth.pipeline.ledger:Ledger._write#12"),
-                             ("evaluation", "zeroth.stages.eval:evaluate#2"))},
+    **{f"{sig.lower()}-{where}": (sig, where, f"{sig.lower()}@{target}", None, True)
+       for sig in ("SIGKILL", "SIGTERM") for where, target in POINTS},
     "disk-full-checkpoint": ("disk full", "checkpoint write",
                              "enospc@zeroth.pipeline.checkpoint:fsync_tree#6", None, True),
     "disk-full-ledger": ("disk full", "ledger write",
@@ -97,6 +93,8 @@ SCENARIOS = {
                          "sigterm@zeroth.stages.rl:update#2", "readonly", True),
     "read-only-mid-run": ("a write refused (EACCES)", "checkpoint write",
                           "eacces@zeroth.pipeline.checkpoint:fsync_tree#6", None, True),
+    "fork-server-killed": ("the sandbox's fork server SIGKILLed mid-batch", "code reward",
+                           None, "fork-server", False),
     "sigterm-two-ranks": ("SIGTERM to `zeroth run --nproc 2`", "RL, 2 ranks", None, "term-job",
                           True),
     "rank-killed": ("one of 2 ranks SIGKILLed", "RL, 2 ranks", None, "kill-rank", True),
@@ -372,9 +370,61 @@ def _job_fault(args: list[str], cwd: Path, run: Path, after: str) -> tuple[int, 
     return proc.returncode, lines[-1] if lines else ""
 
 
+PROGRAM = "import time\n\ndef f(x):\n    time.sleep(0.5)\n    return x + {}\n"
+CHECK = "def check(candidate):\n    assert candidate(1) == 2\n"
+
+
+def code_batch() -> dict:
+    """In a child: 8 programs (4 right, 4 wrong, each 0.5 s) scored by code_tests while the
+    sandbox's fork server is SIGKILLed once its harnesses run; {scores, killed}."""
+    from zeroth.rewards import sandbox
+    from zeroth.rewards.code import code_tests
+
+    code_tests([PROGRAM.format(1)], test=[CHECK], entry_point=["f"])  # the server is up
+    server = sandbox._FORK_SERVER._proc
+
+    def kill_when_running():
+        deadline = time.monotonic() + 30
+        while not _children(server.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        os.kill(server.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_running)
+    killer.start()
+    programs = [PROGRAM.format(1 if i % 2 == 0 else 0) for i in range(8)]
+    scores = code_tests(programs, test=[CHECK] * 8, entry_point=["f"] * 8)
+    killer.join()
+    return {"scores": scores, "killed": server.poll() is not None}
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()] \
+        if Path(f"/proc/{pid}").exists() else []
+
+
+def _code_scenario(name: str, t0: float) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--code-batch"],
+                          capture_output=True, text=True, timeout=300, env=env, check=False)
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = [1.0 if i % 2 == 0 else 0.0 for i in range(8)]
+    right = sum(g == w for g, w in zip(got["scores"], want))
+    wrongly_zero = sum(g == 0.0 and w == 1.0 for g, w in zip(got["scores"], want))
+    fault, where = SCENARIOS[name][:2]
+    said = [(f"server killed: {'yes' if got['killed'] else 'no'}; {right} of 8 scored right, "
+            f"{wrongly_zero} right programs scored 0.0, "
+            f"{sum(g is None for g in got['scores'])} recorded as verifier failures")]
+    return {"name": name, "fault": fault, "where": where, "said": said, "recorded": 8,
+            "destroyed": 0, "lost": wrongly_zero, "same_as_uninterrupted": right == 8,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def scenario(name: str, work: Path, reference: dict) -> dict:
     """Run one injection and its resume; the row of the table."""
     fault, where, spec, after, resume = SCENARIOS[name]
+    if after == "fork-server":
+        return _code_scenario(name, time.perf_counter())
     cwd = work / name
     shutil.rmtree(cwd, ignore_errors=True)
     cwd.mkdir(parents=True)
@@ -462,6 +512,9 @@ def reference_run(work: Path, ranks: int = 1) -> dict:
 
 
 def main() -> None:
+    if "--code-batch" in sys.argv:
+        print(json.dumps(code_batch()))
+        return
     if "--child" in sys.argv:
         at = sys.argv.index("--child")
         sys.exit(child(sys.argv[at + 1], sys.argv[sys.argv.index("--") + 1:]))

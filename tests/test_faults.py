@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_resume import _fingerprint as fingerprint  # what a run recorded, less wall times
 
 from zeroth.cli import main
 from zeroth.errors import UserError
@@ -30,24 +31,6 @@ def _run(tmp_path, name, *extra, resume=False):
     args = ["run", "--resume", str(run), "--quiet", *extra] if resume else \
         [*ARGS, f"run.out_dir={tmp_path / 'runs'}", f"run.name={name}", *extra]
     return main(args), run
-
-
-def fingerprint(run: Path) -> dict:
-    """What a run recorded, less wall times: its summary and every ledger row."""
-    summary = json.loads((run / "summary.json").read_text())
-    for key in ("wall_s", "run"):
-        summary.pop(key)
-    db = sqlite3.connect(run / "ledger.sqlite")
-    rollouts = db.execute("select phase, step, prompt_idx, sample_idx, completion, rewards, "
-                          "advantage from rollouts order by phase, step, prompt_idx, "
-                          "sample_idx").fetchall()
-    evals = db.execute("select phase, problem_idx, sample_idx, completion, correct from evals "
-                       "order by phase, problem_idx, sample_idx").fetchall()
-    metrics = [(p, s, {k: v for k, v in json.loads(d).items() if not k.startswith("time_")})
-               for p, s, d in db.execute("select phase, step, data from metrics order by "
-                                         "phase, step, id").fetchall()]
-    db.close()
-    return {"summary": summary, "rollouts": rollouts, "evals": evals, "metrics": metrics}
 
 
 @pytest.fixture(scope="module")
