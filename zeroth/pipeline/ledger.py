@@ -35,8 +35,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from zeroth.pipeline.ledger_repair import (
+from zeroth.pipeline.ledger_repair import (  # connect_readonly: the viewers' connection
     DamagedLedger,
+    connect_readonly,
     damage,
     damage_message,
     is_damage_error,
@@ -96,13 +97,6 @@ _ROLLOUT_COLUMNS = (
 # Columns added after the first release: ledgers written before get them on open.
 _ADDED_COLUMNS = {"rollouts": ("task TEXT", "difficulty TEXT")}
 _EVAL_COLUMNS = "phase, problem_idx, sample_idx, prompt, completion, n_tokens, correct, answer"
-
-
-def connect_readonly(path: str | Path, timeout: float = 30.0) -> sqlite3.Connection:
-    """A read-only connection to an existing ledger file, safe while its run writes (WAL)."""
-    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
-    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
-                           check_same_thread=False)
 
 
 def merge_metrics(rows: list[tuple[int, str, int, dict]]) -> list[dict]:
@@ -189,7 +183,7 @@ class Ledger:
             if problem is not None and not repair:
                 raise DamagedLedger(damage_message(self.path, problem))
             if problem is not None:
-                self.salvaged = salvage(self.path, problem)
+                self.salvaged = salvage(self.path, problem, create_schema)
             with self._reporting_damage():
                 create_schema(self._connect())
 

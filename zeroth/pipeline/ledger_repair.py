@@ -19,17 +19,18 @@ import shutil
 import sqlite3
 import struct
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
 from zeroth.errors import UserError
 
 
-def _ledger():
-    """zeroth.pipeline.ledger, which imports this module (its connection and schema)."""
-    from zeroth.pipeline import ledger
-
-    return ledger
+def connect_readonly(path: str | Path, timeout: float = 30.0) -> sqlite3.Connection:
+    """A read-only connection to an existing ledger file, safe while its run writes (WAL)."""
+    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
+                           check_same_thread=False)
 
 
 class DamagedLedger(UserError):
@@ -64,7 +65,7 @@ def damage(path: str | Path) -> str | None:
     if problem is not None:
         return problem
     try:
-        with closing(_ledger().connect_readonly(path)) as conn:
+        with closing(connect_readonly(path)) as conn:
             rows = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
     except sqlite3.DatabaseError as exc:
         if not is_damage_error(exc):
@@ -160,8 +161,9 @@ _CHUNK = 256  # rowids read per query; a range that fails is halved down to sing
 _GIVE_UP = 1 << 16  # rowids past the last readable row after which a table's read stops
 
 
-def salvage(path: Path, problem: str) -> dict:
-    """Replace the damaged ledger at `path` by a fresh one holding every row still readable.
+def salvage(path: Path, problem: str, create_schema: Callable) -> dict:
+    """Replace the damaged ledger at `path` by a fresh one holding every row still readable
+    (its tables made by `create_schema(connection)`, the ledger's own).
 
     The damaged file (with its log) is copied to a scratch file, whose header is rebuilt if sqlite
     can't read it and whose log is folded in. Each table is read from there by rowid ranges,
@@ -181,7 +183,7 @@ def salvage(path: Path, problem: str) -> dict:
         stale.unlink(missing_ok=True)
     try:
         _scratch_copy(path, scratch)
-        kept, scanned = _build_salvage(scratch, tmp)
+        kept, scanned = _build_salvage(scratch, tmp, create_schema)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -215,14 +217,14 @@ def _scratch_copy(path: Path, scratch: Path) -> None:
         pass  # the log can't be applied: the pages in the file are what there is
 
 
-def _build_salvage(source: Path, tmp: Path) -> tuple[dict, dict]:
+def _build_salvage(source: Path, tmp: Path, create_schema: Callable) -> tuple[dict, dict]:
     """Create a fresh ledger at `tmp` holding the sound rows of the damaged one at `source`:
     ({table: rows kept}, {table: rows of those only the page scan found})."""
     dst = sqlite3.connect(tmp, isolation_level=None)
     try:
         dst.execute("PRAGMA journal_mode=OFF")  # nothing to roll back to: the file is discarded
         dst.execute("PRAGMA synchronous=OFF")  # until it is whole; the caller fsyncs it once
-        _ledger().create_schema(dst)
+        create_schema(dst)
         dst.execute("BEGIN")
         with closing(_connect_damaged(source)) as src:
             partial = [table for table in _TABLES if not _copy_table(src, dst, table)]
@@ -239,7 +241,7 @@ def _connect_damaged(path: Path) -> sqlite3.Connection:
     """A read-only connection to a damaged ledger that reads as much as it can: with
     `writable_schema` sqlite reads a file shorter than its header says (pages past the end fail
     one by one instead of the whole file), and tolerates more of a damaged schema."""
-    conn = _ledger().connect_readonly(path)
+    conn = connect_readonly(path)
     conn.execute("PRAGMA writable_schema=ON")
     return conn
 
