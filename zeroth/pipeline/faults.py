@@ -76,11 +76,6 @@ def stop_on_sigterm() -> Iterator[None]:
         _STOP["signal"] = None
 
 
-def request_stop(name: str = "SIGTERM") -> None:
-    """Ask the run to stop at its next safe point, as SIGTERM does (for tests and embedders)."""
-    _STOP["signal"] = name
-
-
 def stop_requested() -> str | None:
     """The signal that asked this run to stop (on several ranks: any rank's), or None."""
     from zeroth.pipeline import dist
