@@ -166,10 +166,26 @@ def test_a_hanging_reward_times_out_from_a_worker_thread():
     totals, parts = out["result"]
     assert totals == [1.0, 1.0]
     assert all(p["hang"] is None and p["hang_error"] == "timed out after 0.5 s" for p in parts)
-    deadline = time.monotonic() + 5.0  # the stuck loop was stopped, not left spinning
-    while any(t.name == "zeroth-reward" for t in threading.enumerate()):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+
+
+def test_a_timed_reward_runs_in_the_callers_thread_where_signals_work():
+    """TRL-style rewards may use signal-based timeouts (math-verify's do), which work in the
+    main thread only: with a limit, a reward still runs where the caller runs it."""
+    def alarmed(completions, **_):
+        previous = signal.signal(signal.SIGALRM, lambda *a: None)  # main thread only
+        signal.signal(signal.SIGALRM, previous)
+        return [threading.current_thread() is threading.main_thread()] * len(completions)
+
+    _, parts = combine(["a"], [{}], {"alarmed": alarmed}, {"alarmed": 1.0}, timeout_s=5.0)
+    assert parts[0] == {"alarmed": 1.0}
+    start = time.monotonic()  # and a main-thread hang still ends at the limit
+    _, parts = combine(["a"], [{}], {"hang": _spin}, {"hang": 1.0}, timeout_s=0.3)
+    assert parts[0]["hang_error"] == "timed out after 0.3 s" and time.monotonic() - start < 5
+
+
+def _spin(completions, **_):
+    while True:
+        pass
 
 
 def test_with_a_timeout_results_and_errors_pass_through_as_without():

@@ -87,31 +87,41 @@ class _Stop(BaseException):
     BaseException so that the function's own `except Exception` cannot swallow it."""
 
 
+def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Make `exc` raise in thread `thread_id` at its next bytecode (None: cancel a pending one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
+                                               None if exc is None else ctypes.py_object(exc))
+
+
 def _call_within(fn, completions: list, columns: dict, timeout_s: float):
-    """`fn(completions, **columns)` in a daemon thread, waited for at most `timeout_s` seconds
-    (from any thread: no signals). On overrun, `_Stop` is raised into the thread, which ends a
-    pure-Python loop at its next bytecode; a thread stuck in a C call that never returns cannot
-    be stopped and is left running as a daemon. Raises _TimedOut, or what `fn` raised."""
-    box: dict = {}
+    """`fn(completions, **columns)` in the caller's own thread, as without a limit (a reward
+    may use signals, which work in the main thread only: math-verify's timeouts do), watched by
+    a timer thread that, after `timeout_s` seconds, raises `_Stop` into the caller: a
+    pure-Python loop ends at its next bytecode, from any thread; a call stuck inside C code
+    ends only when that code returns. Raises _TimedOut, or what `fn` raised."""
+    caller, lock, state = threading.get_ident(), threading.Lock(), {"done": False, "fired": False}
 
-    def run():
+    def fire():
+        with lock:
+            if not state["done"]:
+                state["fired"] = True
+                _raise_in(caller, _Stop)
+
+    timer = threading.Timer(timeout_s, fire)
+    timer.daemon = True
+    timer.start()
+    try:
         try:
-            box["value"] = fn(completions, **columns)
-        except _Stop:
-            pass
-        except BaseException as exc:  # noqa: BLE001 — re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="zeroth-reward", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
-                                                   ctypes.py_object(_Stop))
-        raise _TimedOut(f"timed out after {timeout_s:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+            return fn(completions, **columns)
+        finally:
+            with lock:
+                state["done"] = True
+            timer.cancel()
+            if state["fired"]:
+                _raise_in(caller, None)  # not delivered yet: it must not fire later
+                raise _Stop
+    except _Stop:
+        raise _TimedOut(f"timed out after {timeout_s:g} s") from None
 
 
 def combine(
@@ -126,8 +136,8 @@ def combine(
     function that raises is recorded as None for that whole call with the error kept under
     `<name>_error`, and the RL step gives such completions no advantage. A NaN or infinite
     score is None for its completion, with the reason under `<name>_error`. With `timeout_s`,
-    each call runs in a worker thread and one that takes longer is None for the whole call
-    ("timed out after N s"); see `_call_within` for how the stuck thread is stopped. Without
+    a call that takes longer is stopped and is None for the whole call ("timed out after N
+    s"); see `_call_within` for how. Without
     it (the default), and for the verifiers that bound each check themselves (math_accuracy,
     code_tests: `_bounded`), the functions run in the caller's thread.
     """
