@@ -58,6 +58,8 @@ def make_big(run_dir: Path) -> Path:
         ledger.log_metrics("rl", step, {"reward": 0.1 * step, "kl": float("nan") if step == 2
                                         else 0.01, "note": "text is not a series"})
     ledger.log_metrics("rl", 3, {"entropy": 1.5})  # merged into step 3
+    ledger.set_meta("events", [{"time": "2026-12-07 10:00:00", "kind": "stopped",
+                                "text": "stopped by SIGTERM at checkpoint rl-000003"}])
     for phase in ("eval_start", "eval_rl"):
         ledger.log_eval(phase, _eval_rows(12))
         ledger.log_metrics(phase, 0, {"pass@1": 0.5, "greedy": 0.25})
@@ -132,6 +134,7 @@ def test_runs_lists_both_with_status_and_phases(srv, tiny_runs, big):
     b = runs["big"]
     assert b["status"] == "running" and b["summary"] is None and b["task"] is None
     assert b["phases"] == [{"phase": "rl", "steps": 200, "rollouts": BIG_ROWS}]  # rollouts lead
+    assert t["events"] == [] and [e["kind"] for e in b["events"]] == ["stopped"]
 
 
 def test_viewing_a_stopped_run_does_not_make_it_look_running(tmp_path):

@@ -135,6 +135,15 @@ def curriculum(conn: sqlite3.Connection) -> list[dict]:
     return [finite(c) for c in changes if isinstance(c, dict)] if isinstance(changes, list) else []
 
 
+def events(conn: sqlite3.Connection) -> list[dict]:
+    """What happened to the run ({time, kind, text}: a stop at a safe point, a damaged
+    checkpoint passed over, a salvaged ledger, too many non-finite steps; zeroth.pipeline.faults),
+    oldest first; [] when nothing did."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'events'").fetchone()
+    found = _loads(row[0]) if row else None
+    return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
+
+
 def _value(value):
     return value if _numeric(value) else None
 

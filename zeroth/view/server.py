@@ -13,7 +13,9 @@ and infinities are null, or the strings "nan"/"inf" in reward components):
                                        ("stopped at rl step 34 (resume from rl-000030)"), at
                                        {stage, step, checkpoint, after}, resume (the command
                                        that continues a stopped run, else null), task,
-                                       algorithm, model, phases, updated (last write), summary
+                                       algorithm, model, phases, events (stops, damaged
+                                       checkpoints, salvaged ledgers: {time, kind, text}),
+                                       updated (last write), summary
     /api/metrics?run=ID                per phase: steps and one series per logged metric; the
                                        curriculum's level changes (task.curriculum)
     /api/evals?run=ID                  the run's evaluations, then `zeroth eval` results saved
@@ -143,11 +145,12 @@ def run_entry(run_id: str, run_dir: Path) -> dict:
              "algorithm": _section(cfg, "rl").get("algorithm"),
              "model": os.path.basename(str(model).rstrip("/")) if model else
              ("scratch" if cfg else None),
-             "phases": [], "updated": last_write(run_dir), "summary": summary,
+             "phases": [], "events": [], "updated": last_write(run_dir), "summary": summary,
              "evals_updated": queries.saved_evals_updated(run_dir)}
     try:
         with closing(queries.connect(run_dir / LEDGER)) as conn:
             entry["phases"] = queries.phase_summary(conn)
+            entry["events"] = queries.events(conn)
     except sqlite3.Error as e:
         entry.update(status="unreadable", status_text="unreadable", error=ledger_error(e))
     return entry

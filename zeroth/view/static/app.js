@@ -294,7 +294,10 @@ function runCard(run) {
   const about = [run.task, run.algorithm, run.model].filter(Boolean).join(" · ");
   const said = run.status_text && run.status_text !== run.status ? run.status_text : null;
   const resume = run.resume ? `continue it: ${run.resume}` : null;
-  const title = [run.path, about, said, resume, run.error].filter(Boolean).join("\n");
+  const events = (run.events || []).map((e) => `${e.time} ${e.kind}: ${e.text}`);
+  const title = [run.path, about, said, resume, run.error, ...events]
+    .filter(Boolean)
+    .join("\n");
   return el(
     "label",
     { class: `run${readable(run) ? "" : " unreadable"}`, title, "data-run": run.id },
@@ -316,8 +319,19 @@ function runCard(run) {
       ),
       said ? el("span", { class: `run-state ${run.status}`, text: said }) : null,
       run.resume ? resumeCommand(run.resume) : null,
+      events.length ? runEvents(run.events) : null,
     ),
   );
+}
+
+function runEvents(events) {
+  // What happened to the run (faults met: a stop, a damaged checkpoint, a salvaged ledger).
+  const kinds = [...new Set(events.map((e) => e.kind))].join(", ");
+  return el("span", {
+    class: "run-events",
+    text: `${events.length} event${events.length > 1 ? "s" : ""}: ${kinds}`,
+    title: events.map((e) => `${e.time} ${e.kind}: ${e.text}`).join("\n"),
+  });
 }
 
 function resumeCommand(command) {
