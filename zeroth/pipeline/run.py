@@ -286,6 +286,7 @@ class Runner:
         """The held-out evaluation of the current model, recorded under `phase`."""
         return eval_stage.run(self, phase)
 
+
 def salvage_note(salvaged: dict) -> str:
     """One line on a damaged ledger salvaged as the run opened it."""
     kept = ", ".join(f"{n} {table}" for table, n in salvaged["kept"].items())
