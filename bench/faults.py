@@ -75,7 +75,7 @@ SCENARIOS = {
     "disk-full-ledger": ("disk full", "ledger write",
                          "sqlfull@zeroth.pipeline.ledger:Ledger._write#12", None, True),
     "disk-full-tmpfs": ("disk full (a 1 MB tmpfs)", "checkpoint write", None, "tmpfs", True),
-    "nan-loss-once": ("NaN loss, once", "update", "nanloss@zeroth.stages.rl:update#2", None,
+    "nan-loss-once": ("NaN loss, once", "update", "nanloss@zeroth.algorithms.update:policy_loss#2", None,
                       False),
     "nan-loss-in-a-row": ("NaN loss, every step", "pretrain",
                           "nanalways@zeroth.models.lean:sequence_loss#1", None, True),
@@ -156,8 +156,10 @@ def _wrap(action: str, original, nth: int):
         elif hit:
             _fault(action, args[0] if action == "killworkers" else None)
         out = original(*args, **kwargs)
-        if hit and action == "nanalways":
+        if hit and action == "nanalways":  # a loss
             return out * float("nan")
+        if hit and action == "nanloss":  # the policy loss and its stats
+            return out[0] * float("nan"), *out[1:]
         return out
 
     return wrapped
@@ -174,21 +176,7 @@ def child(spec: str, argv: list[str]) -> int:
     *path, name = attr.split(".")
     for part in path:
         owner = getattr(owner, part)
-    if action == "nanloss":  # the policy loss of the n-th update turns NaN
-        from zeroth.algorithms import update as update_module
-
-        owner, name = update_module, "policy_loss"
-        original = owner.policy_loss
-        calls = [0]
-
-        def poisoned(*args, **kwargs):
-            calls[0] += 1
-            loss, stats = original(*args, **kwargs)
-            return (loss * float("nan"), stats) if calls[0] == int(nth) else (loss, stats)
-
-        setattr(owner, name, poisoned)
-    else:
-        setattr(owner, name, _wrap(action, getattr(owner, name), int(nth)))
+    setattr(owner, name, _wrap(action, getattr(owner, name), int(nth)))
     from zeroth.cli import main
 
     return main(argv)

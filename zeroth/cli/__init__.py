@@ -123,8 +123,8 @@ def _stopped(exc: BaseException, run_dir) -> int:
         if main:
             from zeroth.pipeline.runstate import resume_command
 
-            hint = f"continue with {resume_command(run_dir)}" if run_dir else "run again"
-            print(f"zeroth: error: {str(exc).replace('run again', hint)}", file=sys.stderr)
+            text = exc.continuing_with(resume_command(run_dir)) if run_dir else str(exc)
+            print(f"zeroth: error: {text}", file=sys.stderr)
         return 1
     kind = faults.write_failure(exc)
     if kind is None:

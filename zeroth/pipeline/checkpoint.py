@@ -45,6 +45,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,14 +72,22 @@ _TMP, _TRASH, _LATEST_TMP, _CORRUPT = ".tmp-", ".trash-", ".LATEST-", ".corrupt-
 _TAG = re.compile(r"(.+)-(\d+)")  # <stage id>-<step>
 OPTIMIZER_KEPT = 2  # the newest checkpoints that keep their optimizer state
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_FULL_TEXTS = ("no space left", "disk quota exceeded", "os error 28", "errno 28", "os error 122")
+_FULL_TEXTS = ("no space left", "disk quota exceeded", "os error 28", "errno 28", "os error 122",
+               "disk is full")  # the last: SQLite's "database or disk is full"
 _LOW_FREE = 1 << 20  # bytes: a write error with less than this free is taken for a full disk
 
 
 class DiskFull(UserError):
     """A save ran out of disk space (ENOSPC, or EDQUOT over a quota). The message names the
     folder, the space free there and about how much a save needs; what was there before the
-    save is intact."""
+    save is intact. `continuing_with(command)` says it with the command that continues."""
+
+    def __init__(self, problem: str, intact: str):
+        super().__init__(f"{problem} — free some space and run again; {intact}")
+        self.problem, self.intact = problem, intact
+
+    def continuing_with(self, command: str) -> str:
+        return f"{self.problem} — free some space and continue with {command}; {self.intact}"
 
 
 def fsync_path(path: Path) -> None:
@@ -98,7 +107,7 @@ def fsync_tree(top: Path) -> None:
         fsync_path(Path(dirpath))
 
 
-def _tree_bytes(top: Path) -> int:
+def tree_bytes(top: Path) -> int:
     """The total size of the files under `top` (0 when it is gone)."""
     total = 0
     for dirpath, _dirnames, filenames in os.walk(top):
@@ -131,23 +140,33 @@ def _free_bytes(folder: Path) -> int | None:
         return None
 
 
-def is_disk_full(exc: BaseException, folder: Path) -> bool:
-    """Whether `exc` means the disk (or the user's quota) is full: an OSError ENOSPC/EDQUOT in
-    its cause/context chain, a wrapper whose message says so (safetensors: "No space left on
-    device (os error 28)"), or any write error while under _LOW_FREE is free in `folder` (a
-    torch.save given a path only says "unexpected pos ...")."""
+def causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc`, then what caused it, along its __cause__ / __context__ chain."""
     seen: set[int] = set()
-    link: BaseException | None = exc
-    write_error = False
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        if isinstance(link, OSError) and link.errno in _FULL_ERRNOS:
-            return True
-        if any(text in str(link).lower() for text in _FULL_TEXTS):
-            return True
-        write_error |= isinstance(link, (OSError, RuntimeError))
-        link = link.__cause__ or link.__context__
-    free = _free_bytes(folder) if write_error else None
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def says_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` or what caused it says the disk (or the user's quota) is full: an OSError
+    ENOSPC/EDQUOT, or a wrapper whose message says so (safetensors: "No space left on device
+    (os error 28)"; SQLite: "database or disk is full")."""
+    return any((isinstance(link, OSError) and link.errno in _FULL_ERRNOS)
+               or any(text in str(link).lower() for text in _FULL_TEXTS)
+               for link in causes(exc))
+
+
+def is_disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a save's `exc` means the disk is full: it says so (`says_disk_full`), or it is
+    any write error while under _LOW_FREE is free in `folder` (a torch.save given a path only
+    says "unexpected pos ...")."""
+    if says_disk_full(exc):
+        return True
+    if not any(isinstance(link, (OSError, RuntimeError)) for link in causes(exc)):
+        return False
+    free = _free_bytes(folder)
     return free is not None and free < _LOW_FREE
 
 
@@ -156,16 +175,16 @@ def _disk_full_error(folder: Path, tmp: Path, what: str, like: Path | None,
     """The DiskFull of a failed save of `what` into `folder`. Removes the temp folder `tmp`, after
     measuring it; `like`: an earlier complete save, whose size is about what this one needs."""
     if like is not None:
-        need = f"about {size_text(_tree_bytes(like))} (the size of {like.name})"
+        need = f"about {size_text(tree_bytes(like))} (the size of {like.name})"
     else:
-        written = _tree_bytes(tmp)
+        written = tree_bytes(tmp)
         need = f"more than the {size_text(written)} written before the disk filled" if written \
             else "more than that"
     shutil.rmtree(tmp, ignore_errors=True)
     free = _free_bytes(folder)
     free_text = "an unknown amount" if free is None else size_text(free)
     return DiskFull(f"out of disk space saving {what} in {folder}: {free_text} free there now, "
-                    f"it needs {need} — free some space and run again; {intact}")
+                    f"it needs {need}", intact)
 
 
 def _check_tag(tag: str) -> None:

@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from zeroth.errors import UserError
+from zeroth.models.locate import checkpoints_dir, read_latest
+from zeroth.pipeline.checkpoint import causes, says_disk_full, size_text, tree_bytes
 
 _STOP = {"signal": None}  # the name of the signal asking this process to stop, once one came
 
@@ -153,47 +155,27 @@ def clip_or_skip(params, max_norm: float, loss: float | None) -> tuple[float, bo
 # Writes that fail: a full disk, a folder made read-only.
 # ---------------------------------------------------------------------------------------------
 
-_FULL = (errno.ENOSPC, errno.EDQUOT)
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
-
-
-def _causes(exc: BaseException):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
 
 
 def write_failure(exc: BaseException) -> str | None:
     """'full' or 'denied' when `exc` (or what caused it) is a write the disk refused; else
     None."""
-    for cause in _causes(exc):
-        if isinstance(cause, OSError) and cause.errno in _FULL:
-            return "full"
+    if says_disk_full(exc):
+        return "full"
+    for cause in causes(exc):
         if isinstance(cause, OSError) and cause.errno in _DENIED:
             return "denied"
-        text = str(cause)
-        if isinstance(cause, sqlite3.OperationalError) and "disk is full" in text:
-            return "full"
-        if isinstance(cause, sqlite3.OperationalError) and "readonly database" in text:
+        if isinstance(cause, sqlite3.OperationalError) and "readonly database" in str(cause):
             return "denied"
-        if "No space left on device" in text or "Disk quota exceeded" in text:
-            return "full"
     return None
-
-
-def _folder_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def checkpoint_size(run_dir: Path) -> int:
     """The size of the run's newest complete checkpoint (0 when it has none)."""
-    from zeroth.models.locate import checkpoints_dir, read_latest
-
     root = checkpoints_dir(run_dir)
     tag = read_latest(root) if root.is_dir() else None
-    return _folder_size(root / tag) if tag and (root / tag).is_dir() else 0
+    return tree_bytes(root / tag) if tag and (root / tag).is_dir() else 0
 
 
 def write_failure_message(exc: BaseException, run_dir: Path | None, kind: str) -> str:
@@ -201,17 +183,16 @@ def write_failure_message(exc: BaseException, run_dir: Path | None, kind: str) -
     next checkpoint needs ('full'), or the path it may not write ('denied'); that the last
     checkpoint and the ledger are intact, and how to continue (`run_dir`: the run's folder,
     None when it was not made yet)."""
-    from zeroth.models.locate import checkpoints_dir, read_latest
     from zeroth.pipeline.runstate import resume_command
 
-    path = next((Path(c.filename) for c in _causes(exc)
+    path = next((Path(c.filename) for c in causes(exc)
                  if isinstance(c, OSError) and c.filename), None)
     if run_dir is None:
         return (f"cannot write {path or 'the run directory'}: "
                 f"{'disk full' if kind == 'full' else 'permission denied or read-only'} — "
                 "free space there, or choose another run.out_dir; nothing was started")
     run_dir = Path(run_dir)
-    if path is None and any(isinstance(c, sqlite3.Error) for c in _causes(exc)):
+    if path is None and any(isinstance(c, sqlite3.Error) for c in causes(exc)):
         path = run_dir / "ledger.sqlite"  # sqlite names no file
     root = checkpoints_dir(run_dir)
     latest = read_latest(root) if root.is_dir() else None
@@ -224,8 +205,6 @@ def write_failure_message(exc: BaseException, run_dir: Path | None, kind: str) -
     folder = run_dir if path is None else path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    from zeroth.pipeline.checkpoint import size_text
-
     free = shutil.disk_usage(folder).free
     need = checkpoint_size(run_dir)
     needed = f"; a checkpoint needs about {size_text(need)}" if need else ""
