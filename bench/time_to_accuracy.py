@@ -192,6 +192,7 @@ def run_zeroth(args, folder: Path) -> dict:
     import torch
 
     from zeroth.models.hf import load_model, trainable
+    from zeroth.models.precision import precision_of, set_precision
     from zeroth.pipeline.run import init_model
     from zeroth.stages.rl import RLContext, rl_step
 
@@ -203,6 +204,7 @@ def run_zeroth(args, folder: Path) -> dict:
     if rl.beta > 0:  # as zeroth.pipeline.run.rl_stage: the start model, frozen
         ref, _ = load_model(folder, dtype=cfg.model.dtype)
         ref.eval().requires_grad_(False)
+        set_precision(ref, precision_of(model))  # it computes as the policy does
     optimizer = torch.optim.AdamW(trainable(model), lr=rl.lr, betas=(0.9, 0.99), weight_decay=0.0)
     model.eval()  # as rl_stage: no dropout during sampling and updates
     clock = Clock(model, tokenizer, task, cfg, args, "zeroth")

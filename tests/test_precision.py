@@ -100,9 +100,44 @@ def test_bf16_mixed_logprobs_and_gradients_are_fp32_within_bf16_rounding(arch, f
         assert (a.grad - b.grad).norm() / scale < 0.05, name
 
 
+def test_bf16_on_cpu_rounds_row_counts_to_a_few_sizes():
+    mixed, fp32 = _model("qwen2", "bf16-mixed"), _model("qwen2")
+    assert lean.bucketed(mixed) and not lean.bucketed(fp32)
+    assert [lean.rows_for(n, fp32) for n in (1, 65, 1000)] == [1, 65, 1000]  # fp32: as they are
+    sizes = {lean.rows_for(n, mixed) for n in range(1, 20000)}
+    assert min(sizes) == 64 and len(sizes) < 80 and all(s % 64 == 0 for s in sizes)
+    assert all(n <= lean.rows_for(n, mixed) <= n + max(63, n / 8) for n in range(1, 20000))
+
+
+def _loss_and_grads(model, pieces: str):
+    model.zero_grad()
+    if pieces == "logprobs":
+        logp, mask = completion_logprobs(model, PROMPTS, COMPLETIONS, PAD, 0.7, True)
+        value = (logp * mask).sum()
+    else:
+        ids = torch.tensor([p + c + [PAD] * (9 - len(p + c)) for p, c in zip(PROMPTS, COMPLETIONS)])
+        labels = ids.masked_fill(ids == PAD, -100)
+        value = lean.sequence_loss(model, ids, labels)
+    value.backward()
+    return value.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("pieces", ["logprobs", "sequence_loss"])
+def test_spare_rows_of_rounded_counts_change_no_result(pieces, monkeypatch):
+    """bf16 on a CPU pads the packed tokens with spare rows up to a rounded count: the loss and
+    every gradient are those of the unpadded pass (the spare rows are never read back)."""
+    mixed = _model("qwen2", "bf16-mixed")
+    padded, padded_grads = _loss_and_grads(mixed, pieces)
+    monkeypatch.setattr(lean, "bucketed", lambda model: False)
+    plain, plain_grads = _loss_and_grads(mixed, pieces)
+    assert torch.allclose(padded, plain, rtol=1e-3, atol=1e-3)
+    for a, b in zip(padded_grads, plain_grads):
+        assert (a - b).norm() <= 1e-3 * (b.norm() + 1e-6)
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 @pytest.mark.parametrize("backend", [lean.Decoding, decoder.HFForward])
-def test_bf16_mixed_decoding_keeps_bf16_cache_and_float32_logits(arch, backend):
+def test_bf16_mixed_decoding_keeps_float32_cache_and_logits(arch, backend):
     ref, mixed = _model(arch), _model(arch, "bf16-mixed")
     fp32, bf16 = backend(ref, PROMPTS, PAD, 6), backend(mixed, PROMPTS, PAD, 6)
     a, b = fp32.start().float(), bf16.start().float()
@@ -112,9 +147,10 @@ def test_bf16_mixed_decoding_keeps_bf16_cache_and_float32_logits(arch, backend):
         a, b = fp32.step(token).float(), bf16.step(token).float()
         assert (a - b).abs().max() < 0.05
         token = a.argmax(-1)
-    if backend is lean.Decoding:
-        assert all(c.dtype == torch.bfloat16 for c in bf16.cache_k + bf16.cache_v)
+    if backend is lean.Decoding:  # on a CPU, attention and its cache stay float32
+        assert all(c.dtype == torch.float32 for c in bf16.cache_k + bf16.cache_v)
         assert all(c.dtype == torch.float32 for c in fp32.cache_k + fp32.cache_v)
+        assert all(w.dtype == torch.bfloat16 for w in bf16.fused[0][::2])  # products in bf16
     assert all(p.dtype == torch.float32 for p in mixed.parameters())
 
 
@@ -162,3 +198,25 @@ def test_bf16_mixed_supervised_loss_is_fp32_within_bf16_rounding(arch):
         got = token_loss(mixed, ids, labels)[0]
     assert got.dtype == torch.float32
     assert abs(got.item() - want.item()) < 0.01 * want.item()
+
+
+def test_bf16_decoding_drops_finished_rows_to_rounded_batch_sizes(monkeypatch):
+    """Under bf16 on a CPU, finished rows leave the decoding batch only down to a rounded size
+    (a few product shapes, not one per count of live rows); the rows kept to fill it change no
+    completion."""
+    mixed = _model("qwen2", "bf16-mixed")
+    prompts = [[5 + i % 7, 6, 7] for i in range(150)]
+    seen, step = [], lean.Decoding.step
+    monkeypatch.setattr(lean.Decoding, "step", lambda self, token: seen.append(len(token))
+                        or step(self, token))
+
+    def sample():
+        return decoder.generate(mixed, prompts, max_new_tokens=12, eos_id=set(range(84, 96)),
+                                pad_id=PAD, generator=torch.Generator().manual_seed(0))
+
+    rounded = sample()
+    assert len(set(seen)) > 1 and all(size in (150, 128, 64) for size in seen)
+    monkeypatch.setattr(lean, "bucketed", lambda model: False)
+    seen.clear()
+    assert sample() == rounded
+    assert any(size not in (150, 128, 64) for size in seen)  # unrounded: any live count

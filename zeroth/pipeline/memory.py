@@ -15,7 +15,8 @@ weight is read. Terms, in bytes:
                  layer instead ((layers + 3) x hidden) and recomputes one layer at a time.
                  B: rl.minibatch_size capped by prompts_per_step x group_size (pretrain, sft:
                  their batch_size); T: prompt tokens + max_new_tokens.
-    kv_cache     the largest generation: rows x T x layers x 2 x kv_heads x head_dim x bytes
+    kv_cache     the largest generation: rows x T x layers x 2 x kv_heads x head_dim x bytes (4
+                 on a CPU, where decoding attends in float32)
                  (rl: prompts_per_step x group_size rows; eval and rejection: their batch_size)
     decode       zeroth.models.lean's decoding copy of the decoder layers' weights (fused, input-
                  major), made for each generation when the lean path applies (Qwen2/Llama,
@@ -159,7 +160,8 @@ def estimate(cfg: Config, model_cfg=None, prompt_tokens: int | None = None) -> d
     step = 4 if lora else size  # LoRA adapters are float32
     acts = max((activation_bytes(shape, b, t, m.gradient_checkpointing, size)
                 for b, t in train), default=0)
-    kv = max(b * t * shape["layers"] * 2 * shape["kv_dim"] * size for b, t in gen)
+    kv_size = size if cfg.run.device == "cuda" else 4  # on a CPU the cache is float32
+    kv = max(b * t * shape["layers"] * 2 * shape["kv_dim"] * kv_size for b, t in gen)
     weights = shape["params"] * size + shape["lora"] * 4
     uses_ref = any(kind == "rl" and stage_config(cfg, i).rl.beta > 0
                    for i, (_, kind, _) in enumerate(pipeline(cfg)))

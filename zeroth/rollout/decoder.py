@@ -41,8 +41,9 @@ DROP_FRACTION = 8  # finished rows leave a backend's batch once >= 1/8 of it fin
 class Forward(Protocol):
     """The forward passes of one batch being generated: `start()` runs the prompts and gives
     the logits (n, V) of every row's first token, `step(token)` feeds one token (a,) to each
-    row in the batch and gives the next logits (a, V). With `drops_rows`, `keep(live)` removes
-    the rows where live (a,) is False; without, every row stays to the end."""
+    row in the batch and gives the next logits (a, V). With `drops_rows`, `keep(index)` keeps
+    only the rows at `index` (ascending): the live ones and, up to the backend's batch size for
+    them (`batch_for(live rows)`), some finished ones; without, every row stays to the end."""
 
     drops_rows: bool
 
@@ -51,6 +52,8 @@ class Forward(Protocol):
     def step(self, token: Tensor) -> Tensor: ...
 
     def keep(self, live: Tensor) -> None: ...
+
+    def batch_for(self, rows: int) -> int: ...
 
 
 def _cache_kwarg(model) -> str:
@@ -93,7 +96,10 @@ class HFForward:
         self.next_pos = self.next_pos + 1
         return out.logits[:, -1, :]
 
-    def keep(self, live: Tensor) -> None:
+    def keep(self, index: Tensor) -> None:
+        raise NotImplementedError("HFForward keeps every row in the batch")
+
+    def batch_for(self, rows: int) -> int:
         raise NotImplementedError("HFForward keeps every row in the batch")
 
 
@@ -185,11 +191,20 @@ def sample_steps(forward: Forward, *, max_new_tokens: int, temperature: float,
             if not bool(live.any()):
                 return
             if forward.drops_rows and DROP_FRACTION * int((~live).sum()) >= len(live):
-                forward.keep(live)
-                rows, fed, live = rows[live], fed[live], live[live]
+                keep = _kept(live, forward.batch_for(int(live.sum())))
+                if len(keep) < len(live):
+                    forward.keep(keep)
+                    rows, fed, live = rows[keep], fed[keep], live[keep]
         if t + 1 == max_new_tokens:
             return
         logits = forward.step(fed).float()
+
+
+def _kept(live: Tensor, size: int) -> Tensor:
+    """The batch indices to keep, in order: every live row, and finished ones (the first) up to
+    `size` rows (a backend that rounds its batch sizes, `Forward.batch_for`)."""
+    spare = (~live).nonzero().squeeze(1)[: max(0, size - int(live.sum()))]
+    return torch.cat([live.nonzero().squeeze(1), spare]).sort().values
 
 
 def complete(forward: Forward, n: int, *, max_new_tokens: int, **sampling) -> list[list[int]]:
