@@ -384,7 +384,7 @@ def test_sequence_loss_and_gradients_match_transformers(model, items):
 
 @pytest.mark.parametrize("mask", ["causal", "prompt", "completion"])
 def test_small_attention_equals_scaled_dot_product_attention(mask):
-    """Short sequences on a CPU attend in plain ops (`_small_attention`): the same outputs and
+    """Short sequences under bf16 on a CPU attend in plain ops (`_small_attention`): the same outputs and
     gradients as torch's kernel, with grouped-query heads and each of the lean path's masks."""
     torch.manual_seed(0)
     n, h, kv, t, d = 3, 4, 2, 5, 8

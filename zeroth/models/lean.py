@@ -11,13 +11,16 @@ formulas), organised around what RL does with a model:
   Exactly the same loss and gradient as running the G copies; fewer FLOPs.
 - **Decoding is one forward per token and nothing else:** keys and values go into a cache
   allocated once, positions and masks are updated in place, and rows that have finished leave
-  the batch (their cache rows are dropped), so no FLOP is spent after a row's last token.
+  the batch (their cache rows are dropped), so no FLOP is spent after a row's last token (under
+  bf16 on a CPU, down to a rounded batch size only: `Decoding.batch_for`).
 - **Log-probs only where they are used:** the output projection runs on the positions that
   predict completion tokens, never on the prompt.
 - **Supervised batches are packed** (`sequence_loss`, pre-training and SFT): the rows' tokens
   go through the projections and MLP as one batch with no padding, whatever their lengths.
 - **bf16-mixed** (zeroth.models.precision): products in bf16, attention and the residual
-  stream in float32; decoding keeps bf16 weights and KV cache for the batch.
+  stream in float32; decoding keeps bf16 weights for the batch, its KV cache and attention
+  float32 on a CPU (`attention_dtype`). On a CPU the products' row counts are rounded to a few
+  sizes (`rows_for`): oneDNN builds a bf16 kernel for every new shape.
 
 Anything else (other architectures, peft/LoRA models, sliding windows, gradient checkpointing)
 takes transformers' generic path (`supports(model)` says which); both paths give the same
@@ -78,8 +81,8 @@ def bucketed(model) -> bool:
 
 
 def rows_for(n: int, model) -> int:
-    """n, or under `bucketed` the next of eight sizes per octave (multiples of 64 at least):
-    at most 1/8 more rows, about 70 shapes from 64 to 16k."""
+    """n, or under `bucketed` the next of eight sizes per octave, a multiple of 64: at most
+    max(63, n / 8) more rows, 48 sizes up to 16k."""
     if not bucketed(model):
         return n
     step = max(64, 1 << max(0, n.bit_length() - 4))
@@ -122,16 +125,19 @@ def _qkv(attn, x: Tensor, cos: Tensor, sin: Tensor, heads: tuple[int, int, int])
     return _rotate(q, cos, sin), _rotate(k, cos, sin), v
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, attn) -> Tensor:
+def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, attn,
+            small: bool = False) -> Tensor:
     """softmax(q k^T * scale + mask) v, heads merged back: (N, T, H * d); `allowed` None:
-    plain causal attention."""
+    plain causal attention. Under bf16-mixed on a CPU, short sequences take `_small_attention`
+    (fp32 keeps torch's kernel, and with it the results runs had before)."""
     n, h, t, d = q.shape
     kind = q.device.type
     if torch.is_autocast_enabled(kind):  # bf16-mixed: attention stays float32 (on CPU, bf16's
-        with torch.autocast(kind, enabled=False):  # flash-attention backward is slower)
-            return _attend(q.float(), k.float(), v.float(), allowed, attn).to(
+        small = kind == "cpu" and n * h * t * k.shape[2] <= SMALL_ATTENTION  # flash backward
+        with torch.autocast(kind, enabled=False):  # is slower)
+            return _attend(q.float(), k.float(), v.float(), allowed, attn, small).to(
                 torch.get_autocast_dtype(kind))
-    if kind == "cpu" and n * h * t * k.shape[2] <= SMALL_ATTENTION:
+    if small:
         out = _small_attention(q, k, v, allowed, attn.scaling)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling,
@@ -145,7 +151,8 @@ SMALL_ATTENTION = 2 ** 22  # scores (16 MiB in float32) up to which a CPU attend
 
 def _small_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None,
                      scale: float) -> Tensor:
-    """softmax(q k^T * scale + mask) v as two batched products and a softmax, (N, H, T, d):
+    """softmax(q k^T * scale + mask) v as two batched products and a softmax, (N, H, T, d);
+    `allowed`: a boolean (T, W) or (N, 1, T, W) mask, or None (causal, top-left as SDPA's):
     for the short sequences of RL on a CPU this runs forward and backward 25-40% faster than
     the CPU's flash-attention kernel (measured at 64 rows x 4 heads x 64 tokens x 32 dims: 13.3
     against 18.0 ms), which is made for long ones. The scores are kept for the backward pass,
@@ -157,7 +164,8 @@ def _small_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None,
     qg = q.view(n, kv, h // kv, t, d)  # the query heads sharing a key head
     scores = (qg @ k[:, :, None].transpose(-1, -2)) * scale  # (N, KV, g, T, W)
     mask = allowed if allowed.dim() < 4 else allowed[:, :, None]  # (N, 1, 1, T, W)
-    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1,
+                            dtype=torch.float32).to(q.dtype)  # float32 sums, as the kernel's
     return (weights @ v[:, :, None]).view(n, h, t, d)
 
 
@@ -217,7 +225,7 @@ class _Packed:
         row = longs([i for i, n in enumerate(lengths) for _ in range(n)])
         col = longs([j for n in lengths for j in range(n)])
         self.count = len(row)  # N real tokens; `rows` (>= N, `rows_for`) with spare ones after
-        spare = longs([0] * ((rows or self.count) - self.count))  # pad id 0 at position 0
+        spare = longs([0] * ((rows or self.count) - self.count))  # token 0 at position 0
         self.ids = torch.cat([longs([t for c in completions for t in c]), spare])
         self.grid = row * self.width + col  # (N,) index into the flattened (B, C) grid
         self.gather = torch.cat([self.grid, spare])  # a spare row reads grid cell 0, unused
@@ -448,8 +456,8 @@ class Decoding:
     """The forward passes of one batch being generated (a backend of zeroth.rollout.decoder's
     loop): `start()` prefills each group's prompt once and gives the first logits (n, V);
     `step(token)` runs one token per row in the batch over a KV cache allocated once for the
-    prompt and `max_new_tokens` tokens; `keep(live)` drops rows from the batch (their cache
-    rows), so no FLOP is spent on a finished row once it is dropped."""
+    prompt and `max_new_tokens` tokens; `keep(index)` keeps only those rows in the batch (their
+    cache rows), so no FLOP is spent on a finished row once it is dropped."""
 
     drops_rows = True
 

@@ -160,7 +160,8 @@ def estimate(cfg: Config, model_cfg=None, prompt_tokens: int | None = None) -> d
     step = 4 if lora else size  # LoRA adapters are float32
     acts = max((activation_bytes(shape, b, t, m.gradient_checkpointing, size)
                 for b, t in train), default=0)
-    kv_size = size if cfg.run.device == "cuda" else 4  # on a CPU the cache is float32
+    on_cpu = pick_device(cfg.run.device).type == "cpu"
+    kv_size = 4 if on_cpu and not lora else size  # the lean decoder's cache: float32 on a CPU
     kv = max(b * t * shape["layers"] * 2 * shape["kv_dim"] * kv_size for b, t in gen)
     weights = shape["params"] * size + shape["lora"] * 4
     uses_ref = any(kind == "rl" and stage_config(cfg, i).rl.beta > 0

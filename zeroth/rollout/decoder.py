@@ -7,7 +7,7 @@ teacher and chat).
 passes come from a backend (`Forward`), chosen per model by `forward_for`:
 
 - zeroth.models.lean's `Decoding` for plain Qwen2/Llama models: each group's prompt prefilled
-  once, a KV cache allocated once, finished rows dropped from the batch;
+  once, a KV cache allocated once, finished rows dropped from the batch (`batch_for`);
 - `HFForward` for any other model (peft/LoRA, other architectures): transformers' own forward
   over a `DynamicCache`, finished rows kept in the batch.
 
@@ -51,7 +51,7 @@ class Forward(Protocol):
 
     def step(self, token: Tensor) -> Tensor: ...
 
-    def keep(self, live: Tensor) -> None: ...
+    def keep(self, index: Tensor) -> None: ...
 
     def batch_for(self, rows: int) -> int: ...
 
@@ -171,8 +171,8 @@ def sample_steps(forward: Forward, *, max_new_tokens: int, temperature: float,
     in the batch) and the token just sampled for it. A row ends with its first stop token (that
     step yields it) or after `max_new_tokens` tokens. Row i's token t is drawn at
     uniforms[i, t] ((n, max_new_tokens), `row_uniforms`; None when greedy). A row that finished
-    is fed the pad token until the backend drops it (`Forward.keep`, once >= 1/DROP_FRACTION
-    of its batch finished)."""
+    is fed the pad token (its stop token first) until the backend drops it (`Forward.keep`,
+    once >= 1/DROP_FRACTION of its batch finished, down to the backend's `batch_for` size)."""
     logits = forward.start().float()  # (n, V); float32 whatever the model computes in
     n, device = len(logits), logits.device
     stops = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
@@ -275,7 +275,7 @@ def stream(model, prompt: list[int], *, max_new_tokens: int, temperature: float 
     in (chat's is in eval mode)."""
     greedy = temperature <= 0
     draws = None if greedy else row_uniforms(seeds_for(1, generator), max_new_tokens)
-    steps = sample_steps(forward_for(model, [prompt], 0, max_new_tokens),  # one row: no padding
+    steps = sample_steps(forward_for(model, [prompt], 0, max_new_tokens),  # one row
                          max_new_tokens=max_new_tokens, temperature=1.0 if greedy else temperature,
                          uniforms=draws, eos_ids=_stop_set(eos_id), pad_id=0, greedy=greedy,
                          top_p=top_p)
