@@ -381,27 +381,3 @@ def test_sequence_loss_and_gradients_match_transformers(model, items):
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
 
-
-@pytest.mark.parametrize("mask", ["causal", "prompt", "completion"])
-def test_small_attention_equals_scaled_dot_product_attention(mask):
-    """Short sequences under bf16 on a CPU attend in plain ops (`_small_attention`): the same outputs and
-    gradients as torch's kernel, with grouped-query heads and each of the lean path's masks."""
-    torch.manual_seed(0)
-    n, h, kv, t, d = 3, 4, 2, 5, 8
-    real = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
-    allowed, width = None, t
-    if mask == "prompt":
-        real = torch.cat([real, torch.ones(3, 2, dtype=torch.bool)], dim=1)  # (3, 5)
-        allowed = fastlm._prompt_mask(real)
-    elif mask == "completion":
-        allowed = fastlm._completion_mask(real, torch.tensor([0, 1, 2]), t)  # (3, 1, 5, 3 + 5)
-        width = 3 + t
-    q = torch.randn(n, h, t, d, requires_grad=True)
-    k, v = (torch.randn(n, kv, width, d, requires_grad=True) for _ in range(2))
-    ours = fastlm._small_attention(q, k, v, allowed, 0.3)
-    theirs = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed, scale=0.3, is_causal=allowed is None, enable_gqa=True)
-    assert torch.allclose(ours, theirs, atol=1e-5)
-    grads = [torch.autograd.grad(out.square().sum(), (q, k, v)) for out in (ours, theirs)]
-    for a, b in zip(*grads):
-        assert torch.allclose(a, b, atol=1e-5)

@@ -125,48 +125,19 @@ def _qkv(attn, x: Tensor, cos: Tensor, sin: Tensor, heads: tuple[int, int, int])
     return _rotate(q, cos, sin), _rotate(k, cos, sin), v
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, attn,
-            small: bool = False) -> Tensor:
+def _attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, attn) -> Tensor:
     """softmax(q k^T * scale + mask) v, heads merged back: (N, T, H * d); `allowed` None:
-    plain causal attention. Under bf16-mixed on a CPU, short sequences take `_small_attention`
-    (fp32 keeps torch's kernel, and with it the results runs had before)."""
+    plain causal attention."""
     n, h, t, d = q.shape
     kind = q.device.type
     if torch.is_autocast_enabled(kind):  # bf16-mixed: attention stays float32 (on CPU, bf16's
-        small = kind == "cpu" and n * h * t * k.shape[2] <= SMALL_ATTENTION  # flash backward
-        with torch.autocast(kind, enabled=False):  # is slower)
-            return _attend(q.float(), k.float(), v.float(), allowed, attn, small).to(
+        with torch.autocast(kind, enabled=False):  # flash-attention backward is slower)
+            return _attend(q.float(), k.float(), v.float(), allowed, attn).to(
                 torch.get_autocast_dtype(kind))
-    if small:
-        out = _small_attention(q, k, v, allowed, attn.scaling)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling,
-                                             is_causal=allowed is None,
-                                             enable_gqa=k.shape[1] != h)  # (N, H, T, d)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scaling,
+                                         is_causal=allowed is None,
+                                         enable_gqa=k.shape[1] != h)  # (N, H, T, d)
     return out.transpose(1, 2).reshape(n, t, h * d)
-
-
-SMALL_ATTENTION = 2 ** 22  # scores (16 MiB in float32) up to which a CPU attends in plain ops
-
-
-def _small_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None,
-                     scale: float) -> Tensor:
-    """softmax(q k^T * scale + mask) v as two batched products and a softmax, (N, H, T, d);
-    `allowed`: a boolean (T, W) or (N, 1, T, W) mask, or None (causal, top-left as SDPA's):
-    for the short sequences of RL on a CPU this runs forward and backward 25-40% faster than
-    the CPU's flash-attention kernel (measured at 64 rows x 4 heads x 64 tokens x 32 dims: 13.3
-    against 18.0 ms), which is made for long ones. The scores are kept for the backward pass,
-    hence the size limit."""
-    n, h, t, d = q.shape
-    kv, width = k.shape[1], k.shape[2]
-    if allowed is None:
-        allowed = torch.ones(t, width, dtype=torch.bool, device=q.device).tril()  # as SDPA
-    qg = q.view(n, kv, h // kv, t, d)  # the query heads sharing a key head
-    scores = (qg @ k[:, :, None].transpose(-1, -2)) * scale  # (N, KV, g, T, W)
-    mask = allowed if allowed.dim() < 4 else allowed[:, :, None]  # (N, 1, 1, T, W)
-    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1,
-                            dtype=torch.float32).to(q.dtype)  # float32 sums, as the kernel's
-    return (weights @ v[:, :, None]).view(n, h, t, d)
 
 
 def _normed(norm, x: Tensor) -> Tensor:
