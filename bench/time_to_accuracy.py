@@ -35,9 +35,14 @@ token ids exactly as zeroth does, special tokens kept, stop token dropped), the 
 and weights (the task's own: correct 1.0, format 0.1, summed), group-std advantage scaling
 (unbiased std + 1e-4), the per-sequence loss, clip range 0.2 / 0.28, k3 KL with beta 0.001 to a
 frozen copy of the start model, AdamW (betas 0.9 / 0.99, eps 1e-8, no weight decay, lr 1e-4,
-constant, no warm-up; TRL `optim="adamw_torch"`), grad-norm clip 1.0, fp32, temperature 1, no
+constant, no warm-up; TRL `optim="adamw_torch"`), grad-norm clip 1.0, temperature 1, no
 top-k / top-p, max 64 new tokens, no gradient checkpointing (TRL's default turns it on), the
 seed, and the evaluation itself (the step-0 scores of the two must be equal: "same_start_eval").
+
+Precision: zeroth computes in its `model.precision` (auto: bf16-mixed on a CPU with fast bf16
+from 128 wide, so the default model here; "zeroth_precision" in the JSON); TRL runs twice, in
+fp32 (`trl`) and with `GRPOConfig(bf16=True)` (`trl-bf16`). "ratio" is TRL's best time over
+zeroth's, "ratio_trl" and "ratio_trl-bf16" each setting's.
 
 What differs, and cannot be made identical: the random streams (zeroth samples from its own
 `torch.Generator` per step, TRL from the global RNG through `model.generate`), so the two runs
@@ -219,7 +224,8 @@ def run_zeroth(args, folder: Path) -> dict:
         train_acc.append(round(metrics.get(f"reward_{task.accuracy}", float("nan")), 4))
         if clock.due(step):
             done = clock.evaluate(step)
-    return {"curve": clock.curve, "train_acc": train_acc, "steps": step}
+    return {"curve": clock.curve, "train_acc": train_acc, "steps": step,
+            "precision": precision_of(model)}
 
 
 def trl_reward(name: str, fn, tokenizer, stops, rl, log: dict):
@@ -294,7 +300,7 @@ def trl_trainer(args, folder: Path, clock_of):
 
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(), **settings, reward_weights=[weights[n] for n in weights],
-        max_steps=args.max_steps * per_step, use_cpu=True, bf16=False, fp16=False,
+        max_steps=args.max_steps * per_step, use_cpu=True, bf16=args.child == "trl-bf16", fp16=False,
         report_to="none", save_strategy="no", logging_steps=per_step, shuffle_dataset=False,
         seed=args.seed, dataloader_num_workers=0, disable_tqdm=True)
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=data,
@@ -304,7 +310,7 @@ def trl_trainer(args, folder: Path, clock_of):
 
 def run_trl(args, folder: Path) -> dict:
     def clock_of(model, tokenizer, task, cfg):
-        return Clock(model, tokenizer, task, cfg, args, "trl")
+        return Clock(model, tokenizer, task, cfg, args, args.child)
 
     trainer, clock, log, (task, rl, rows, settings, per_step) = trl_trainer(args, folder,
                                                                            clock_of)
@@ -385,7 +391,8 @@ def main() -> None:
     p.add_argument("--eval-k", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--systems", default="zeroth,trl")
+    p.add_argument("--systems", default="zeroth,trl,trl-bf16",
+                   help="zeroth (its model.precision), trl (fp32), trl-bf16 (GRPOConfig bf16)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -403,15 +410,21 @@ def main() -> None:
         out[f"{system}_s"] = hit and hit["train_s"]
         out[f"{system}_steps"] = hit and hit["step"]
         out[f"{system}_ran_steps"] = r["steps"]
-    z, t = out.get("zeroth_s"), out.get("trl_s")
-    out["ratio"] = round(t / z, 2) if z and t else None
-    if "trl" in results:
-        out["checks"] = results["trl"]["checks"]
+    z = out.get("zeroth_s")
+    for trl in ("trl", "trl-bf16"):  # zeroth against each TRL setting, and against its best
+        t = out.get(f"{trl}_s")
+        out[f"ratio_{trl}"] = round(t / z, 2) if z and t else None
+    best = min((out[f"{t}_s"] for t in ("trl", "trl-bf16") if out.get(f"{t}_s")), default=None)
+    out["ratio"] = round(best / z, 2) if z and best else None
+    if "zeroth" in results:
+        out["zeroth_precision"] = results["zeroth"]["precision"]
+    for trl in [t for t in ("trl", "trl-bf16") if t in results]:
+        out[f"{trl}_checks"] = checks = results[trl]["checks"]
         if "zeroth" in results:  # the shared evaluation of the shared start model
-            a, b = results["zeroth"]["curve"][0], results["trl"]["curve"][0]
-            out["checks"]["same_start_eval"] = all(a[k] == b[k] for k in ("pass1", "greedy",
-                                                                          "mean_len"))
-        out["trl_settings"] = results["trl"]["trl_settings"]
+            a, b = results["zeroth"]["curve"][0], results[trl]["curve"][0]
+            checks["same_start_eval"] = all(a[k] == b[k] for k in ("pass1", "greedy",
+                                                                   "mean_len"))
+        out["trl_settings"] = results[trl]["trl_settings"]
     out["curves"] = {s: r["curve"] for s, r in results.items()}
     out["train_acc"] = {s: r["train_acc"] for s, r in results.items()}
     print()
