@@ -268,6 +268,7 @@ def trl_trainer(args, folder: Path, clock_of):
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from zeroth.models.precision import set_precision
     from zeroth.rewards import overlong
     from zeroth.rollout.decoder import stop_ids
     from zeroth.stages.rl import step_weights
@@ -281,6 +282,9 @@ def trl_trainer(args, folder: Path, clock_of):
                               for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
+    # the shared evaluation computes as zeroth's (zeroth's autocast reads this mark; TRL's
+    # training does not: its precision is GRPOConfig's bf16)
+    set_precision(model, cfg.model.precision)
     stops = stop_ids(model, tokenizer)  # zeroth's stop tokens, before TRL reads the model's
     model.generation_config.eos_token_id = sorted(stops)
     weights = step_weights(rl, task)
