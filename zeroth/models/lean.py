@@ -101,6 +101,19 @@ def left_pad(seqs: list[list[int]], pad_id: int, multiple: int = 1) -> tuple[Ten
     return ids, real
 
 
+def _prompts(model, distinct: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    """`left_pad` of the distinct prompts on the model's device; under `bucketed` the width is
+    a multiple of 8, so the prompt pass meets a few shapes, not one per longest prompt."""
+    ids, real = left_pad(distinct, pad_id, 8 if bucketed(model) else 1)
+    return ids.to(device), real.to(device)
+
+
+def _spare(index: Tensor, size: int) -> Tensor:
+    """`index` followed by zeros up to `size` entries: the spare rows of a rounded count
+    (`rows_for`) read row 0, and what they compute is never read back."""
+    return torch.cat([index, index.new_zeros(size - len(index))])
+
+
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotary position embedding of x (N, heads, T, d) with cos/sin (N, 1, T, d)."""
     half = x.shape[-1] // 2
@@ -195,17 +208,17 @@ class _Packed:
 
         row = longs([i for i, n in enumerate(lengths) for _ in range(n)])
         col = longs([j for n in lengths for j in range(n)])
-        self.count = len(row)  # N real tokens; `rows` (>= N, `rows_for`) with spare ones after
-        spare = longs([0] * ((rows or self.count) - self.count))  # token 0 at position 0
-        self.ids = torch.cat([longs([t for c in completions for t in c]), spare])
+        self.count = len(row)  # N real tokens, then spare ones up to `rows` (`_spare`)
+        size = rows or self.count
+        self.ids = _spare(longs([t for c in completions for t in c]), size)  # token 0 when spare
         self.grid = row * self.width + col  # (N,) index into the flattened (B, C) grid
-        self.gather = torch.cat([self.grid, spare])  # a spare row reads grid cell 0, unused
+        self.gather = _spare(self.grid, size)  # (rows,) the grid cell each packed row reads
         positions = prompt_len[torch.tensor(owner, device=device)][row] + col  # (N,)
-        self.positions = torch.cat([positions, spare])
+        self.positions = _spare(positions, size)
         first = torch.tensor(owner, device=device)[row]  # token 0 is predicted by the prompt
         offset = len(prompt_len) + torch.arange(len(row), device=device) - 1
         source = torch.where(col == 0, first, offset)  # (N,) into cat(prompt ends, tokens)
-        self.source = torch.cat([source, spare])  # (rows,): the LM head's rows, spare ones too
+        self.source = _spare(source, size)  # (rows,): the LM head's rows
 
     def to_grid(self, x: Tensor) -> Tensor:
         """(rows, heads, d) -> (B, heads, C, d) of the N real tokens, zeros on padding."""
@@ -250,8 +263,7 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
     device = next(model.parameters()).device
     distinct, owner_list = share_prompts(prompts)
     owner = torch.tensor(owner_list, device=device)
-    multiple = 8 if bucketed(model) else 1  # a few prompt widths, not every one
-    p_ids, p_real = (t.to(device) for t in left_pad(distinct, pad_id, multiple))  # (P, Lp)
+    p_ids, p_real = _prompts(model, distinct, pad_id, device)  # (P, Lp)
     tokens = sum(len(c) for c in completions)
     pack = _Packed(completions, owner_list, p_real.sum(-1), rows_for(tokens, model))
     h, kv, d = heads = _heads(model)
@@ -306,7 +318,7 @@ def sequence_loss(model, ids: Tensor, labels: Tensor, items: int | None = None) 
     grid = keep.flatten().nonzero().squeeze(1)  # (N,) the kept tokens in the flat (B * W) grid
     real = len(grid)
     n = rows_for(real, model)  # the packed rows: the N real tokens, then spare ones (unused)
-    gather = torch.cat([grid, grid.new_zeros(n - real)])  # a spare row reads grid cell 0
+    gather = _spare(grid, n)  # (n,) the grid cell each packed row reads
     x = model.get_input_embeddings()(ids[:, :width].flatten()[gather])  # (n, hidden)
     cos, sin = model.model.rotary_emb(x[None], (gather % width)[None])  # (1, n, d)
     rope = cos[0, :, None], sin[0, :, None]  # (n, 1, d)
@@ -328,7 +340,7 @@ def sequence_loss(model, ids: Tensor, labels: Tensor, items: int | None = None) 
     packed[grid] = torch.arange(real, device=device)  # grid index -> packed row
     source = packed[predicts.flatten()]  # (M,) row-major, as the targets below
     targeted = len(source)
-    source = torch.cat([source, source.new_zeros(rows_for(targeted, model) - targeted)])
+    source = _spare(source, rows_for(targeted, model))
     logits = model.lm_head(model.model.norm(x.index_select(0, source)))[:targeted]  # (M, V)
     targets = labels[:, 1:width + 1][predicts[:, : labels.shape[1] - 1]]
     loss = F.cross_entropy(logits.float(), targets, reduction="sum")
@@ -443,8 +455,7 @@ class Decoding:
         device = next(model.parameters()).device
         distinct, owner_list = share_prompts(self.prompts)
         owner = torch.tensor(owner_list, device=device)
-        multiple = 8 if bucketed(model) else 1  # a few prompt widths, not every one
-        p_ids, p_real = (t.to(device) for t in left_pad(distinct, self.pad_id, multiple))
+        p_ids, p_real = _prompts(model, distinct, self.pad_id, device)
         with autocast(model):
             last, keys, values = _prefill(model, p_ids, p_real, self.heads)
             first = model.lm_head(last)[owner]  # (n, V)

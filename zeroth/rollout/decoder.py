@@ -191,8 +191,9 @@ def sample_steps(forward: Forward, *, max_new_tokens: int, temperature: float,
             if not bool(live.any()):
                 return
             if forward.drops_rows and DROP_FRACTION * int((~live).sum()) >= len(live):
-                keep = _kept(live, forward.batch_for(int(live.sum())))
-                if len(keep) < len(live):
+                size = forward.batch_for(int(live.sum()))
+                if size < len(live):
+                    keep = _kept(live, size)
                     forward.keep(keep)
                     rows, fed, live = rows[keep], fed[keep], live[keep]
         if t + 1 == max_new_tokens:
