@@ -14,6 +14,10 @@ model built once as a local folder, addition prompts, reward = characters / 100)
   beneath it: with a mask on CPU that is products, a softmax, elementwise ops), other tensor ops
   (elementwise, reductions, copies, indexing, ...), and the remainder of the wall time, which
   is Python, the framework's dispatch and everything between operators;
+- the step's FLOP floor in the profiled precision (bench/throughput.py's: model FLOPs over the
+  2048³ matmul rate, measured here) and how many times it the products alone and the whole
+  step took: when the products alone take more than a target ratio, no work on the rest of
+  the step reaches it;
 - the --top operators by self CPU time, with their call counts.
 
 The last line is one JSON object (seconds per kind and phase) for scripts.
@@ -30,7 +34,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/throughput.py beside this
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from throughput import model_folder, prompts, shape_arguments, zeroth_context
+from throughput import (
+    matmul_rate,
+    model_folder,
+    prompts,
+    shape_arguments,
+    step_flops,
+    zeroth_context,
+)
 
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
           "aten::_addmm_activation", "mkldnn::", "aten::mkldnn_", "aten::linear_backward")
@@ -63,6 +74,7 @@ def profile(args) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    from zeroth.models.hf import prompt_ids
     from zeroth.stages.rl import rl_step
 
     torch.set_num_threads(args.threads)
@@ -73,8 +85,11 @@ def profile(args) -> dict:
         rl_step(ctx, step)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        metrics, _ = rl_step(ctx, args.warmup)
+        metrics, rows = rl_step(ctx, args.warmup)
         wall = time.perf_counter() - start
+    prompt_len = len(prompt_ids(ctx.tokenizer, [rows[0]["prompt"]])[0])
+    flops = step_flops(folder, len(rows), prompt_len, metrics["mean_len"], args.beta)
+    floor = flops / matmul_rate(args.threads, "bf16" if args.precision != "fp32" else "fp32")
     ops = [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in prof.key_averages()
            if e.self_cpu_time_total > 0 and "::" in e.key]
     kinds = {"matmul": 0.0, "attention": 0.0, "other ops": 0.0}
@@ -84,7 +99,7 @@ def profile(args) -> dict:
     kinds["python and dispatch"] = max(0.0, wall - sum(kinds.values()))
     phases = {k[len("time_"):]: v for k, v in metrics.items() if k.startswith("time_")}
     top = sorted(ops, key=lambda o: -o[1])[: args.top]
-    return {"wall": wall, "phases": phases, "kinds": kinds, "top": top}
+    return {"wall": wall, "phases": phases, "kinds": kinds, "top": top, "floor": floor}
 
 
 def report(args, found: dict) -> None:
@@ -98,10 +113,15 @@ def report(args, found: dict) -> None:
     print("\nby kind of operator (self CPU time)")
     for name, seconds in found["kinds"].items():
         print(f"  {name:22s} {seconds:8.3f} s  {100 * seconds / wall:5.1f}%")
+    floor, products = found["floor"], found["kinds"]["matmul"]
+    print(f"\nthe FLOP floor of this step in {args.precision} (bench/throughput.py's): "
+          f"{floor:.3f} s; the matrix products alone took {products / floor:.2f}x it, the "
+          f"whole step {wall / floor:.2f}x")
     print(f"\ntop {len(found['top'])} operators")
     for name, seconds, count in found["top"]:
         print(f"  {name[:44]:44s} {seconds:8.3f} s  {count:7d} calls")
     print(json.dumps({"size": args.size, "wall_s": round(wall, 4),
+                      "floor_s": round(found["floor"], 4),
                       **{f"kind_{k.replace(' ', '_')}_s": round(v, 4)
                          for k, v in found["kinds"].items()},
                       **{f"phase_{k}_s": round(v, 4) for k, v in found["phases"].items()}}))
